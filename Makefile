@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine with Python and pip: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lint unit e2e bench chaos fuzz docs clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) -m discord_voicerecv demo --seconds 10 --speakers 3 --out recordings
+
+lint: setup
+	$(PY) -m ruff check discord_voicerecv tests examples bench
+	$(PY) -m ruff format --check discord_voicerecv tests examples bench
+	$(PY) -m mypy
+
+unit: setup
+	$(PY) -m pytest -q -m "not e2e and not slow"
+
+e2e: setup
+	$(PY) -m pytest -q -m "e2e and not slow"
+
+test: lint
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) recordings .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,77 @@
+"""Exception classes raised by discord-voicerecv."""
+
+from __future__ import annotations
+
+__all__ = (
+    "VoiceRecvError",
+    "MalformedPacket",
+    "DecryptionFailed",
+    "UnsupportedMode",
+    "OpusNotAvailable",
+    "OpusError",
+    "AlreadyListening",
+    "NotListening",
+)
+
+
+class VoiceRecvError(Exception):
+    """Base class of every error this library raises."""
+
+
+class MalformedPacket(VoiceRecvError, ValueError):
+    """A datagram is too short or its header does not add up.
+
+    ``reason`` is a short machine-friendly tag (``"short"``, ``"version"``, ``"extension"``, ``"padding"``...) used
+    as the drop counter name.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"malformed packet ({reason}){': ' + detail if detail else ''}")
+        self.reason = reason
+
+
+class DecryptionFailed(VoiceRecvError, ValueError):
+    """A packet failed transport authentication: wrong key, wrong mode, or tampered bytes."""
+
+
+class UnsupportedMode(VoiceRecvError, ValueError):
+    """The voice server chose an encryption mode this library does not implement."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__(
+            f"unsupported voice encryption mode {mode!r}; supported modes are listed in "
+            "discord_voicerecv.protocol.transport.SUPPORTED_MODES"
+        )
+        self.mode = mode
+
+
+class OpusNotAvailable(VoiceRecvError, RuntimeError):
+    """No libopus could be loaded. Install ``opuslib-next-bundled`` or a system libopus."""
+
+
+class OpusError(VoiceRecvError, RuntimeError):
+    """libopus returned an error code (corrupt packet, bad arguments)."""
+
+    def __init__(self, code: int, where: str) -> None:
+        super().__init__(f"libopus error {code} in {where}")
+        self.code = code
+
+
+class AlreadyListening(VoiceRecvError, RuntimeError):
+    """``listen()`` was called while a sink is already attached. Call ``stop_listening()`` first."""
+
+
+class NotListening(VoiceRecvError, RuntimeError):
+    """An operation needs an active ``listen()``."""
+
+
+class E2EEDecryptError(VoiceRecvError, ValueError):
+    """A frame failed DAVE end-to-end decryption and is dropped (never decoded).
+
+    ``reason`` tags the drop counter: ``"auth"`` (tampered or wrong key), ``"plaintext"`` (an unencrypted frame
+    outside a passthrough window), ``"session"`` (the DAVE session raised something else).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"DAVE decryption failed ({reason}){': ' + detail if detail else ''}")
+        self.reason = reason

@@ -1,0 +1,38 @@
+"""The unit of received audio handed to sinks: one speaker's 20 ms slot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ("VoiceFrame", "FRAME_SAMPLES", "FRAME_BYTES", "SAMPLE_RATE", "CHANNELS", "SILENT_PCM", "OPUS_SILENCE")
+
+SAMPLE_RATE = 48_000
+CHANNELS = 2
+FRAME_SAMPLES = 960
+"""Samples per channel in one 20 ms frame."""
+FRAME_BYTES = FRAME_SAMPLES * CHANNELS * 2
+"""Bytes of s16le stereo PCM in one 20 ms frame (3840)."""
+SILENT_PCM = bytes(FRAME_BYTES)
+OPUS_SILENCE = b"\xf8\xff\xfe"
+"""The Opus frame Discord sends for silence; it is never DAVE-encrypted."""
+
+
+@dataclass(slots=True)
+class VoiceFrame:
+    """One speaker's audio for one 20 ms slot of the listening timeline.
+
+    ``tick`` is the slot index counted from ``listen()`` (slot ``n`` covers ``[20n, 20n + 20)`` ms), so frames of
+    different speakers with the same ``tick`` play at the same moment. ``pcm`` is s16le 48 kHz stereo (3840 bytes)
+    or empty when the sink asked for Opus only; ``opus`` is the received Opus packet after every encryption layer
+    came off (``None`` for a concealed frame with nothing received).
+    """
+
+    ssrc: int
+    user_id: int | None
+    tick: int
+    pcm: bytes
+    opus: bytes | None
+    sequence: int
+    rtp_timestamp: int
+    concealed: bool = False
+    """True when ``pcm`` came from FEC or packet-loss concealment rather than the packet itself."""

@@ -1,0 +1,40 @@
+"""The interface every sink implements."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Union
+
+from ..frames import VoiceFrame
+
+if TYPE_CHECKING:
+    import discord
+
+__all__ = ("AudioSink", "SinkUser")
+
+SinkUser = Union["discord.Member", "discord.User", "discord.Object", None]
+"""Who spoke: a cached Member/User, a ``discord.Object`` carrying only the id when the member is not cached yet,
+or ``None`` while the SSRC is not mapped to any user."""
+
+
+class AudioSink:
+    """Where received audio goes.
+
+    The receiver calls, from one dedicated thread and never concurrently: :meth:`write` for every speaker that
+    has a frame in a 20 ms slot, then :meth:`advance` once for that slot, and :meth:`cleanup` once at the end
+    (after a final :meth:`advance` for the last slot). Slots without any speaker still get an :meth:`advance`, so
+    sinks that keep aligned tracks pad them there. A sink that raises is detached and reported; it never stops
+    the receiver or other sinks.
+    """
+
+    wants_pcm: bool = True
+    """Set to False in sinks that only use ``frame.opus``: when no attached sink wants PCM, decoding is skipped."""
+
+    def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        """Receive one speaker's frame for slot ``frame.tick``."""
+        raise NotImplementedError
+
+    def advance(self, tick: int) -> None:
+        """Slot ``tick`` is complete: every frame for it has been written."""
+
+    def cleanup(self) -> None:
+        """Listening stopped: flush and close whatever the sink holds."""
