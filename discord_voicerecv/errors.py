@@ -11,6 +11,8 @@ __all__ = (
     "OpusError",
     "AlreadyListening",
     "NotListening",
+    "SinkError",
+    "CaptureFormatError",
 )
 
 
@@ -75,3 +77,29 @@ class E2EEDecryptError(VoiceRecvError, ValueError):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"DAVE decryption failed ({reason}){': ' + detail if detail else ''}")
         self.reason = reason
+
+
+class SinkError(VoiceRecvError):
+    """A sink could not write its output, e.g. a full disk or a directory it may not write to.
+
+    ``path`` is the file involved; the underlying :class:`OSError` is the ``__cause__``.
+    """
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"sink could not write {path}: {detail}")
+        self.path = path
+
+
+class MalformedMlsMessage(VoiceRecvError, ValueError):
+    """DAVE/MLS handshake bytes (key package, commit, welcome) do not parse as RFC 9420 structures.
+
+    ``reason`` names the field that did not add up (``"version"``, ``"wire_format"``, ``"trailing"``...).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"malformed MLS message ({reason}){': ' + detail if detail else ''}")
+        self.reason = reason
+
+
+class CaptureFormatError(VoiceRecvError, ValueError):
+    """A capture file (rtpdump, pcap, pcapng) is not in a format we read, or is cut short."""

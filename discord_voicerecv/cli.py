@@ -1,0 +1,60 @@
+"""The ``discord-voicerecv`` command: demo, local Discord, offline decode."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ("main",)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="discord-voicerecv", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="record from simulated speakers on an embedded local Discord (no token)")
+    demo.add_argument("--seconds", type=float, default=10.0)
+    demo.add_argument("--speakers", type=int, default=3)
+    demo.add_argument("--out", type=Path, default=Path("recordings"))
+    demo.add_argument("--no-dave", action="store_true", help="turn DAVE end-to-end encryption off (legacy)")
+
+    sub.add_parser("local-discord", help="serve a local Discord on loopback (see --help of the subcommand)", add_help=False)
+
+    decode = sub.add_parser("decode", help="decode an rtpdump or pcap capture of voice packets to WAV files")
+    decode.add_argument("capture", type=Path)
+    decode.add_argument("--mode", required=True, help="transport mode, e.g. aead_xchacha20_poly1305_rtpsize")
+    decode.add_argument("--key", required=True, help="the 32-byte secret key as hex (from op4)")
+    decode.add_argument("--user", action="append", default=[], metavar="SSRC=NAME", help="name an SSRC's track")
+    decode.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "local-discord":
+        from .testing.cli import main as local_main
+
+        return local_main(args_list[1:])
+    args = _parser().parse_args(args_list)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "demo":
+        from .demo import run_demo
+
+        summary = asyncio.run(run_demo(seconds=args.seconds, speakers=args.speakers, out=args.out, dave=not args.no_dave))
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        return 0 if summary.get("ok") else 1
+    if args.command == "decode":
+        from .decode import decode_capture, parse_user_names
+
+        summary = decode_capture(
+            args.capture, mode=args.mode, key=bytes.fromhex(args.key), names=parse_user_names(args.user), out=args.out
+        )
+        print(json.dumps(summary, sort_keys=True))
+        return 0
+    return 2

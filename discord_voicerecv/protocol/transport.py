@@ -1,0 +1,248 @@
+"""Discord voice transport encryption: the five modes, for RTP and RTCP, both directions.
+
+Every mode lays a packet out the same way: the clear header, the sealed bytes (ciphertext with its 16-byte tag),
+then a mode-specific nonce suffix. The modes differ only in how the nonce is formed and whether the clear header
+is authenticated as AEAD additional data:
+
+- ``aead_aes256_gcm_rtpsize`` / ``aead_xchacha20_poly1305_rtpsize``: 4-byte big-endian counter suffix, nonce =
+  counter then zeros (12 / 24 bytes), clear header authenticated.
+- ``xsalsa20_poly1305_lite``: same counter suffix and nonce, no additional data.
+- ``xsalsa20_poly1305_suffix``: a random 24-byte nonce as the suffix.
+- ``xsalsa20_poly1305``: no suffix; the nonce is the first 12 bytes of the header (8 for RTCP), zero padded.
+
+For RTP the clear header is :attr:`RtpHeader.unencrypted_size` bytes in every mode; for RTCP it is the 8-byte
+header (first word and sender SSRC). Discord's servers, when they still offered the legacy modes, sealed the
+extension header word too; such packets (legacy mode *and* X set) fail authentication here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+    crypto_secretbox,
+    crypto_secretbox_open,
+)
+from nacl.exceptions import CryptoError
+
+from ..errors import DecryptionFailed, MalformedPacket, UnsupportedMode
+from .rtp import RtpHeader
+
+__all__ = ("RTCP_HEADER_SIZE", "SUPPORTED_MODES", "TransportCipher", "make_cipher")
+
+RTCP_HEADER_SIZE = 8
+_TAG_SIZE = 16
+_KEY_SIZE = 32
+_ZEROS_8 = bytes(8)
+_ZEROS_20 = bytes(20)
+_ZEROS_24 = bytes(24)
+
+
+class TransportCipher:
+    """Seals and opens voice packets for one mode and one secret key.
+
+    Built once per key by :func:`make_cipher` (the underlying cipher objects are kept), then used for every packet.
+    Encryption keeps its own 32-bit nonce counter, wrapping at 2**32, in the counter modes.
+
+    Attributes
+    ----------
+    mode:
+        The Discord name of the encryption mode.
+    """
+
+    __slots__ = ("_counter",)
+
+    mode: ClassVar[str]
+    _suffix_size: ClassVar[int]
+
+    def __init__(self) -> None:
+        self._counter = 0
+
+    def decrypt_rtp(self, packet: bytes, header: RtpHeader) -> bytes:
+        """Return the plaintext after the clear header: extension body, payload and padding.
+
+        Raises
+        ------
+        MalformedPacket
+            ``"short"`` when the packet cannot hold the header, the tag and the nonce suffix.
+        DecryptionFailed
+            When authentication fails: wrong key, wrong mode or tampered bytes.
+        """
+        return self._open_at(packet, header.unencrypted_size)
+
+    def encrypt_rtp(self, header: bytes, plaintext: bytes) -> bytes:
+        """Return the full packet: ``header`` in clear, ``plaintext`` (extension body + payload) sealed."""
+        return self._seal(header, plaintext)
+
+    def decrypt_rtcp(self, packet: bytes) -> bytes:
+        """Return the whole RTCP packet in clear: the 8-byte header followed by the opened body."""
+        return packet[:RTCP_HEADER_SIZE] + self._open_at(packet, RTCP_HEADER_SIZE)
+
+    def encrypt_rtcp(self, packet: bytes) -> bytes:
+        """Seal a plain RTCP packet, leaving its 8-byte header in clear."""
+        if len(packet) < RTCP_HEADER_SIZE:
+            raise MalformedPacket("short", f"RTCP packet of {len(packet)} bytes")
+        return self._seal(packet[:RTCP_HEADER_SIZE], packet[RTCP_HEADER_SIZE:])
+
+    def _open_at(self, packet: bytes, clear_size: int) -> bytes:
+        end = len(packet) - self._suffix_size
+        if end < clear_size + _TAG_SIZE:
+            raise MalformedPacket("short", f"{len(packet)} bytes for {clear_size} clear in {self.mode}")
+        clear = packet[:clear_size]
+        return self._open(self._nonce(clear, packet[end:]), packet[clear_size:end], clear)
+
+    def _seal(self, clear: bytes, plaintext: bytes) -> bytes:
+        suffix = self._make_suffix()
+        return clear + self._encrypt(self._nonce(clear, suffix), plaintext, clear) + suffix
+
+    def _next_counter(self) -> bytes:
+        n = self._counter
+        self._counter = (n + 1) & 0xFFFFFFFF
+        return n.to_bytes(4, "big")
+
+    def _make_suffix(self) -> bytes:
+        return self._next_counter()
+
+    def _nonce(self, clear: bytes, suffix: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _open(self, nonce: bytes, sealed: bytes, clear: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _encrypt(self, nonce: bytes, plaintext: bytes, clear: bytes) -> bytes:
+        raise NotImplementedError
+
+
+class _AesGcmRtpsize(TransportCipher):
+    __slots__ = ("_aead",)
+    mode = "aead_aes256_gcm_rtpsize"
+    _suffix_size = 4
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__()
+        self._aead = AESGCM(key)
+
+    def _nonce(self, clear: bytes, suffix: bytes) -> bytes:
+        return suffix + _ZEROS_8
+
+    def _open(self, nonce: bytes, sealed: bytes, clear: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(nonce, sealed, clear)
+        except InvalidTag:
+            raise DecryptionFailed(f"{self.mode}: authentication failed") from None
+
+    def _encrypt(self, nonce: bytes, plaintext: bytes, clear: bytes) -> bytes:
+        return self._aead.encrypt(nonce, plaintext, clear)
+
+
+class _XChaChaRtpsize(TransportCipher):
+    __slots__ = ("_key",)
+    mode = "aead_xchacha20_poly1305_rtpsize"
+    _suffix_size = 4
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__()
+        self._key = key
+
+    def _nonce(self, clear: bytes, suffix: bytes) -> bytes:
+        return suffix + _ZEROS_20
+
+    def _open(self, nonce: bytes, sealed: bytes, clear: bytes) -> bytes:
+        try:
+            plaintext: bytes = crypto_aead_xchacha20poly1305_ietf_decrypt(sealed, clear, nonce, self._key)
+        except CryptoError:
+            raise DecryptionFailed(f"{self.mode}: authentication failed") from None
+        return plaintext
+
+    def _encrypt(self, nonce: bytes, plaintext: bytes, clear: bytes) -> bytes:
+        sealed: bytes = crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, clear, nonce, self._key)
+        return sealed
+
+
+class _SecretBoxCipher(TransportCipher):
+    """The legacy XSalsa20-Poly1305 modes: libsodium secretbox, the clear header is not authenticated."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__()
+        self._key = key
+
+    def _open(self, nonce: bytes, sealed: bytes, clear: bytes) -> bytes:
+        try:
+            plaintext: bytes = crypto_secretbox_open(sealed, nonce, self._key)
+        except CryptoError:
+            raise DecryptionFailed(f"{self.mode}: authentication failed") from None
+        return plaintext
+
+    def _encrypt(self, nonce: bytes, plaintext: bytes, clear: bytes) -> bytes:
+        sealed: bytes = crypto_secretbox(plaintext, nonce, self._key)
+        return sealed
+
+
+class _XSalsa20Poly1305Lite(_SecretBoxCipher):
+    __slots__ = ()
+    mode = "xsalsa20_poly1305_lite"
+    _suffix_size = 4
+
+    def _nonce(self, clear: bytes, suffix: bytes) -> bytes:
+        return suffix + _ZEROS_20
+
+
+class _XSalsa20Poly1305Suffix(_SecretBoxCipher):
+    __slots__ = ()
+    mode = "xsalsa20_poly1305_suffix"
+    _suffix_size = 24
+
+    def _make_suffix(self) -> bytes:
+        return os.urandom(24)
+
+    def _nonce(self, clear: bytes, suffix: bytes) -> bytes:
+        return suffix
+
+
+class _XSalsa20Poly1305(_SecretBoxCipher):
+    __slots__ = ()
+    mode = "xsalsa20_poly1305"
+    _suffix_size = 0
+
+    def _make_suffix(self) -> bytes:
+        return b""
+
+    def _nonce(self, clear: bytes, suffix: bytes) -> bytes:
+        head = clear[:12]
+        return head + _ZEROS_24[len(head) :]
+
+
+_CIPHERS: dict[str, Callable[[bytes], TransportCipher]] = {
+    cls.mode: cls
+    for cls in (_AesGcmRtpsize, _XChaChaRtpsize, _XSalsa20Poly1305Lite, _XSalsa20Poly1305Suffix, _XSalsa20Poly1305)
+}
+
+SUPPORTED_MODES: tuple[str, ...] = tuple(_CIPHERS)
+"""Modes in order of preference: AES-GCM first (Discord's preferred), the plain legacy mode last."""
+
+
+def make_cipher(mode: str, key: bytes | Sequence[int]) -> TransportCipher:
+    """Build the cipher for ``mode`` with the 32-byte ``secret_key`` of op4 (bytes or a list of ints).
+
+    Raises
+    ------
+    UnsupportedMode
+        When ``mode`` is not in :data:`SUPPORTED_MODES`.
+    ValueError
+        When the key is not 32 bytes.
+    """
+    cls = _CIPHERS.get(mode)
+    if cls is None:
+        raise UnsupportedMode(mode)
+    raw = bytes(key)
+    if len(raw) != _KEY_SIZE:
+        raise ValueError(f"secret key must be {_KEY_SIZE} bytes, got {len(raw)}")
+    return cls(raw)

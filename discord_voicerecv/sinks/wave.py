@@ -1,0 +1,253 @@
+"""Record every speaker to its own WAV file, plus a mix, all aligned to the listening timeline."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import TypeAlias
+
+from ..errors import SinkError
+from ..frames import CHANNELS, FRAME_BYTES, SAMPLE_RATE, VoiceFrame
+from ._common import SpeakerKey, fit_frame, speaker_key
+from ._mix import mix_pcm
+from ._wavfile import WavWriter
+from .base import AudioSink, SinkUser
+
+__all__ = ("WaveSink",)
+
+_SLOTS_PER_SECOND = 50
+_MIX_NAME = "mix.wav"
+_UNSAFE = re.compile(r"[^\w.-]+")
+_MAX_STEM = 80
+
+Naming: TypeAlias = Callable[[SinkUser, "int | None"], str]
+
+
+class _Track:
+    __slots__ = ("frames", "writer")
+
+    def __init__(self, writer: WavWriter) -> None:
+        self.writer = writer
+        self.frames = 0
+
+    def pad_to(self, slots: int) -> None:
+        missing = slots - self.frames
+        if missing > 0:
+            self.writer.write_silence(missing * FRAME_BYTES)
+            self.frames = slots
+
+
+class WaveSink(AudioSink):
+    """Write one WAV file per speaker and a ``mix.wav``, streaming to disk.
+
+    Every file is 48 kHz, 16-bit, stereo, starts at the first slot of ``listen()`` and, after :meth:`cleanup`,
+    ends at the last slot, so the files line up sample for sample: a speaker first heard 5 s in has 5 s of
+    silence at the start of their file, and every file is padded with silence to the same length. Memory stays
+    flat however long the recording runs.
+
+    Parameters
+    ----------
+    directory:
+        Where the files go; created if missing. Files of the same name are overwritten.
+    mix:
+        Write ``mix.wav``, the sum of all speakers (saturated to the 16-bit range).
+    per_user:
+        Write one file per speaker.
+    naming:
+        ``naming(user, user_id)`` returns the file name for a new speaker (``user_id`` is ``None`` while the SSRC
+        is not mapped to a user). It is made safe for file systems, ``.wav`` is added when missing, and clashes get
+        a ``-2``, ``-3``... suffix. By default: ``<display_name>-<user_id>.wav`` when a member or user is known at
+        the speaker's first frame, ``<user_id>.wav`` otherwise, and ``unknown-<ssrc>.wav`` for unmapped SSRCs.
+    header_interval:
+        Seconds of audio between header updates. The headers are rewritten in place and flushed at least this
+        often, so a crash leaves playable files holding everything up to the last update.
+
+    Raises
+    ------
+    SinkError
+        When the directory or a file cannot be created or written (from the constructor and from every sink call).
+    """
+
+    __slots__ = (
+        "_directory",
+        "_interval",
+        "_last_sync",
+        "_mix",
+        "_names",
+        "_naming",
+        "_paths",
+        "_pending",
+        "_pending_keys",
+        "_per_user",
+        "_slots",
+        "_tracks",
+        "closed",
+        "dropped",
+    )
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        mix: bool = True,
+        per_user: bool = True,
+        naming: Naming | None = None,
+        header_interval: float = 1.0,
+    ) -> None:
+        if not (mix or per_user):
+            raise ValueError("WaveSink needs mix=True or per_user=True")
+        if not header_interval > 0:
+            raise ValueError("header_interval must be positive")
+        self._directory = Path(directory)
+        self._per_user = per_user
+        self._naming = naming
+        self._interval = max(1, int(header_interval * _SLOTS_PER_SECOND))
+        self._tracks: dict[SpeakerKey, _Track] = {}
+        self._paths: dict[SpeakerKey, Path] = {}
+        self._names: set[str] = set()
+        self._pending: list[bytes] = []
+        self._pending_keys: set[SpeakerKey] = set()
+        self._slots = 0
+        self._last_sync = 0
+        self.dropped = 0
+        """Frames ignored because their slot was already complete, or a second frame of a speaker for one slot."""
+        self.closed = False
+        try:
+            self._directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(str(self._directory), exc.strerror or str(exc)) from exc
+        self._mix: WavWriter | None = None
+        if mix:
+            self._names.add(_MIX_NAME)
+            self._mix = WavWriter(self._directory / _MIX_NAME, rate=SAMPLE_RATE, channels=CHANNELS)
+
+    @property
+    def files(self) -> Mapping[SpeakerKey, Path]:
+        """Per-speaker file paths by speaker: the user id, or ``"ssrc:<n>"`` for a speaker not mapped to a user."""
+        return MappingProxyType(self._paths)
+
+    @property
+    def mix_path(self) -> Path | None:
+        """The path of ``mix.wav``, or ``None`` when ``mix=False``."""
+        return self._mix.path if self._mix is not None else None
+
+    @property
+    def slots(self) -> int:
+        """How many 20 ms slots are complete; each finished file holds ``slots * 3840`` bytes of audio."""
+        return self._slots
+
+    def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        tick = frame.tick
+        if tick != self._slots or self.closed:
+            if tick < self._slots or self.closed:
+                self.dropped += 1
+                return
+            self._close_slots(tick)
+        key = speaker_key(frame)
+        pcm = fit_frame(frame.pcm)
+        if self._per_user:
+            track = self._tracks.get(key)
+            if track is None:
+                track = self._open_track(key, user, frame)
+            if track.frames > tick:
+                self.dropped += 1
+                return
+            track.pad_to(tick)
+            track.writer.write(pcm)
+            track.frames = tick + 1
+        elif key in self._pending_keys:
+            self.dropped += 1
+            return
+        else:
+            self._pending_keys.add(key)
+        if self._mix is not None:
+            self._pending.append(pcm)
+
+    def advance(self, tick: int) -> None:
+        if tick >= self._slots and not self.closed:
+            self._close_slots(tick + 1)
+
+    def cleanup(self) -> None:
+        """Close the open slot if it has audio, pad every file to the same length and write the final headers."""
+        if self.closed:
+            return
+        self.closed = True
+        end = self._slots + 1 if self._pending or self._pending_keys else self._slots
+        end = max([end, *(track.frames for track in self._tracks.values())])
+        error: SinkError | None = None
+        try:
+            self._close_slots(end, sync=False)
+            for track in self._tracks.values():
+                track.pad_to(end)
+        except SinkError as exc:
+            error = exc
+        writers = [track.writer for track in self._tracks.values()]
+        if self._mix is not None:
+            writers.append(self._mix)
+        for writer in writers:
+            try:
+                writer.close()
+            except SinkError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _close_slots(self, end: int, *, sync: bool = True) -> None:
+        """Complete every slot before ``end``: the open one gets the mix of its frames, skipped ones silence."""
+        count = end - self._slots
+        if count <= 0:
+            return
+        if self._mix is not None:
+            self._mix.write(mix_pcm(self._pending, FRAME_BYTES))
+            if count > 1:
+                self._mix.write_silence((count - 1) * FRAME_BYTES)
+        self._pending.clear()
+        self._pending_keys.clear()
+        self._slots = end
+        if sync and end - self._last_sync >= self._interval:
+            self._sync()
+
+    def _sync(self) -> None:
+        for track in self._tracks.values():
+            track.pad_to(self._slots)
+            track.writer.sync()
+        if self._mix is not None:
+            self._mix.sync()
+        self._last_sync = self._slots
+
+    def _open_track(self, key: SpeakerKey, user: SinkUser, frame: VoiceFrame) -> _Track:
+        if self._naming is not None:
+            name = _safe_file_name(self._naming(user, frame.user_id))
+        elif frame.user_id is None:
+            name = f"unknown-{frame.ssrc}.wav"
+        else:
+            display = getattr(user, "display_name", None)
+            stem = _safe_stem(display) if isinstance(display, str) else ""
+            name = f"{stem}-{frame.user_id}.wav" if stem else f"{frame.user_id}.wav"
+        path = self._directory / self._unique(name)
+        track = _Track(WavWriter(path, rate=SAMPLE_RATE, channels=CHANNELS))
+        self._tracks[key] = track
+        self._paths[key] = path
+        return track
+
+    def _unique(self, name: str) -> str:
+        stem, ext = name[:-4], name[-4:]
+        candidate, n = name, 1
+        while candidate.casefold() in self._names:
+            n += 1
+            candidate = f"{stem}-{n}{ext}"
+        self._names.add(candidate.casefold())
+        return candidate
+
+
+def _safe_stem(text: str) -> str:
+    """``text`` reduced to characters every common file system accepts, without leading dots."""
+    return _UNSAFE.sub("_", text).strip("._")[:_MAX_STEM]
+
+
+def _safe_file_name(name: str) -> str:
+    stem = name[:-4] if name.lower().endswith(".wav") else name
+    return f"{_safe_stem(stem) or 'speaker'}.wav"

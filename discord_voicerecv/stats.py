@@ -1,0 +1,160 @@
+"""Receive counters: every packet the receiver drops is counted under a reason, never lost silently."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ("REASONS", "ReceiveStats", "StatsSnapshot")
+
+REASONS = (
+    "packets",
+    "bytes",
+    "rtp",
+    "rtcp",
+    "rtcp_bye",
+    "ip_discovery",
+    "not_listening",
+    "no_transport_key",
+    "decrypt_failed",
+    "ignored_ssrc",
+    "ignored_payload_type",
+    "unknown_ssrc_held",
+    "unknown_ssrc_dropped",
+    "unknown_ssrc_expired",
+    "e2ee_held",
+    "e2ee_expired",
+    "duplicate",
+    "late",
+    "buffer_overflow",
+    "decoded",
+    "fec",
+    "plc",
+    "lost",
+    "opus_error",
+    "frames",
+    "sink_queue_full",
+    "sink_error",
+    "internal_error",
+)
+"""Counter names always present in a snapshot (at 0 when nothing happened). Prefixed families are added as seen:
+``malformed:<reason>`` (header, padding, oversized...) and ``e2ee_failed:<reason>`` (from the DAVE layer)."""
+
+
+class StatsSnapshot(Mapping[str, int]):
+    """A frozen copy of the counters, with per-SSRC and per-user sub-counts.
+
+    It is a read-only mapping of counter name to count; :attr:`by_ssrc` and :attr:`by_user` hold the counters the
+    receiver attributes to one stream (``decoded``, ``fec``, ``plc``, ``late``...).
+    """
+
+    __slots__ = ("_totals", "by_ssrc", "by_user")
+
+    def __init__(
+        self, totals: dict[str, int], by_ssrc: dict[int, dict[str, int]], by_user: dict[int, dict[str, int]]
+    ) -> None:
+        self._totals = MappingProxyType(totals)
+        self.by_ssrc: Mapping[int, Mapping[str, int]] = MappingProxyType(
+            {k: MappingProxyType(v) for k, v in by_ssrc.items()}
+        )
+        self.by_user: Mapping[int, Mapping[str, int]] = MappingProxyType(
+            {k: MappingProxyType(v) for k, v in by_user.items()}
+        )
+
+    def __getitem__(self, key: str) -> int:
+        return self._totals[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._totals)
+
+    def __len__(self) -> int:
+        return len(self._totals)
+
+    def dropped(self) -> int:
+        """Packets and frames dropped for any reason (sum of every counter that is a drop)."""
+        drops = (
+            "decrypt_failed",
+            "no_transport_key",
+            "unknown_ssrc_dropped",
+            "unknown_ssrc_expired",
+            "e2ee_expired",
+            "duplicate",
+            "late",
+            "buffer_overflow",
+            "ignored_payload_type",
+        )
+        total = sum(self._totals.get(name, 0) for name in drops)
+        return total + sum(v for k, v in self._totals.items() if k.startswith(("malformed:", "e2ee_failed:")))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain nested dicts, for logging or JSON: the totals plus ``"by_ssrc"`` and ``"by_user"``."""
+        out: dict[str, Any] = dict(self._totals)
+        out["by_ssrc"] = {ssrc: dict(c) for ssrc, c in self.by_ssrc.items()}
+        out["by_user"] = {user: dict(c) for user, c in self.by_user.items()}
+        return out
+
+    def __repr__(self) -> str:
+        nonzero = {k: v for k, v in self._totals.items() if v}
+        return f"<StatsSnapshot {nonzero}>"
+
+
+class ReceiveStats:
+    """Counters updated by the receiver's threads and copied by :meth:`snapshot` from any thread.
+
+    Increments take a lock: two threads (socket and playout) count into the same object, and ``+=`` on a dict
+    item is not atomic across threads.
+    """
+
+    __slots__ = ("_by_ssrc", "_by_user", "_lock", "_totals")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self._by_ssrc: dict[int, dict[str, int]] = {}
+        self._by_user: dict[int, dict[str, int]] = {}
+
+    def incr(self, reason: str, n: int = 1, *, ssrc: int | None = None, user_id: int | None = None) -> None:
+        """Add ``n`` to ``reason``, and to the stream's sub-counts when ``ssrc``/``user_id`` are given."""
+        with self._lock:
+            totals = self._totals
+            totals[reason] = totals.get(reason, 0) + n
+            if ssrc is not None:
+                sub = self._by_ssrc.get(ssrc)
+                if sub is None:
+                    sub = self._by_ssrc[ssrc] = {}
+                sub[reason] = sub.get(reason, 0) + n
+            if user_id is not None:
+                sub = self._by_user.get(user_id)
+                if sub is None:
+                    sub = self._by_user[user_id] = {}
+                sub[reason] = sub.get(reason, 0) + n
+
+    def add_packet(self, size: int) -> None:
+        """Count one received datagram of ``size`` bytes."""
+        with self._lock:
+            self._totals["packets"] += 1
+            self._totals["bytes"] += size
+
+    def forget_ssrc(self, ssrc: int) -> None:
+        """Drop the sub-counts of a stream that went away, so they cannot grow without bound."""
+        with self._lock:
+            self._by_ssrc.pop(ssrc, None)
+
+    def __getitem__(self, key: str) -> int:
+        with self._lock:
+            return self._totals.get(key, 0)
+
+    def snapshot(self) -> StatsSnapshot:
+        """A consistent frozen copy of every counter."""
+        with self._lock:
+            return StatsSnapshot(
+                dict(self._totals),
+                {k: dict(v) for k, v in self._by_ssrc.items()},
+                {k: dict(v) for k, v in self._by_user.items()},
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Shortcut for ``snapshot().as_dict()``."""
+        return self.snapshot().as_dict()

@@ -1,0 +1,125 @@
+"""Map one stream's RTP timestamps to slots of the listening timeline.
+
+Slot ``n`` covers ``[t0 + 20n, t0 + 20(n + 1))`` ms, ``t0`` being when listening started. Inside a talk spurt a
+frame's slot follows its RTP timestamp exactly (``anchor_slot + (ts - anchor_ts) // 960``), so network jitter
+does not move audio around. Discord sends nothing while a user is silent, so a new spurt is anchored on arrival
+time instead. Pure: times are passed in, nothing reads a clock.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from .frames import FRAME_SAMPLES
+
+__all__ = ("FRAME_DURATION", "Placement", "Timeline", "slot_at")
+
+FRAME_DURATION = 0.02
+"""Seconds per slot."""
+
+
+def slot_at(t0: float, t: float) -> int:
+    """The slot containing time ``t`` on a timeline that starts at ``t0``."""
+    return math.floor((t - t0) / FRAME_DURATION + 1e-9)
+
+
+class Placement(NamedTuple):
+    """Where a frame goes: its ``slot``, the ``spurt`` it belongs to, and whether it started that spurt."""
+
+    slot: int
+    spurt: int
+    started: bool
+
+
+class Timeline:
+    """Per-SSRC timestamp-to-slot mapping with talk-spurt detection.
+
+    Parameters
+    ----------
+    t0:
+        Clock time of slot 0's start.
+    max_silence:
+        A packet arriving more than this many seconds after the stream's previous packet starts a new spurt.
+    max_early:
+        A frame whose RTP slot lies more than this many seconds after its arrival means the timestamps jumped
+        (a sender restart); the stream is re-anchored on arrival time.
+    """
+
+    __slots__ = (
+        "_anchor_slot",
+        "_anchor_ts",
+        "_floor",
+        "_last_arrival",
+        "_max_early_slots",
+        "_spurt",
+        "last_slot",
+        "max_silence",
+        "t0",
+    )
+
+    def __init__(self, t0: float, *, max_silence: float = 0.2, max_early: float = 4.0) -> None:
+        self.t0 = t0
+        self.max_silence = max_silence
+        self._max_early_slots = round(max_early / FRAME_DURATION)
+        self._anchor_slot: int | None = None
+        self._anchor_ts = 0
+        self._last_arrival = -math.inf
+        self._spurt = 0
+        self._floor = -(1 << 62)
+        self.last_slot: int | None = None
+        """Latest slot given to any frame of this stream."""
+
+    @property
+    def spurt(self) -> int:
+        """Id of the current talk spurt (increments with each new spurt, starting at 1)."""
+        return self._spurt
+
+    def reset(self) -> None:
+        """End the current spurt: the next packet is anchored anew (RTCP BYE, sender restart)."""
+        self._anchor_slot = None
+
+    def place(self, timestamp: int, arrival: float, *, first_free: int, newest: bool) -> Placement | None:
+        """Give a frame its slot, or ``None`` when that slot was already played out (a late frame).
+
+        Parameters
+        ----------
+        timestamp:
+            The frame's unwrapped RTP timestamp.
+        arrival:
+            When the packet arrived (same clock as ``t0``).
+        first_free:
+            The first slot not yet played out; nothing may be placed before it.
+        newest:
+            True when the packet has the highest sequence number of the stream so far. Only the newest packet
+            may start a spurt or shift the anchor; an older one that would be late is dropped instead.
+        """
+        gap = arrival - self._last_arrival
+        self._last_arrival = arrival
+        arrival_slot = slot_at(self.t0, arrival)
+        anchor_slot = self._anchor_slot
+        if anchor_slot is None or (newest and gap > self.max_silence):
+            return self._anchor(timestamp, max(arrival_slot, first_free), new_spurt=True)
+        slot = anchor_slot + (timestamp - self._anchor_ts) // FRAME_SAMPLES
+        if slot - arrival_slot > self._max_early_slots:
+            return self._anchor(timestamp, max(arrival_slot, first_free), new_spurt=True) if newest else None
+        if slot < first_free or slot < self._floor:
+            if not newest:
+                return None
+            return self._anchor(timestamp, first_free, new_spurt=False)
+        if self.last_slot is None or slot > self.last_slot:
+            self.last_slot = slot
+        return Placement(slot, self._spurt, False)
+
+    def _anchor(self, timestamp: int, slot: int, *, new_spurt: bool) -> Placement:
+        last = self.last_slot
+        if last is not None:
+            slot = max(slot, last + 1)
+            if new_spurt:
+                self._floor = last + 1
+        self._anchor_slot = slot
+        self._anchor_ts = timestamp
+        self.last_slot = slot
+        if new_spurt:
+            self._spurt += 1
+        return Placement(slot, self._spurt, new_spurt)

@@ -1,0 +1,670 @@
+"""Tests for the Receiver: real transport encryption and real Opus, driven by a fake clock in manual mode."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import discord
+import numpy as np
+import pytest
+
+from discord_voicerecv.errors import E2EEDecryptError
+from discord_voicerecv.frames import FRAME_BYTES, OPUS_SILENCE, VoiceFrame
+from discord_voicerecv.opus import OpusEncoder
+from discord_voicerecv.protocol.rtcp import build_bye
+from discord_voicerecv.protocol.rtp import build_extension_body, build_rtp_header
+from discord_voicerecv.protocol.transport import make_cipher
+from discord_voicerecv.reader import Receiver
+from discord_voicerecv.sinks.base import AudioSink, SinkUser
+
+MODE = "aead_aes256_gcm_rtpsize"
+KEY = bytes(range(32))
+USER_A, USER_B = 1111, 2222
+SSRC_A, SSRC_B = 0xA0A0, 0xB0B0
+
+
+@functools.lru_cache(maxsize=None)
+def _tone(freq: float, frames: int = 120, samples: int = 960) -> tuple[bytes, ...]:
+    """Opus packets of a continuous stereo sine, encoded once per test session."""
+    encoder = OpusEncoder(fec=True, expected_loss_pct=25)
+    out = []
+    for k in range(frames):
+        t = np.arange(k * samples, (k + 1) * samples) / 48000.0
+        mono = (9000 * np.sin(2 * math.pi * freq * t)).astype("<i2")
+        out.append(encoder.encode(np.repeat(mono, 2).tobytes(), frame_samples=samples))
+    return tuple(out)
+
+
+def _dominant_freq(pcm: bytes) -> float:
+    left = np.frombuffer(pcm, dtype="<i2").reshape(-1, 2)[:, 0].astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(left * np.hanning(len(left))))
+    return float(np.fft.rfftfreq(len(left), 1 / 48000)[int(np.argmax(spectrum))])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 500.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class RecordingSink(AudioSink):
+    def __init__(self, wants_pcm: bool = True) -> None:
+        self.wants_pcm = wants_pcm
+        self.writes: list[tuple[SinkUser, VoiceFrame]] = []
+        self.advances: list[int] = []
+        self.cleanups = 0
+
+    def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        self.writes.append((user, frame))
+
+    def advance(self, tick: int) -> None:
+        self.advances.append(tick)
+
+    def cleanup(self) -> None:
+        self.cleanups += 1
+
+    def frames(self, ssrc: int | None = None) -> list[VoiceFrame]:
+        return [f for _, f in self.writes if ssrc is None or f.ssrc == ssrc]
+
+
+class Speaker:
+    """Builds encrypted RTP packets the way a Discord client sends them."""
+
+    def __init__(self, ssrc: int, freq: float = 440.0, *, seq: int = 1000, ts: int = 77_000, key: bytes = KEY) -> None:
+        self.ssrc = ssrc
+        self.cipher = make_cipher(MODE, key)
+        self.packets = _tone(freq)
+        self.seq0 = seq
+        self.ts0 = ts
+
+    def wire(self, i: int) -> tuple[int, int]:
+        return (self.seq0 + i) & 0xFFFF, (self.ts0 + 960 * i) & 0xFFFFFFFF
+
+    def packet(self, i: int, payload: bytes | None = None, *, ext: bool = False, padding: int = 0) -> bytes:
+        seq, ts = self.wire(i)
+        body = b""
+        ext_words = 0
+        if ext:
+            body = build_extension_body([(1, b"\x01\x02"), (5, b"\x07")])
+            ext_words = len(body) // 4
+        header = build_rtp_header(
+            sequence=seq,
+            timestamp=ts,
+            ssrc=self.ssrc,
+            ext_profile=0xBEDE if ext else None,
+            ext_words=ext_words,
+            padding=bool(padding),
+        )
+        data = payload if payload is not None else self.packets[i % len(self.packets)]
+        pad = bytes(padding - 1) + bytes([padding]) if padding else b""
+        return self.cipher.encrypt_rtp(header, body + data + pad)
+
+
+class Harness:
+    """A manual-mode Receiver on a fake clock, fed at exact arrival times."""
+
+    def __init__(self, sink: AudioSink | None = None, **kwargs: Any) -> None:
+        self.clock = Clock()
+        self.sink = sink if sink is not None else RecordingSink()
+        self.after: list[BaseException | None] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.rx = Receiver(
+            self.sink,
+            clock=self.clock,
+            user_resolver=lambda uid: discord.Object(id=uid),
+            after=self.after.append,
+            on_event=lambda name, payload: self.events.append((name, payload)),
+            **kwargs,
+        )
+        self.rx.set_transport(MODE, KEY)
+        self.rx.start(threaded=False)
+        self.t0 = self.clock.t
+
+    def at(self, slot: float) -> float:
+        return self.t0 + 0.02 * slot
+
+    def feed_at(self, t: float, datagram: bytes) -> None:
+        self.rx.pump(until=t)
+        self.clock.t = max(self.clock.t, t)
+        self.rx.feed(datagram)
+
+    def feed_all(self, schedule: Iterable[tuple[float, bytes]]) -> None:
+        for t, datagram in sorted(schedule, key=lambda item: item[0]):
+            self.feed_at(t, datagram)
+
+    def finish(self, t: float) -> None:
+        self.rx.pump(until=t)
+        self.clock.t = max(self.clock.t, t)
+        self.rx.stop()
+
+    def stats(self) -> Any:
+        return self.rx.stats()
+
+
+def _stream(speaker: Speaker, h: Harness, indices: Iterable[int], start: float = 10.0, **jitter: Any) -> list[Any]:
+    """Schedule packets ``indices`` sent every 20 ms from slot ``start``, arriving 3 ms later (+ jitter)."""
+    rng = random.Random(jitter.get("seed", 1))
+    spread = jitter.get("spread", 0.0)
+    return [(h.at(start + i) + 0.003 + rng.uniform(0, spread), speaker.packet(i)) for i in indices]
+
+
+def _assert_aligned(sink: RecordingSink) -> None:
+    assert sink.advances == list(range(len(sink.advances)))
+    assert sink.cleanups == 1
+
+
+def test_in_order_stream_is_decoded_into_consecutive_ticks() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    h.feed_all(_stream(Speaker(SSRC_A), h, range(50)))
+    h.finish(h.at(80))
+    frames = h.sink.frames()  # type: ignore[attr-defined]
+    assert [f.tick for f in frames] == list(range(10, 60))
+    assert all(len(f.pcm) == FRAME_BYTES and not f.concealed and f.user_id == USER_A for f in frames)
+    assert [f.sequence for f in frames] == [1000 + i for i in range(50)]
+    assert abs(_dominant_freq(b"".join(f.pcm for f in frames[10:20])) - 440) < 15
+    users = {user.id for user, _ in h.sink.writes if isinstance(user, discord.Object)}  # type: ignore[attr-defined]
+    assert users == {USER_A}
+    stats = h.stats()
+    assert stats["decoded"] == 50 and stats["rtp"] == 50 and stats["frames"] == 50
+    assert stats.by_user[USER_A]["decoded"] == 50
+    assert stats.by_ssrc[SSRC_A]["rtp"] == 50
+    assert stats.dropped() == 0
+    _assert_aligned(h.sink)  # type: ignore[arg-type]
+    assert h.sink.advances[-1] == 79  # type: ignore[attr-defined]
+    assert h.after == [None]
+
+
+def test_reordered_and_jittered_packets_keep_their_slots() -> None:
+    reference = Harness()
+    reference.rx.map_ssrc(SSRC_A, USER_A)
+    reference.feed_all(_stream(Speaker(SSRC_A), reference, range(40)))
+    reference.finish(reference.at(70))
+
+    h = Harness(playout_delay=0.1)
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    schedule = _stream(Speaker(SSRC_A), h, range(40), spread=0.06, seed=7)
+    for i in range(1, 39, 4):
+        schedule[i], schedule[i + 1] = (schedule[i + 1][0], schedule[i][1]), (schedule[i][0], schedule[i + 1][1])
+    h.feed_all(schedule)
+    h.finish(h.at(70))
+
+    got = [(f.tick, f.sequence, f.pcm) for f in h.sink.frames()]  # type: ignore[attr-defined]
+    want = [(f.tick, f.sequence, f.pcm) for f in reference.sink.frames()]  # type: ignore[attr-defined]
+    assert got == want
+    assert h.stats()["late"] == 0 and h.stats()["plc"] == 0
+
+
+def test_duplicates_are_dropped_and_counted() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    speaker = Speaker(SSRC_A)
+    schedule = _stream(speaker, h, range(30))
+    schedule += [(t + 0.001, pkt) for t, pkt in schedule]
+    h.feed_all(schedule)
+    h.finish(h.at(60))
+    assert len(h.sink.frames()) == 30  # type: ignore[attr-defined]
+    assert h.stats()["duplicate"] == 30
+
+
+def test_losses_are_recovered_with_fec_then_plc() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    lost = {10, 20, 21, 22}
+    h.feed_all(_stream(Speaker(SSRC_A), h, (i for i in range(40) if i not in lost)))
+    h.finish(h.at(70))
+    frames = h.sink.frames()  # type: ignore[attr-defined]
+    assert [f.tick for f in frames] == list(range(10, 50))
+    concealed = {f.tick - 10: f for f in frames if f.concealed}
+    assert set(concealed) == lost
+    assert all(f.opus is None and len(f.pcm) == FRAME_BYTES for f in concealed.values())
+    stats = h.stats()
+    assert stats["fec"] == 2  # frames 10 and 22, from packets 11 and 23
+    assert stats["plc"] == 2  # frames 20 and 21
+    assert stats["decoded"] == 36
+    recovered = np.frombuffer(concealed[10].pcm, dtype="<i2")
+    assert np.abs(recovered).max() > 1000
+
+
+def test_loss_at_the_end_of_a_spurt_is_not_concealed() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    h.feed_all(_stream(Speaker(SSRC_A), h, range(20)))
+    h.finish(h.at(60))
+    assert [f.tick for f in h.sink.frames()] == list(range(10, 30))  # type: ignore[attr-defined]
+    assert h.stats()["plc"] == 0
+    names = [(name, payload["tick"]) for name, payload in h.events]
+    assert names == [("speaking_start", 10), ("speaking_stop", 40)]
+
+
+def test_sequence_and_timestamp_wraparound() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    speaker = Speaker(SSRC_A, seq=65530, ts=0xFFFFFFFF - 960 * 3 + 1)
+    schedule = _stream(speaker, h, range(30))
+    schedule[5], schedule[6] = (schedule[5][0], schedule[6][1]), (schedule[6][0], schedule[5][1])
+    h.feed_all(schedule)
+    h.finish(h.at(60))
+    frames = h.sink.frames()  # type: ignore[attr-defined]
+    assert [f.tick for f in frames] == list(range(10, 40))
+    assert [f.sequence for f in frames] == [(65530 + i) & 0xFFFF for i in range(30)]
+    assert frames[3].rtp_timestamp == 1 and frames[2].rtp_timestamp == 0xFFFFFFFF - 960 + 1
+    assert not any(f.concealed for f in frames)
+
+
+def test_unknown_ssrc_is_held_then_played_when_mapped() -> None:
+    h = Harness()
+    speaker = Speaker(SSRC_A)
+    schedule = _stream(speaker, h, range(40))
+    h.feed_all(schedule[:15])
+    assert h.stats()["unknown_ssrc_held"] == 15
+    assert h.rx._streams == {}
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    h.feed_all(schedule[15:])
+    h.finish(h.at(90))
+    frames = h.sink.frames()  # type: ignore[attr-defined]
+    assert [f.sequence for f in frames] == [1000 + i for i in range(40)]
+    ticks = [f.tick for f in frames]
+    assert ticks == list(range(ticks[0], ticks[0] + 40))
+    assert ticks[0] >= 20  # the held packets start at the first slot not yet played
+    assert h.stats()["late"] == 0
+
+
+def test_held_packets_expire_and_are_counted() -> None:
+    h = Harness(unknown_ssrc_hold=0.5)
+    h.feed_all(_stream(Speaker(SSRC_A), h, range(5)))
+    h.rx.pump(until=h.at(120))
+    h.clock.t = h.at(120)
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    h.finish(h.at(130))
+    assert h.stats()["unknown_ssrc_expired"] == 5
+    assert h.sink.frames() == []  # type: ignore[attr-defined]
+
+
+def test_garbage_and_unauthenticated_packets_are_counted_and_allocate_nothing() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    speaker = Speaker(SSRC_A)
+    forger = Speaker(SSRC_A, key=bytes(32))
+    good = speaker.packet(0)
+    tampered = bytearray(speaker.packet(1))
+    tampered[20] ^= 0x40
+    rng = random.Random(3)
+    datagrams = [
+        forger.packet(0),
+        bytes(tampered),
+        good[:20],
+        b"\x80",
+        bytes([0x40]) + good[1:],
+        bytes([0x8F]) + good[1:14],
+        b"\x80\x78" + bytes(2000),
+        build_rtp_header(sequence=1, timestamp=1, ssrc=SSRC_A, payload_type=101) + bytes(40),
+        b"\x00\x02\x00\x46" + bytes(70),
+        b"\x80\xc9\x00\x01" + bytes(30),
+        *(bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 200))) for _ in range(300)),
+        *(Speaker(rng.getrandbits(32), key=os.urandom(32)).packet(0) for _ in range(50)),
+    ]
+    for data in datagrams:
+        h.rx.feed(data)
+    stats = h.stats()
+    assert h.rx._streams == {} and h.rx._held == {}
+    assert stats["packets"] == len(datagrams)
+    assert stats["decrypt_failed"] >= 53
+    assert stats["ip_discovery"] == 1
+    assert stats["ignored_payload_type"] >= 1
+    assert stats["malformed:oversized"] == 1
+    assert stats["malformed:short"] >= 1 and stats["malformed:version"] >= 1
+    assert stats["rtp"] == 0 and stats["internal_error"] == 0
+    h.feed_at(h.at(10), good)
+    assert set(h.rx._streams) == {SSRC_A}
+
+
+def test_packets_before_the_key_or_from_our_own_ssrc_are_dropped() -> None:
+    clock = Clock()
+    rx = Receiver(RecordingSink(), clock=clock)
+    rx.start(threaded=False)
+    rx.ignore_ssrc(SSRC_B)
+    rx.feed(Speaker(SSRC_A).packet(0))
+    rx.set_transport(MODE, list(KEY))  # discord.py keeps the key as a list of ints
+    rx.feed(Speaker(SSRC_B).packet(0))
+    stats = rx.stats()
+    assert stats["no_transport_key"] == 1 and stats["ignored_ssrc"] == 1
+    rx.stop()
+
+
+def test_two_speakers_are_aligned_by_arrival_across_spurts() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    h.rx.map_ssrc(SSRC_B, USER_B)
+    a = Speaker(SSRC_A, 440.0, seq=10, ts=5_000_000)
+    b = Speaker(SSRC_B, 880.0, seq=40_000, ts=3_999_000_000)
+    schedule = _stream(a, h, range(60), start=10)
+    schedule += [(t + 0.011, pkt) for t, pkt in _stream(b, h, range(30), start=20, spread=0.03, seed=5)]
+    h.feed_all(schedule)
+    h.finish(h.at(100))
+    ticks_a = [f.tick for f in h.sink.frames(SSRC_A)]  # type: ignore[attr-defined]
+    ticks_b = [f.tick for f in h.sink.frames(SSRC_B)]  # type: ignore[attr-defined]
+    assert ticks_a == list(range(10, 70))
+    assert ticks_b == list(range(20, 50))
+    by_tick: dict[int, set[int]] = {}
+    for _, frame in h.sink.writes:  # type: ignore[attr-defined]
+        by_tick.setdefault(frame.tick, set()).add(frame.ssrc)
+    assert all(by_tick[t] == {SSRC_A, SSRC_B} for t in range(20, 50))
+    mixed_b = b"".join(f.pcm for f in h.sink.frames(SSRC_B)[5:15])  # type: ignore[attr-defined]
+    assert abs(_dominant_freq(mixed_b) - 880) < 20
+    starts = [(p["user_id"], p["tick"]) for name, p in h.events if name == "speaking_start"]
+    assert starts == [(USER_A, 10), (USER_B, 20)]
+    _assert_aligned(h.sink)  # type: ignore[arg-type]
+
+
+def test_a_new_spurt_after_silence_is_placed_by_arrival() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    speaker = Speaker(SSRC_A)
+    schedule = _stream(speaker, h, range(10), start=5)
+    # discord.py keeps timestamps contiguous across a pause: packet 10 follows 9 in RTP but comes 1 s later
+    schedule += [(h.at(65 + i) + 0.004, speaker.packet(10 + i)) for i in range(10)]
+    h.feed_all(schedule)
+    h.finish(h.at(100))
+    ticks = [f.tick for f in h.sink.frames()]  # type: ignore[attr-defined]
+    assert ticks == list(range(5, 15)) + list(range(65, 75))
+    names = [(n, p["tick"]) for n, p in h.events]
+    assert names == [("speaking_start", 5), ("speaking_stop", 25), ("speaking_start", 65), ("speaking_stop", 85)]
+
+
+def test_slow_sink_drops_counted_and_advances_never_lost() -> None:
+    h = Harness(sink_queue_slots=5)
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    schedule = _stream(Speaker(SSRC_A), h, range(30))
+    for t, pkt in schedule:
+        h.rx.pump(until=t, deliver=False)
+        h.clock.t = t
+        h.rx.feed(pkt)
+    h.rx.pump(until=h.at(60), deliver=False)
+    assert len(h.rx._queue) <= 5 + 2
+    assert h.stats()["sink_queue_full"] == 25
+    h.finish(h.at(60))
+    assert [f.tick for f in h.sink.frames()] == list(range(10, 15))  # type: ignore[attr-defined]
+    _assert_aligned(h.sink)  # type: ignore[arg-type]
+    assert h.sink.advances[-1] == 59  # type: ignore[attr-defined]
+
+
+class ExplodingSink(RecordingSink):
+    def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        if len(self.writes) == 3:
+            raise OSError("disk full")
+        super().write(user, frame)
+
+
+def test_an_exploding_sink_is_detached_and_reported() -> None:
+    sink = ExplodingSink()
+    h = Harness(sink)
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    schedule = _stream(Speaker(SSRC_A), h, range(30))
+    h.feed_all(schedule)
+    assert len(h.after) == 1 and isinstance(h.after[0], OSError)
+    assert not h.rx.is_running
+    assert sink.cleanups == 1 and len(sink.writes) == 3
+    h.rx.feed(schedule[0][1])
+    h.finish(h.at(90))
+    assert h.stats()["sink_error"] == 1 and h.stats()["not_listening"] >= 1
+    assert len(h.after) == 1 and sink.cleanups == 1
+
+
+def test_opus_only_sink_skips_decoding() -> None:
+    h = Harness(RecordingSink(wants_pcm=False))
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    speaker = Speaker(SSRC_A)
+    h.feed_all(_stream(speaker, h, (i for i in range(20) if i != 7)))
+    h.finish(h.at(50))
+    frames = h.sink.frames()  # type: ignore[attr-defined]
+    assert [f.opus for f in frames if not f.concealed] == [speaker.packets[i] for i in range(20) if i != 7]
+    assert all(f.pcm == b"" for f in frames)
+    assert [f.tick for f in frames if f.concealed] == [17]
+    stats = h.stats()
+    assert stats["decoded"] == 0 and stats["lost"] == 1
+    assert h.rx._streams[SSRC_A].decoder is None
+
+
+def test_corrupt_opus_is_concealed_and_playout_continues() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    speaker = Speaker(SSRC_A)
+    schedule = _stream(speaker, h, range(20))
+    schedule[8] = (schedule[8][0], speaker.packet(8, b"\xff\xff\xff\xff"))
+    h.feed_all(schedule)
+    h.finish(h.at(50))
+    frames = h.sink.frames()  # type: ignore[attr-defined]
+    assert [f.tick for f in frames] == list(range(10, 30))
+    assert frames[8].concealed and len(frames[8].pcm) == FRAME_BYTES
+    assert h.stats()["opus_error"] == 1 and h.stats()["decoded"] == 19
+
+
+def test_extension_and_padding_are_stripped() -> None:
+    h = Harness(RecordingSink(wants_pcm=False))
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    speaker = Speaker(SSRC_A)
+    h.feed_all([(h.at(10 + i), speaker.packet(i, ext=True, padding=3 * (i % 2))) for i in range(6)])
+    h.finish(h.at(40))
+    assert [f.opus for f in h.sink.frames()] == list(speaker.packets[:6])  # type: ignore[attr-defined]
+
+
+def test_forty_millisecond_packets_fill_two_slots() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    speaker = Speaker(SSRC_A)
+    long_packets = _tone(440.0, frames=10, samples=1920)
+    schedule = []
+    for i, payload in enumerate(long_packets):
+        header = build_rtp_header(sequence=i, timestamp=1920 * i, ssrc=SSRC_A)
+        schedule.append((h.at(10 + 2 * i) + 0.001, speaker.cipher.encrypt_rtp(header, payload)))
+    h.feed_all(schedule)
+    h.finish(h.at(60))
+    frames = h.sink.frames()  # type: ignore[attr-defined]
+    assert [f.tick for f in frames] == list(range(10, 30))
+    assert not any(f.concealed for f in frames)
+    assert [f.opus is not None for f in frames[:4]] == [True, False, True, False]
+    assert abs(_dominant_freq(b"".join(f.pcm for f in frames[6:16])) - 440) < 15
+
+
+class ToyDave:
+    """A stand-in DAVE layer: frames are XOR-ed with a per-user byte and end with 0xFAFA."""
+
+    def __init__(self) -> None:
+        self.ready: set[int] = set()
+        self.calls: list[bytes] = []
+
+    @staticmethod
+    def seal(user_id: int, frame: bytes) -> bytes:
+        return bytes(b ^ (user_id & 0xFF) for b in frame) + b"\xfa\xfa"
+
+    def decrypt(self, user_id: int, frame: bytes) -> bytes | None:
+        self.calls.append(frame)
+        if not frame.endswith(b"\xfa\xfa"):
+            raise E2EEDecryptError("plaintext")
+        if user_id not in self.ready:
+            return None
+        return bytes(b ^ (user_id & 0xFF) for b in frame[:-2])
+
+
+def test_e2ee_frames_are_held_until_the_decryptor_is_ready() -> None:
+    dave = ToyDave()
+    h = Harness(decryptor=dave)
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    speaker = Speaker(SSRC_A)
+    schedule = [(h.at(10 + i) + 0.002, speaker.packet(i, ToyDave.seal(USER_A, speaker.packets[i]))) for i in range(30)]
+    schedule[12] = (schedule[12][0], speaker.packet(12, speaker.packets[12]))
+    schedule[13] = (schedule[13][0], speaker.packet(13, OPUS_SILENCE))
+    h.feed_all(schedule[:3])
+    assert h.stats()["e2ee_held"] == 3
+    dave.ready.add(USER_A)
+    h.feed_all(schedule[3:])
+    h.finish(h.at(60))
+    frames = h.sink.frames()  # type: ignore[attr-defined]
+    assert [f.opus for f in frames if f.tick - 10 < 12] == list(speaker.packets[:12])
+    assert h.stats()["e2ee_failed:plaintext"] == 1
+    assert OPUS_SILENCE not in dave.calls
+    silence = [f for f in frames if f.tick == 23]
+    assert silence and silence[0].opus == OPUS_SILENCE and silence[0].pcm == bytes(FRAME_BYTES)
+    assert frames[12].tick == 22 and frames[12].concealed
+
+
+def test_e2ee_frames_that_never_decrypt_expire() -> None:
+    dave = ToyDave()
+    h = Harness(decryptor=dave)
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    speaker = Speaker(SSRC_A)
+    h.feed_all([(h.at(10 + i), speaker.packet(i, ToyDave.seal(USER_A, speaker.packets[i]))) for i in range(80)])
+    h.finish(h.at(200))
+    stats = h.stats()
+    assert stats["e2ee_held"] == 80 and stats["e2ee_expired"] == 80
+    assert h.sink.frames() == [] and h.rx._pending == {}  # type: ignore[attr-defined]
+
+
+def test_rtcp_bye_ends_the_spurt() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    speaker = Speaker(SSRC_A)
+    h.feed_all(_stream(speaker, h, range(10)))
+    bye = speaker.cipher.encrypt_rtcp(build_bye([SSRC_A]))
+    h.feed_at(h.at(20.5), bye)
+    h.finish(h.at(50))
+    stats = h.stats()
+    assert stats["rtcp"] == 1 and stats["rtcp_bye"] == 1
+    stops = [p["tick"] for n, p in h.events if n == "speaking_stop"]
+    assert stops == [20]
+
+
+def test_forget_user_drops_the_stream() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    schedule = _stream(Speaker(SSRC_A), h, range(20))
+    h.feed_all(schedule[:10])
+    h.rx.pump(until=h.at(16))
+    h.rx.forget_user(USER_A)
+    assert h.rx._streams == {}
+    assert h.events[-1][0] == "speaking_stop"
+    h.feed_all(schedule[10:])
+    h.finish(h.at(50))
+    assert h.stats()["unknown_ssrc_held"] == 10
+    assert max(f.tick for f in h.sink.frames()) < 20  # type: ignore[attr-defined]
+
+
+def test_new_transport_key_keeps_stream_state() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    speaker = Speaker(SSRC_A)
+    schedule = _stream(speaker, h, range(20))
+    h.feed_all(schedule[:10])
+    new_key = bytes(reversed(range(32)))
+    h.rx.set_transport("aead_xchacha20_poly1305_rtpsize", new_key)
+    speaker.cipher = make_cipher("aead_xchacha20_poly1305_rtpsize", new_key)
+    h.feed_all(_stream(speaker, h, range(10, 20)))
+    h.rx.feed(schedule[19][1])
+    h.finish(h.at(50))
+    assert [f.tick for f in h.sink.frames()] == list(range(10, 30))  # type: ignore[attr-defined]
+    assert h.stats()["decrypt_failed"] == 1
+
+
+def test_flood_of_unmapped_ssrcs_stays_bounded() -> None:
+    h = Harness()
+    rng = random.Random(11)
+    speakers = [Speaker(rng.getrandbits(32)) for _ in range(200)]
+    for i in range(3000):
+        h.rx.feed(speakers[i % 200].packet(i // 200))
+    held = sum(len(q) for q in h.rx._held.values())
+    assert held <= 1000 and len(h.rx._held) <= 64
+    assert h.stats()["unknown_ssrc_dropped"] == 3000 - held
+    single = Speaker(SSRC_B, seq=0)
+    for i in range(300):
+        h.rx.feed(single.packet(i))
+    assert len(h.rx._held.get(SSRC_B, ())) == 0 or len(h.rx._held[SSRC_B]) <= 100
+
+
+def test_idle_streams_are_forgotten() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    h.feed_all(_stream(Speaker(SSRC_A), h, range(5)))
+    h.rx.pump(until=h.at(100))
+    assert SSRC_A in h.rx._streams
+    h.rx.pump(until=h.at(3200))
+    assert SSRC_A not in h.rx._streams
+    h.finish(h.at(3201))
+    assert h.sink.advances[-1] == 3200  # type: ignore[attr-defined]
+
+
+def test_stop_flushes_frames_still_in_the_playout_delay() -> None:
+    h = Harness(playout_delay=0.2)
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    h.feed_all(_stream(Speaker(SSRC_A), h, range(10)))
+    h.finish(h.at(20))
+    assert [f.tick for f in h.sink.frames()] == list(range(10, 20))  # type: ignore[attr-defined]
+    assert h.sink.advances == list(range(20))  # type: ignore[attr-defined]
+
+
+def test_stats_snapshot_is_frozen() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    h.feed_all(_stream(Speaker(SSRC_A), h, range(3)))
+    snap = h.stats()
+    h.feed_all(_stream(Speaker(SSRC_A), h, range(3, 6)))
+    assert snap["rtp"] == 3 and h.stats()["rtp"] == 6
+    with pytest.raises(TypeError):
+        snap["rtp"] = 0  # type: ignore[index]
+    as_dict = snap.as_dict()
+    assert as_dict["by_user"][USER_A]["rtp"] == 3 and as_dict["packets"] == 3
+    h.finish(h.at(30))
+
+
+class GatedSink(RecordingSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        self.gate.wait(5)
+        super().write(user, frame)
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()
+
+
+def test_threaded_receiver_with_a_blocked_sink_keeps_receiving() -> None:
+    sink = GatedSink()
+    after: list[BaseException | None] = []
+    rx = Receiver(sink, playout_delay=0.02, sink_queue_slots=2, after=after.append)
+    rx.set_transport(MODE, KEY)
+    rx.map_ssrc(SSRC_A, USER_A)
+    rx.start()
+    speaker = Speaker(SSRC_A)
+    t_start = time.monotonic()
+    worst = 0.0
+    for i in range(12):
+        while time.monotonic() < t_start + 0.02 * i:
+            time.sleep(0.002)
+        t = time.perf_counter()
+        rx.feed(speaker.packet(i))
+        worst = max(worst, time.perf_counter() - t)
+    assert _wait_for(lambda: rx.stats()["sink_queue_full"] > 0)
+    assert worst < 0.05
+    sink.gate.set()
+    rx.stop()
+    assert after == [None] and sink.cleanups == 1
+    assert rx.stats()["rtp"] == 12
+    assert sink.advances == list(range(len(sink.advances)))
+    assert 0 < len(sink.writes) < 12

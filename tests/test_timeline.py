@@ -1,0 +1,144 @@
+"""Tests for the RTP-timestamp-to-slot timeline: spurts, jitter, reordering, stalls and jumps."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from discord_voicerecv.timeline import Placement, Timeline, slot_at
+
+T0 = 1000.0
+
+
+def _at(slot: float) -> float:
+    """Clock time a fraction into ``slot``."""
+    return T0 + 0.02 * slot
+
+
+def test_slot_at_boundaries() -> None:
+    assert slot_at(T0, T0) == 0
+    assert slot_at(T0, T0 + 0.0199) == 0
+    assert slot_at(T0, T0 + 0.02) == 1
+    assert slot_at(T0, T0 + 1.0) == 50
+    assert slot_at(T0, T0 - 0.001) == -1
+
+
+def test_first_packet_anchors_on_arrival_and_rtp_keeps_spacing_despite_jitter() -> None:
+    tl = Timeline(T0)
+    first = tl.place(5000, _at(10.3), first_free=0, newest=True)
+    assert first == Placement(10, 1, True)
+    jitter = [0.9, 0.1, 2.5, 0.4, 3.9]
+    for i, extra in enumerate(jitter, start=1):
+        placed = tl.place(5000 + 960 * i, _at(10.3 + i + extra), first_free=0, newest=True)
+        assert placed == Placement(10 + i, 1, False)
+    assert tl.last_slot == 15
+
+
+def test_silence_starts_a_new_spurt_anchored_on_arrival() -> None:
+    tl = Timeline(T0, max_silence=0.2)
+    for i in range(5):
+        tl.place(960 * i, _at(i), first_free=0, newest=True)
+    placed = tl.place(960 * 5, _at(40.2), first_free=0, newest=True)
+    assert placed == Placement(40, 2, True)
+    assert tl.spurt == 2
+    again = tl.place(960 * 6, _at(41.1), first_free=0, newest=True)
+    assert again == Placement(41, 2, False)
+
+
+def test_timestamps_that_kept_running_through_silence_also_anchor_on_arrival() -> None:
+    tl = Timeline(T0)
+    tl.place(0, _at(0), first_free=0, newest=True)
+    placed = tl.place(960 * 50, _at(50.5), first_free=0, newest=True)
+    assert placed is not None and placed.slot == 50 and placed.started
+
+
+def test_reordered_first_packets_of_a_spurt_go_before_the_anchor() -> None:
+    tl = Timeline(T0)
+    second = tl.place(960 * 101, _at(20.1), first_free=0, newest=True)
+    first = tl.place(960 * 100, _at(20.3), first_free=0, newest=False)
+    assert second == Placement(20, 1, True)
+    assert first == Placement(19, 1, False)
+
+
+def test_an_old_packet_whose_slot_was_played_is_late() -> None:
+    tl = Timeline(T0)
+    for i in (0, 2, 3):
+        tl.place(960 * i, _at(i), first_free=0, newest=True)
+    assert tl.place(960, _at(9), first_free=5, newest=False) is None
+
+
+def test_a_stall_shifts_the_anchor_instead_of_dropping_the_burst() -> None:
+    tl = Timeline(T0, max_silence=0.5)
+    for i in range(3):
+        tl.place(960 * i, _at(i), first_free=0, newest=True)
+    # packets 3..7 arrive together 0.3 s late, after slots up to 9 were played
+    burst = [tl.place(960 * i, _at(12), first_free=10, newest=True) for i in range(3, 8)]
+    assert [p.slot for p in burst if p is not None] == [10, 11, 12, 13, 14]
+    assert all(p is not None and p.spurt == 1 and not p.started for p in burst)
+
+
+def test_a_timestamp_jump_far_ahead_reanchors() -> None:
+    tl = Timeline(T0, max_early=4.0)
+    tl.place(0, _at(0), first_free=0, newest=True)
+    tl.place(960, _at(1), first_free=0, newest=True)
+    placed = tl.place(960 * 100_000, _at(2), first_free=0, newest=True)
+    assert placed == Placement(2, 2, True)
+
+
+def test_an_old_burst_replayed_late_starts_at_the_first_free_slot() -> None:
+    tl = Timeline(T0)
+    slots = [tl.place(960 * i, _at(i), first_free=30, newest=True) for i in range(5)]
+    assert [p.slot for p in slots if p is not None] == [30, 31, 32, 33, 34]
+    live = tl.place(960 * 5, _at(5.5), first_free=30, newest=True)
+    assert live == Placement(35, 1, False)
+
+
+def test_a_new_spurt_never_overlaps_the_previous_one() -> None:
+    tl = Timeline(T0, max_silence=0.2)
+    for i in range(5):
+        tl.place(960 * i, _at(40 + i), first_free=40, newest=True)
+    placed = tl.place(960 * 500, _at(30), first_free=40, newest=True)
+    assert placed is not None and placed.slot == 45 and placed.started
+
+
+def test_reset_ends_the_spurt() -> None:
+    tl = Timeline(T0)
+    tl.place(0, _at(0), first_free=0, newest=True)
+    tl.reset()
+    placed = tl.place(960, _at(7), first_free=0, newest=True)
+    assert placed == Placement(7, 2, True)
+
+
+def test_ten_millisecond_frames_share_slots() -> None:
+    tl = Timeline(T0)
+    placed = [tl.place(480 * i, _at(3 + i / 2), first_free=0, newest=True) for i in range(6)]
+    assert [p.slot for p in placed if p is not None] == [3, 3, 4, 4, 5, 5]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    count=st.integers(2, 80),
+    ts0=st.integers(0, 2**40),
+    offset=st.floats(0, 500),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_jitter_and_reordering_inside_a_spurt_never_move_frames(
+    count: int, ts0: int, offset: float, seed: int
+) -> None:
+    rng = random.Random(seed)
+    arrivals = [(_at(offset + i + rng.uniform(0.0, 0.9)), i) for i in range(count)]
+    arrivals[0] = (_at(offset), 0)
+    order = sorted(arrivals[1:], key=lambda a: a[0] + rng.uniform(0, 0.04))
+    tl = Timeline(T0, max_silence=0.2)
+    highest = -1
+    slots: dict[int, int] = {}
+    for arrival, i in [arrivals[0], *order]:
+        newest = i > highest
+        highest = max(highest, i)
+        placed = tl.place(ts0 + 960 * i, arrival, first_free=0, newest=newest)
+        assert placed is not None and placed.spurt == 1
+        slots[i] = placed.slot
+    anchor = slot_at(T0, _at(offset))
+    assert slots == {i: anchor + i for i in range(count)}
