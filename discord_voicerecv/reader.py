@@ -489,6 +489,10 @@ class Receiver:
             jitter.remove(packet)
             stats.incr("late", ssrc=ssrc, user_id=user_id)
             return
+        if placement.moved:
+            for other in jitter:
+                if other.spurt == placement.spurt:
+                    other.slot -= placement.moved
         packet.slot = placement.slot
         packet.spurt = placement.spurt
         if placement.started:
@@ -634,9 +638,9 @@ class Receiver:
         with self._lock:
             tick = self._next_slot
             self._next_slot = tick + 1
+            now = max(self._clock(), self._deadline(tick))
             try:
                 if self._pending:
-                    now = self._clock()
                     for user_id in list(self._pending):
                         self._retry_pending(user_id, now)
                 for stream in self._streams.values():
@@ -644,7 +648,7 @@ class Receiver:
                     if plan is not None:
                         plans.append(plan)
                 if tick % _HOUSEKEEPING_SLOTS == 0:
-                    self._housekeeping()
+                    self._housekeeping(now)
             except Exception:
                 _log.exception("unexpected error planning slot %d", tick)
                 self._stats.incr("internal_error")
@@ -799,9 +803,8 @@ class Receiver:
             except Exception:
                 _log.exception("on_event callback raised for %s", name)
 
-    def _housekeeping(self) -> None:
+    def _housekeeping(self, now: float) -> None:
         """Expire held packets and forget streams idle for a long time, so memory stays bounded. Locked."""
-        now = self._clock()
         for ssrc, queue in list(self._held.items()):
             while queue and now - queue[0].arrival > self._hold_window:
                 queue.popleft()

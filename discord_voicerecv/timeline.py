@@ -3,7 +3,9 @@
 Slot ``n`` covers ``[t0 + 20n, t0 + 20(n + 1))`` ms, ``t0`` being when listening started. Inside a talk spurt a
 frame's slot follows its RTP timestamp exactly (``anchor_slot + (ts - anchor_ts) // 960``), so network jitter
 does not move audio around. Discord sends nothing while a user is silent, so a new spurt is anchored on arrival
-time instead. Pure: times are passed in, nothing reads a clock.
+time instead: on the first packet's arrival, moved earlier while the spurt is still unplayed whenever a later
+packet arrives with less delay (the least-delayed packet is the best estimate of when the audio was captured).
+Pure: times are passed in, nothing reads a clock.
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ def slot_at(t0: float, t: float) -> int:
 
 
 class Placement(NamedTuple):
-    """Where a frame goes: its ``slot``, the ``spurt`` it belongs to, and whether it started that spurt."""
+    """Where a frame goes: its ``slot``, the ``spurt`` it belongs to, and whether it started that spurt.
+
+    ``moved`` > 0 means this frame showed the spurt's anchor was too late (the first packet was delayed more than
+    this one): every frame already placed in the spurt moves ``moved`` slots earlier. That only happens while
+    none of the spurt has been played out.
+    """
 
     slot: int
     spurt: int
     started: bool
+    moved: int = 0
 
 
 class Timeline:
@@ -49,6 +57,7 @@ class Timeline:
     __slots__ = (
         "_anchor_slot",
         "_anchor_ts",
+        "_first_slot",
         "_floor",
         "_last_arrival",
         "_max_early_slots",
@@ -67,6 +76,7 @@ class Timeline:
         self._last_arrival = -math.inf
         self._spurt = 0
         self._floor = -(1 << 62)
+        self._first_slot = 0
         self.last_slot: int | None = None
         """Latest slot given to any frame of this stream."""
 
@@ -107,9 +117,20 @@ class Timeline:
             if not newest:
                 return None
             return self._anchor(timestamp, first_free, new_spurt=False)
+        moved = 0
+        if slot > arrival_slot:
+            moved = max(0, min(slot - arrival_slot, self._first_slot - max(first_free, self._floor)))
+            if moved:
+                self._anchor_slot = anchor_slot - moved
+                self._first_slot -= moved
+                if self.last_slot is not None:
+                    self.last_slot -= moved
+                slot -= moved
         if self.last_slot is None or slot > self.last_slot:
             self.last_slot = slot
-        return Placement(slot, self._spurt, False)
+        if slot < self._first_slot:
+            self._first_slot = slot
+        return Placement(slot, self._spurt, False, moved)
 
     def _anchor(self, timestamp: int, slot: int, *, new_spurt: bool) -> Placement:
         last = self.last_slot
@@ -122,4 +143,5 @@ class Timeline:
         self.last_slot = slot
         if new_spurt:
             self._spurt += 1
+            self._first_slot = slot
         return Placement(slot, self._spurt, new_spurt)

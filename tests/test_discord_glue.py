@@ -68,10 +68,9 @@ def test_state_attributes_the_glue_reads_exist(state: VoiceConnectionState) -> N
 
 
 def test_socket_listener_receives_datagrams_on_the_reader_thread(state: VoiceConnectionState) -> None:
-    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    state._create_socket()  # what discord.py does on VOICE_SERVER_UPDATE: a fresh socket, reader resumed
+    receiver = state.socket
     receiver.bind(("127.0.0.1", 0))
-    receiver.setblocking(False)
-    state.socket = receiver
     got: list[tuple[bytes, str]] = []
     arrived = threading.Event()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from hypothesis import given, settings
@@ -179,8 +180,8 @@ def test_any_shuffle_with_duplicates_comes_out_in_order_once(
     ext = [p.sequence for p in out]
     assert ext == sorted(set(ext))
     assert [s & 0xFFFF for s in ext] == [s & 0xFFFF for s in seqs]
-    assert all(b.sequence - a.sequence == 1 for a, b in zip(out, out[1:]))
-    assert all(b.timestamp - a.timestamp == 960 for a, b in zip(out, out[1:]))
+    assert all(b.sequence - a.sequence == 1 for a, b in itertools.pairwise(out))
+    assert all(b.timestamp - a.timestamp == 960 for a, b in itertools.pairwise(out))
     assert jb.duplicates == len(feed) - count
 
 

@@ -48,7 +48,7 @@ def test_env_override_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_library_raises_opus_not_available(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(opus.LIBOPUS_ENV, raising=False)
     monkeypatch.setattr(opus, "_bundled_path", lambda: None)
-    monkeypatch.setattr(opus.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr("ctypes.util.find_library", lambda name: None)
     with pytest.raises(OpusNotAvailable, match="opuslib-next-bundled"):
         opus.libopus_path()
 
@@ -148,4 +148,3 @@ def test_ensure_discord_opus_loads_discord_py() -> None:
 
 def test_version_string() -> None:
     assert "libopus" in opus.version()
-

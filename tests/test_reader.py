@@ -30,7 +30,7 @@ USER_A, USER_B = 1111, 2222
 SSRC_A, SSRC_B = 0xA0A0, 0xB0B0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tone(freq: float, frames: int = 120, samples: int = 960) -> tuple[bytes, ...]:
     """Opus packets of a continuous stereo sine, encoded once per test session."""
     encoder = OpusEncoder(fec=True, expected_loss_pct=25)
@@ -112,7 +112,7 @@ class Speaker:
 class Harness:
     """A manual-mode Receiver on a fake clock, fed at exact arrival times."""
 
-    def __init__(self, sink: AudioSink | None = None, **kwargs: Any) -> None:
+    def __init__(self, sink: RecordingSink | None = None, **kwargs: Any) -> None:
         self.clock = Clock()
         self.sink = sink if sink is not None else RecordingSink()
         self.after: list[BaseException | None] = []
@@ -167,20 +167,20 @@ def test_in_order_stream_is_decoded_into_consecutive_ticks() -> None:
     h.rx.map_ssrc(SSRC_A, USER_A)
     h.feed_all(_stream(Speaker(SSRC_A), h, range(50)))
     h.finish(h.at(80))
-    frames = h.sink.frames()  # type: ignore[attr-defined]
+    frames = h.sink.frames()
     assert [f.tick for f in frames] == list(range(10, 60))
     assert all(len(f.pcm) == FRAME_BYTES and not f.concealed and f.user_id == USER_A for f in frames)
     assert [f.sequence for f in frames] == [1000 + i for i in range(50)]
     assert abs(_dominant_freq(b"".join(f.pcm for f in frames[10:20])) - 440) < 15
-    users = {user.id for user, _ in h.sink.writes if isinstance(user, discord.Object)}  # type: ignore[attr-defined]
+    users = {user.id for user, _ in h.sink.writes if isinstance(user, discord.Object)}
     assert users == {USER_A}
     stats = h.stats()
     assert stats["decoded"] == 50 and stats["rtp"] == 50 and stats["frames"] == 50
     assert stats.by_user[USER_A]["decoded"] == 50
     assert stats.by_ssrc[SSRC_A]["rtp"] == 50
     assert stats.dropped() == 0
-    _assert_aligned(h.sink)  # type: ignore[arg-type]
-    assert h.sink.advances[-1] == 79  # type: ignore[attr-defined]
+    _assert_aligned(h.sink)
+    assert h.sink.advances[-1] == 79
     assert h.after == [None]
 
 
@@ -193,13 +193,15 @@ def test_reordered_and_jittered_packets_keep_their_slots() -> None:
     h = Harness(playout_delay=0.1)
     h.rx.map_ssrc(SSRC_A, USER_A)
     schedule = _stream(Speaker(SSRC_A), h, range(40), spread=0.06, seed=7)
+    schedule[0] = (h.at(10) + 0.05, schedule[0][1])  # the first packet is the most delayed...
+    schedule[2] = (h.at(12) + 0.003, schedule[2][1])  # ...and the third barely: the anchor follows the third
     for i in range(1, 39, 4):
-        schedule[i], schedule[i + 1] = (schedule[i + 1][0], schedule[i][1]), (schedule[i][0], schedule[i + 1][1])
+        schedule[i] = (max(schedule[i][0], schedule[i + 1][0]) + 0.002, schedule[i][1])  # i arrives after i + 1
     h.feed_all(schedule)
     h.finish(h.at(70))
 
-    got = [(f.tick, f.sequence, f.pcm) for f in h.sink.frames()]  # type: ignore[attr-defined]
-    want = [(f.tick, f.sequence, f.pcm) for f in reference.sink.frames()]  # type: ignore[attr-defined]
+    got = [(f.tick, f.sequence, f.pcm) for f in h.sink.frames()]
+    want = [(f.tick, f.sequence, f.pcm) for f in reference.sink.frames()]
     assert got == want
     assert h.stats()["late"] == 0 and h.stats()["plc"] == 0
 
@@ -212,7 +214,7 @@ def test_duplicates_are_dropped_and_counted() -> None:
     schedule += [(t + 0.001, pkt) for t, pkt in schedule]
     h.feed_all(schedule)
     h.finish(h.at(60))
-    assert len(h.sink.frames()) == 30  # type: ignore[attr-defined]
+    assert len(h.sink.frames()) == 30
     assert h.stats()["duplicate"] == 30
 
 
@@ -222,7 +224,7 @@ def test_losses_are_recovered_with_fec_then_plc() -> None:
     lost = {10, 20, 21, 22}
     h.feed_all(_stream(Speaker(SSRC_A), h, (i for i in range(40) if i not in lost)))
     h.finish(h.at(70))
-    frames = h.sink.frames()  # type: ignore[attr-defined]
+    frames = h.sink.frames()
     assert [f.tick for f in frames] == list(range(10, 50))
     concealed = {f.tick - 10: f for f in frames if f.concealed}
     assert set(concealed) == lost
@@ -240,7 +242,7 @@ def test_loss_at_the_end_of_a_spurt_is_not_concealed() -> None:
     h.rx.map_ssrc(SSRC_A, USER_A)
     h.feed_all(_stream(Speaker(SSRC_A), h, range(20)))
     h.finish(h.at(60))
-    assert [f.tick for f in h.sink.frames()] == list(range(10, 30))  # type: ignore[attr-defined]
+    assert [f.tick for f in h.sink.frames()] == list(range(10, 30))
     assert h.stats()["plc"] == 0
     names = [(name, payload["tick"]) for name, payload in h.events]
     assert names == [("speaking_start", 10), ("speaking_stop", 40)]
@@ -249,15 +251,15 @@ def test_loss_at_the_end_of_a_spurt_is_not_concealed() -> None:
 def test_sequence_and_timestamp_wraparound() -> None:
     h = Harness()
     h.rx.map_ssrc(SSRC_A, USER_A)
-    speaker = Speaker(SSRC_A, seq=65530, ts=0xFFFFFFFF - 960 * 3 + 1)
+    speaker = Speaker(SSRC_A, seq=65530, ts=(1 << 32) - 960 * 3)
     schedule = _stream(speaker, h, range(30))
     schedule[5], schedule[6] = (schedule[5][0], schedule[6][1]), (schedule[6][0], schedule[5][1])
     h.feed_all(schedule)
     h.finish(h.at(60))
-    frames = h.sink.frames()  # type: ignore[attr-defined]
+    frames = h.sink.frames()
     assert [f.tick for f in frames] == list(range(10, 40))
     assert [f.sequence for f in frames] == [(65530 + i) & 0xFFFF for i in range(30)]
-    assert frames[3].rtp_timestamp == 1 and frames[2].rtp_timestamp == 0xFFFFFFFF - 960 + 1
+    assert frames[3].rtp_timestamp == 0 and frames[2].rtp_timestamp == (1 << 32) - 960
     assert not any(f.concealed for f in frames)
 
 
@@ -271,11 +273,11 @@ def test_unknown_ssrc_is_held_then_played_when_mapped() -> None:
     h.rx.map_ssrc(SSRC_A, USER_A)
     h.feed_all(schedule[15:])
     h.finish(h.at(90))
-    frames = h.sink.frames()  # type: ignore[attr-defined]
+    frames = h.sink.frames()
     assert [f.sequence for f in frames] == [1000 + i for i in range(40)]
     ticks = [f.tick for f in frames]
     assert ticks == list(range(ticks[0], ticks[0] + 40))
-    assert ticks[0] >= 20  # the held packets start at the first slot not yet played
+    assert ticks[0] == 24 - 5  # mapped in slot 24: the first slot not yet played, 5 slots of delay behind
     assert h.stats()["late"] == 0
 
 
@@ -287,7 +289,7 @@ def test_held_packets_expire_and_are_counted() -> None:
     h.rx.map_ssrc(SSRC_A, USER_A)
     h.finish(h.at(130))
     assert h.stats()["unknown_ssrc_expired"] == 5
-    assert h.sink.frames() == []  # type: ignore[attr-defined]
+    assert h.sink.frames() == []
 
 
 def test_garbage_and_unauthenticated_packets_are_counted_and_allocate_nothing() -> None:
@@ -348,22 +350,24 @@ def test_two_speakers_are_aligned_by_arrival_across_spurts() -> None:
     a = Speaker(SSRC_A, 440.0, seq=10, ts=5_000_000)
     b = Speaker(SSRC_B, 880.0, seq=40_000, ts=3_999_000_000)
     schedule = _stream(a, h, range(60), start=10)
-    schedule += [(t + 0.011, pkt) for t, pkt in _stream(b, h, range(30), start=20, spread=0.03, seed=5)]
+    late_b = _stream(b, h, range(30), start=20, spread=0.005, seed=5)
+    late_b[0] = (late_b[0][0] + 0.035, late_b[0][1])  # B's first packet is delayed into slot 21
+    schedule += [(t + 0.011, pkt) for t, pkt in late_b]
     h.feed_all(schedule)
     h.finish(h.at(100))
-    ticks_a = [f.tick for f in h.sink.frames(SSRC_A)]  # type: ignore[attr-defined]
-    ticks_b = [f.tick for f in h.sink.frames(SSRC_B)]  # type: ignore[attr-defined]
+    ticks_a = [f.tick for f in h.sink.frames(SSRC_A)]
+    ticks_b = [f.tick for f in h.sink.frames(SSRC_B)]
     assert ticks_a == list(range(10, 70))
     assert ticks_b == list(range(20, 50))
     by_tick: dict[int, set[int]] = {}
-    for _, frame in h.sink.writes:  # type: ignore[attr-defined]
+    for _, frame in h.sink.writes:
         by_tick.setdefault(frame.tick, set()).add(frame.ssrc)
     assert all(by_tick[t] == {SSRC_A, SSRC_B} for t in range(20, 50))
-    mixed_b = b"".join(f.pcm for f in h.sink.frames(SSRC_B)[5:15])  # type: ignore[attr-defined]
+    mixed_b = b"".join(f.pcm for f in h.sink.frames(SSRC_B)[5:15])
     assert abs(_dominant_freq(mixed_b) - 880) < 20
     starts = [(p["user_id"], p["tick"]) for name, p in h.events if name == "speaking_start"]
     assert starts == [(USER_A, 10), (USER_B, 20)]
-    _assert_aligned(h.sink)  # type: ignore[arg-type]
+    _assert_aligned(h.sink)
 
 
 def test_a_new_spurt_after_silence_is_placed_by_arrival() -> None:
@@ -375,7 +379,7 @@ def test_a_new_spurt_after_silence_is_placed_by_arrival() -> None:
     schedule += [(h.at(65 + i) + 0.004, speaker.packet(10 + i)) for i in range(10)]
     h.feed_all(schedule)
     h.finish(h.at(100))
-    ticks = [f.tick for f in h.sink.frames()]  # type: ignore[attr-defined]
+    ticks = [f.tick for f in h.sink.frames()]
     assert ticks == list(range(5, 15)) + list(range(65, 75))
     names = [(n, p["tick"]) for n, p in h.events]
     assert names == [("speaking_start", 5), ("speaking_stop", 25), ("speaking_start", 65), ("speaking_stop", 85)]
@@ -393,9 +397,9 @@ def test_slow_sink_drops_counted_and_advances_never_lost() -> None:
     assert len(h.rx._queue) <= 5 + 2
     assert h.stats()["sink_queue_full"] == 25
     h.finish(h.at(60))
-    assert [f.tick for f in h.sink.frames()] == list(range(10, 15))  # type: ignore[attr-defined]
-    _assert_aligned(h.sink)  # type: ignore[arg-type]
-    assert h.sink.advances[-1] == 59  # type: ignore[attr-defined]
+    assert [f.tick for f in h.sink.frames()] == list(range(10, 15))
+    _assert_aligned(h.sink)
+    assert h.sink.advances[-1] == 59
 
 
 class ExplodingSink(RecordingSink):
@@ -426,7 +430,7 @@ def test_opus_only_sink_skips_decoding() -> None:
     speaker = Speaker(SSRC_A)
     h.feed_all(_stream(speaker, h, (i for i in range(20) if i != 7)))
     h.finish(h.at(50))
-    frames = h.sink.frames()  # type: ignore[attr-defined]
+    frames = h.sink.frames()
     assert [f.opus for f in frames if not f.concealed] == [speaker.packets[i] for i in range(20) if i != 7]
     assert all(f.pcm == b"" for f in frames)
     assert [f.tick for f in frames if f.concealed] == [17]
@@ -443,7 +447,7 @@ def test_corrupt_opus_is_concealed_and_playout_continues() -> None:
     schedule[8] = (schedule[8][0], speaker.packet(8, b"\xff\xff\xff\xff"))
     h.feed_all(schedule)
     h.finish(h.at(50))
-    frames = h.sink.frames()  # type: ignore[attr-defined]
+    frames = h.sink.frames()
     assert [f.tick for f in frames] == list(range(10, 30))
     assert frames[8].concealed and len(frames[8].pcm) == FRAME_BYTES
     assert h.stats()["opus_error"] == 1 and h.stats()["decoded"] == 19
@@ -455,7 +459,7 @@ def test_extension_and_padding_are_stripped() -> None:
     speaker = Speaker(SSRC_A)
     h.feed_all([(h.at(10 + i), speaker.packet(i, ext=True, padding=3 * (i % 2))) for i in range(6)])
     h.finish(h.at(40))
-    assert [f.opus for f in h.sink.frames()] == list(speaker.packets[:6])  # type: ignore[attr-defined]
+    assert [f.opus for f in h.sink.frames()] == list(speaker.packets[:6])
 
 
 def test_forty_millisecond_packets_fill_two_slots() -> None:
@@ -469,7 +473,7 @@ def test_forty_millisecond_packets_fill_two_slots() -> None:
         schedule.append((h.at(10 + 2 * i) + 0.001, speaker.cipher.encrypt_rtp(header, payload)))
     h.feed_all(schedule)
     h.finish(h.at(60))
-    frames = h.sink.frames()  # type: ignore[attr-defined]
+    frames = h.sink.frames()
     assert [f.tick for f in frames] == list(range(10, 30))
     assert not any(f.concealed for f in frames)
     assert [f.opus is not None for f in frames[:4]] == [True, False, True, False]
@@ -509,12 +513,12 @@ def test_e2ee_frames_are_held_until_the_decryptor_is_ready() -> None:
     dave.ready.add(USER_A)
     h.feed_all(schedule[3:])
     h.finish(h.at(60))
-    frames = h.sink.frames()  # type: ignore[attr-defined]
+    frames = h.sink.frames()
     assert [f.opus for f in frames if f.tick - 10 < 12] == list(speaker.packets[:12])
     assert h.stats()["e2ee_failed:plaintext"] == 1
     assert OPUS_SILENCE not in dave.calls
     silence = [f for f in frames if f.tick == 23]
-    assert silence and silence[0].opus == OPUS_SILENCE and silence[0].pcm == bytes(FRAME_BYTES)
+    assert silence and silence[0].opus == OPUS_SILENCE and not silence[0].concealed
     assert frames[12].tick == 22 and frames[12].concealed
 
 
@@ -527,7 +531,7 @@ def test_e2ee_frames_that_never_decrypt_expire() -> None:
     h.finish(h.at(200))
     stats = h.stats()
     assert stats["e2ee_held"] == 80 and stats["e2ee_expired"] == 80
-    assert h.sink.frames() == [] and h.rx._pending == {}  # type: ignore[attr-defined]
+    assert h.sink.frames() == [] and h.rx._pending == {}
 
 
 def test_rtcp_bye_ends_the_spurt() -> None:
@@ -556,7 +560,7 @@ def test_forget_user_drops_the_stream() -> None:
     h.feed_all(schedule[10:])
     h.finish(h.at(50))
     assert h.stats()["unknown_ssrc_held"] == 10
-    assert max(f.tick for f in h.sink.frames()) < 20  # type: ignore[attr-defined]
+    assert max(f.tick for f in h.sink.frames()) < 20
 
 
 def test_new_transport_key_keeps_stream_state() -> None:
@@ -571,7 +575,7 @@ def test_new_transport_key_keeps_stream_state() -> None:
     h.feed_all(_stream(speaker, h, range(10, 20)))
     h.rx.feed(schedule[19][1])
     h.finish(h.at(50))
-    assert [f.tick for f in h.sink.frames()] == list(range(10, 30))  # type: ignore[attr-defined]
+    assert [f.tick for f in h.sink.frames()] == list(range(10, 30))
     assert h.stats()["decrypt_failed"] == 1
 
 
@@ -599,7 +603,7 @@ def test_idle_streams_are_forgotten() -> None:
     h.rx.pump(until=h.at(3200))
     assert SSRC_A not in h.rx._streams
     h.finish(h.at(3201))
-    assert h.sink.advances[-1] == 3200  # type: ignore[attr-defined]
+    assert h.sink.advances[-1] == 3200
 
 
 def test_stop_flushes_frames_still_in_the_playout_delay() -> None:
@@ -607,8 +611,8 @@ def test_stop_flushes_frames_still_in_the_playout_delay() -> None:
     h.rx.map_ssrc(SSRC_A, USER_A)
     h.feed_all(_stream(Speaker(SSRC_A), h, range(10)))
     h.finish(h.at(20))
-    assert [f.tick for f in h.sink.frames()] == list(range(10, 20))  # type: ignore[attr-defined]
-    assert h.sink.advances == list(range(20))  # type: ignore[attr-defined]
+    assert [f.tick for f in h.sink.frames()] == list(range(10, 20))
+    assert h.sink.advances == list(range(20))
 
 
 def test_stats_snapshot_is_frozen() -> None:

@@ -117,6 +117,48 @@ def test_ten_millisecond_frames_share_slots() -> None:
     assert [p.slot for p in placed if p is not None] == [3, 3, 4, 4, 5, 5]
 
 
+def test_a_less_delayed_packet_moves_an_unplayed_spurt_earlier() -> None:
+    tl = Timeline(T0)
+    first = tl.place(0, _at(12.5), first_free=0, newest=True)  # sent in slot 10, delayed 50 ms
+    assert first == Placement(12, 1, True)
+    second = tl.place(960, _at(11.2), first_free=0, newest=True)  # sent in slot 11, delayed 4 ms
+    assert second == Placement(11, 1, False, moved=2)
+    third = tl.place(1920, _at(12.9), first_free=0, newest=True)
+    assert third == Placement(12, 1, False)
+
+
+def test_the_anchor_never_moves_onto_played_slots() -> None:
+    tl = Timeline(T0)
+    tl.place(0, _at(12.5), first_free=0, newest=True)
+    moved = tl.place(960, _at(11.2), first_free=11, newest=True)
+    assert moved == Placement(12, 1, False, moved=1)
+    assert tl.place(1920, _at(12.1), first_free=13, newest=True) == Placement(13, 1, False)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    count=st.integers(2, 60),
+    offset=st.floats(0, 500),
+    delays=st.lists(st.floats(0, 0.15), min_size=60, max_size=60),
+)
+def test_an_unplayed_spurt_is_anchored_on_its_least_delayed_packet(
+    count: int, offset: float, delays: list[float]
+) -> None:
+    arrivals = sorted((_at(offset + i) + delays[i], i) for i in range(count))
+    tl = Timeline(T0, max_silence=1.0)
+    highest = -1
+    slots: dict[int, int] = {}
+    for arrival, i in arrivals:
+        placed = tl.place(960 * i, arrival, first_free=0, newest=i > highest)
+        highest = max(highest, i)
+        assert placed is not None and placed.spurt == 1
+        for j in slots:
+            slots[j] -= placed.moved
+        slots[i] = placed.slot
+    anchor = min(slot_at(T0, arrival) - i for arrival, i in arrivals)
+    assert slots == {i: anchor + i for i in range(count)}
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     count=st.integers(2, 80),
@@ -124,9 +166,7 @@ def test_ten_millisecond_frames_share_slots() -> None:
     offset=st.floats(0, 500),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_jitter_and_reordering_inside_a_spurt_never_move_frames(
-    count: int, ts0: int, offset: float, seed: int
-) -> None:
+def test_jitter_and_reordering_inside_a_spurt_never_move_frames(count: int, ts0: int, offset: float, seed: int) -> None:
     rng = random.Random(seed)
     arrivals = [(_at(offset + i + rng.uniform(0.0, 0.9)), i) for i in range(count)]
     arrivals[0] = (_at(offset), 0)

@@ -33,6 +33,8 @@ _log = logging.getLogger(__name__)
 
 SILENCE_FRAMES = 5
 """Opus silence frames a speaker sends at the end of each talk spurt."""
+SPEAKING_LEAD = 0.005
+"""Seconds between the op5 that opens a spurt and its first packet, so the op5 usually arrives first."""
 _PAD = b"\x00\x00\x00\x04"
 _OP_SPEAKING = 5
 
@@ -210,12 +212,13 @@ class SimulatedSpeaker:
 
     async def _spurt(self, frames: Iterator[bytes]) -> None:
         loop = asyncio.get_running_loop()
+        self.speaking = 1
+        self._announce(self)
+        await asyncio.sleep(SPEAKING_LEAD)
         start = loop.time()
         if self._last_sent is not None:
             gap = max(1, round((start - self._last_sent) / FRAME_INTERVAL))
             self._timestamp = (self._timestamp + (gap - 1) * FRAME_SAMPLES) & 0xFFFFFFFF
-        self.speaking = 1
-        self._announce(self)
         spurt = self._spurts
         self._spurts += 1
         n = 0

@@ -325,6 +325,7 @@ class VoiceGateway:
         if session is not None:
             if session.connection is not None:
                 session.connection.close(code)
+                session.connection = None
             self._leave(session)
 
     def drop_connection(self, user_id: int, *, code: int = CloseCode.SERVER_CRASHED) -> None:
@@ -371,6 +372,8 @@ class VoiceGateway:
 
     def announce_speaking(self, member: Participant) -> None:
         """Tell the others that ``member`` (its SSRC) changed its speaking flags."""
+        if self.members.get(member.user_id) is not member:
+            return
         data = {"user_id": str(member.user_id), "ssrc": member.ssrc, "speaking": member.speaking}
         self.broadcast(Op.SPEAKING, data, exclude=member.user_id)
 
@@ -492,6 +495,7 @@ class VoiceGateway:
         if old is not None:
             if old.connection is not None:
                 old.connection.close(CloseCode.SESSION_INVALID)
+                old.connection = None
             self._leave(old)
         session = VoiceSession(
             user_id=user_id,

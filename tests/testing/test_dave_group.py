@@ -223,14 +223,14 @@ def _assert_one_group(hub: Hub) -> None:
                 assert receiver.session.decrypt(sender.user_id, AUDIO, frame) == payload
 
 
-def _run_holding_commits(hub: Hub) -> list[_ServerEvent]:
-    """Run the hub to quiescence but keep every op28 away from the gateway; return them in arrival order."""
+def _run_holding_commits(hub: Hub, opcode: int = 28) -> list[_ServerEvent]:
+    """Run the hub to quiescence but keep every ``opcode`` message away from the gateway; return them in order."""
     held: list[_ServerEvent] = []
     while hub.events:
         kind, item = hub.events.popleft()
         if kind == "client":
             hub.clients[item.user_id].deliver(item, 0)
-        elif item[1] == 28:
+        elif item[1] == opcode:
             held.append(item)
         else:
             hub._dispatch(hub._serve(item))
@@ -445,6 +445,44 @@ def test_downgrade_then_upgrade() -> None:
     assert log[-2:] == [("->", 1, OP_EXECUTE_TRANSITION), ("->", 2, OP_EXECUTE_TRANSITION)]
     assert hub.coordinator.protocol_version == 1
     assert all(c.version == 1 and not c.downgraded for c in hub.clients.values())
+    _assert_one_group(hub)
+
+
+def test_downgrade_during_a_round_revokes_it() -> None:
+    hub = Hub()
+    hub.join(1)
+    hub.join(2)
+    hub.run()
+    hub.join(3)
+    held = _run_holding_commits(hub)
+    outs = hub.coordinator.downgrade()
+    assert [(o.user_id, o.opcode) for o in outs] == [(1, 27), (2, 27), (1, 21), (2, 21), (3, 21)]
+    assert all(o.binary is not None and o.binary[1] == mls.PROPOSALS_REVOKE for o in outs[:2])
+    assert all(hub.coordinator.commit_welcome(user, commit) == [] for user, _, commit in held)
+    hub.act(outs)
+    hub.run()
+    assert hub.coordinator.protocol_version == 0 and hub.coordinator.pending_transition is None
+    assert all(c.version == 0 for c in hub.clients.values())
+
+
+def test_upgrade_while_the_downgrade_waits_cancels_it() -> None:
+    hub = Hub()
+    hub.join(1)
+    hub.join(2)
+    hub.run()
+    hub.join(3)
+    readies = _run_holding_commits(hub, opcode=23)
+    coordinator = hub.coordinator
+    assert coordinator.pending_transition is not None and len(readies) == 3
+    assert coordinator.downgrade() == []  # waits for the commit transition
+    assert coordinator.protocol_version == 0
+    assert coordinator.upgrade() == []
+    for user, _, transition_id in readies:
+        hub.act(coordinator.transition_ready(user, transition_id))
+    hub.opcodes()
+    hub.run()
+    assert {op for _, _, op in hub.opcodes()} == {OP_EXECUTE_TRANSITION}
+    assert coordinator.protocol_version == 1 and coordinator.epoch == 2
     _assert_one_group(hub)
 
 
