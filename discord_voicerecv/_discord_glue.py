@@ -8,7 +8,7 @@ silence.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from discord.voice_state import VoiceConnectionState
@@ -18,22 +18,22 @@ if TYPE_CHECKING:
     import discord
 
 __all__ = (
-    "WebsocketHook",
-    "make_connection_state",
-    "connection_state",
-    "add_socket_listener",
-    "remove_socket_listener",
-    "transport_params",
-    "own_ssrc",
-    "dave_session",
-    "dave_protocol_version",
-    "send_udp",
     "MIN_DISCORD_VERSION",
+    "WebsocketHook",
+    "add_socket_listener",
+    "connection_state",
+    "dave_protocol_version",
+    "dave_session",
+    "make_connection_state",
+    "own_ssrc",
+    "remove_socket_listener",
+    "send_udp",
+    "transport_params",
 )
 
 MIN_DISCORD_VERSION = (2, 7, 1)
 
-WebsocketHook = Callable[[Any, dict[str, Any]], Awaitable[None]]
+WebsocketHook = Callable[[Any, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 def make_connection_state(client: discord.VoiceClient, hook: WebsocketHook) -> VoiceConnectionState:

@@ -24,7 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("recordings"))
     demo.add_argument("--no-dave", action="store_true", help="turn DAVE end-to-end encryption off (legacy)")
 
-    sub.add_parser("local-discord", help="serve a local Discord on loopback (see --help of the subcommand)", add_help=False)
+    sub.add_parser(
+        "local-discord", help="serve a local Discord on loopback (see --help of the subcommand)", add_help=False
+    )
 
     decode = sub.add_parser("decode", help="decode an rtpdump or pcap capture of voice packets to WAV files")
     decode.add_argument("capture", type=Path)
@@ -42,11 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return local_main(args_list[1:])
     args = _parser().parse_args(args_list)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if args.command == "demo":
         from .demo import run_demo
 
-        summary = asyncio.run(run_demo(seconds=args.seconds, speakers=args.speakers, out=args.out, dave=not args.no_dave))
+        summary = asyncio.run(
+            run_demo(seconds=args.seconds, speakers=args.speakers, out=args.out, dave=not args.no_dave)
+        )
         print(json.dumps(summary, indent=2, sort_keys=True))
         return 0 if summary.get("ok") else 1
     if args.command == "decode":

@@ -46,7 +46,7 @@ class VoiceRecvClient(discord.VoiceClient):
     It also offers ``aead_aes256_gcm_rtpsize``, Discord's preferred transport mode, in both directions.
     """
 
-    supported_modes = ("aead_aes256_gcm_rtpsize", *discord.VoiceClient.supported_modes)  # type: ignore[assignment]
+    supported_modes = ("aead_aes256_gcm_rtpsize", *discord.VoiceClient.supported_modes)  # type: ignore[arg-type]
 
     def __init__(self, client: discord.Client, channel: discord.abc.Connectable) -> None:
         self._ssrc_users: dict[int, int] = {}
@@ -54,7 +54,7 @@ class VoiceRecvClient(discord.VoiceClient):
         self._receiver_lock = threading.Lock()
         self._keepalive_task: asyncio.Task[None] | None = None
         self._aes_sender: tuple[bytes, TransportCipher] | None = None
-        super().__init__(client, channel)  # type: ignore[arg-type]
+        super().__init__(client, channel)
 
     # discord.py integration -----------------------------------------------------------------------------------
 
@@ -236,11 +236,11 @@ class VoiceRecvClient(discord.VoiceClient):
             await asyncio.sleep(KEEPALIVE_INTERVAL)
 
     def _resolve_user(self, user_id: int) -> SinkUser:
-        guild = getattr(self.channel, "guild", None)
+        guild: discord.Guild | None = getattr(self.channel, "guild", None)
         member = guild.get_member(user_id) if guild is not None else None
         if member is not None:
             return member
-        user = self.client.get_user(user_id)
+        user: discord.User | None = self.client.get_user(user_id)
         return user if user is not None else discord.Object(id=user_id)
 
     def _on_receiver_event(self, name: str, payload: dict[str, Any]) -> None:

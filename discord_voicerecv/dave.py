@@ -12,7 +12,7 @@ from .frames import OPUS_SILENCE
 if TYPE_CHECKING:
     import davey
 
-__all__ = ("DaveFrameDecryptor", "DAVE_MAGIC", "is_dave_frame")
+__all__ = ("DAVE_MAGIC", "DaveFrameDecryptor", "is_dave_frame")
 
 _log = logging.getLogger(__name__)
 
@@ -35,9 +35,7 @@ class DaveFrameDecryptor:
 
     __slots__ = ("_get_session", "_get_version", "_media_audio")
 
-    def __init__(
-        self, get_session: Callable[[], davey.DaveSession | None], get_version: Callable[[], int]
-    ) -> None:
+    def __init__(self, get_session: Callable[[], davey.DaveSession | None], get_version: Callable[[], int]) -> None:
         import davey
 
         self._get_session = get_session
@@ -49,7 +47,7 @@ class DaveFrameDecryptor:
             return frame
         session = self._get_session()
         encrypted = is_dave_frame(frame)
-        if session is None or self._get_version() == 0 and not encrypted:
+        if session is None or (self._get_version() == 0 and not encrypted):
             if encrypted:
                 return None
             return frame

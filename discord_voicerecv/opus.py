@@ -245,7 +245,7 @@ class OpusEncoder:
     __slots__ = ("__weakref__", "_lib", "_lock", "_out", "_state")
 
     def __init__(
-        self, bitrate: int = 64000, application: str = "audio", *, fec: bool = True, expected_loss_pct: int = 15
+        self, *, bitrate: int = 64000, application: str = "audio", fec: bool = True, expected_loss_pct: int = 15
     ) -> None:
         if application not in _APPLICATIONS:
             raise ValueError(f"application must be one of {sorted(_APPLICATIONS)}, not {application!r}")

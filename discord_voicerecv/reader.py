@@ -83,6 +83,7 @@ class _Stream:
         "bye",
         "carry",
         "carry_slots",
+        "carry_ts",
         "conceal_run",
         "decoder",
         "jitter",
@@ -110,6 +111,7 @@ class _Stream:
         self.last_frame_slot = 0
         self.carry = b""
         self.carry_slots = 0
+        self.carry_ts = 0
         self.conceal_run = 0
         self.last_arrival = arrival
 
@@ -132,10 +134,10 @@ class _SlotQueue:
         self._closed = False
 
     def put(self, tick: int, frames: list[VoiceFrame]) -> bool:
-        """Queue a slot; False when its frames were dropped because the queue is full."""
+        """Queue a slot; False when its frames were dropped because the queue is full (ignored once closed)."""
         with self._cond:
             if self._closed:
-                return False
+                return True
             kept = True
             if frames and self._framed >= self.max_slots:
                 frames, kept = [], False
@@ -677,7 +679,8 @@ class Receiver:
         if stream.carry_slots > 0:
             stream.carry_slots -= 1
             stream.last_frame_slot = tick
-            return _Plan(stream, _CARRY, (), stream.next_seq - 1, stream.next_ts, 0)
+            stream.carry_ts += FRAME_SAMPLES
+            return _Plan(stream, _CARRY, (), stream.next_seq - 1, stream.carry_ts, 0)
         if head is not None and head.slot == tick:
             packets: list[JitterPacket] = []
             while head is not None and head.slot == tick:
@@ -693,6 +696,7 @@ class Receiver:
                 stream.spurt = first.spurt
             total = sum(p.samples for p in packets)
             stream.carry_slots = max(0, -(-total // FRAME_SAMPLES) - 1)
+            stream.carry_ts = first.timestamp
             stream.next_ts = last.timestamp + last.samples
             stream.next_seq = last.sequence + 1
             stream.last_frame_slot = tick

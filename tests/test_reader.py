@@ -23,6 +23,7 @@ from discord_voicerecv.protocol.rtp import build_extension_body, build_rtp_heade
 from discord_voicerecv.protocol.transport import make_cipher
 from discord_voicerecv.reader import Receiver
 from discord_voicerecv.sinks.base import AudioSink, SinkUser
+from discord_voicerecv.stats import StatsSnapshot
 
 MODE = "aead_aes256_gcm_rtpsize"
 KEY = bytes(range(32))
@@ -146,7 +147,7 @@ class Harness:
         self.clock.t = max(self.clock.t, t)
         self.rx.stop()
 
-    def stats(self) -> Any:
+    def stats(self) -> StatsSnapshot:
         return self.rx.stats()
 
 
@@ -477,6 +478,7 @@ def test_forty_millisecond_packets_fill_two_slots() -> None:
     assert [f.tick for f in frames] == list(range(10, 30))
     assert not any(f.concealed for f in frames)
     assert [f.opus is not None for f in frames[:4]] == [True, False, True, False]
+    assert [f.rtp_timestamp for f in frames[:4]] == [0, 960, 1920, 2880]
     assert abs(_dominant_freq(b"".join(f.pcm for f in frames[6:16])) - 440) < 15
 
 
@@ -672,3 +674,35 @@ def test_threaded_receiver_with_a_blocked_sink_keeps_receiving() -> None:
     assert rx.stats()["rtp"] == 12
     assert sink.advances == list(range(len(sink.advances)))
     assert 0 < len(sink.writes) < 12
+
+
+class StoppingSink(RecordingSink):
+    """Calls ``Receiver.stop`` from inside ``advance``, on the receiver's own sink thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.receiver: Receiver | None = None
+
+    def advance(self, tick: int) -> None:
+        super().advance(tick)
+        if tick == 2 and self.receiver is not None:
+            self.receiver.stop()
+
+
+def test_stop_from_a_sink_callback_does_not_deadlock() -> None:
+    sink = StoppingSink()
+    done = threading.Event()
+    after: list[BaseException | None] = []
+
+    def on_after(error: BaseException | None) -> None:
+        after.append(error)
+        done.set()
+
+    rx = Receiver(sink, playout_delay=0.0, after=on_after)
+    sink.receiver = rx
+    rx.start()
+    assert done.wait(3)
+    rx.stop()
+    assert after == [None] and sink.cleanups == 1
+    assert not rx.is_running
+    assert sink.advances[:3] == [0, 1, 2]

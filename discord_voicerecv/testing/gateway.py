@@ -15,7 +15,7 @@ import json
 import logging
 import secrets
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
@@ -202,6 +202,12 @@ class Gateway:
         self.url = ""
         self.sessions: dict[str, GatewaySession] = {}
         self._connections: set[_Connection] = set()
+        self.on_change: list[Callable[[], None]] = []
+        """Called after sessions, voice states or messages changed (the LocalDiscord's waits listen here)."""
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
 
     # -- who gets what -----------------------------------------------------------------------------------
 
@@ -211,9 +217,7 @@ class Gateway:
 
     def _guild_sessions(self, intent: Intent | None = None) -> list[GatewaySession]:
         return [
-            s
-            for s in self.sessions.values()
-            if s.owns_guild(self.guild.id) and (intent is None or s.wants(intent))
+            s for s in self.sessions.values() if s.owns_guild(self.guild.id) and (intent is None or s.wants(intent))
         ]
 
     def dispatch_voice_state(self, payload: JSON, *, actor: GatewaySession | None = None) -> None:
@@ -221,6 +225,7 @@ class Gateway:
         for session in self._guild_sessions():
             if session is actor or session.wants(Intent.GUILD_VOICE_STATES):
                 session.dispatch("VOICE_STATE_UPDATE", payload)
+        self._changed()
 
     def member_added(self, user_id: int) -> None:
         """GUILD_MEMBER_ADD to the sessions with the members intent."""
@@ -247,6 +252,7 @@ class Gateway:
         for session in self._guild_sessions(Intent.GUILD_MESSAGES):
             full = session.wants(Intent.MESSAGE_CONTENT) or session.user.id in (author_id, *mentioned)
             session.dispatch("MESSAGE_CREATE", message if full else redacted)
+        self._changed()
 
     def reconnect(self, user_id: int) -> int:
         """Send op7 RECONNECT to the bot's connected sessions; returns how many were told."""
@@ -392,6 +398,7 @@ class Gateway:
         if owns:
             session.dispatch("GUILD_CREATE", self._guild_create(session))
         _log.debug("gateway: %s identified as session %s", user.username, session.session_id)
+        self._changed()
         return session
 
     def _guild_create(self, session: GatewaySession) -> JSON:
@@ -423,6 +430,7 @@ class Gateway:
         """The session is over: forget it and take its user out of voice if this session put it there."""
         if self.sessions.pop(session.session_id, None) is None:
             return
+        self._changed()
         record = self.guild.voice_states.get(session.user.id)
         if record is not None and record.session_id == session.session_id:
             payload = self.guild.set_voice_state(session.user.id, None, session_id=session.session_id)
@@ -441,6 +449,7 @@ class Gateway:
             payload = self.guild.set_voice_state(user_id, None, session_id=session.session_id)
             if previous is None:
                 session.dispatch("VOICE_STATE_UPDATE", payload)
+                self._changed()
                 return
             self.dispatch_voice_state(payload, actor=session)
             self.voice.leave_voice(user_id)

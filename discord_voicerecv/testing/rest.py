@@ -20,7 +20,6 @@ __all__ = ("API_PREFIX", "RestApi")
 API_PREFIX = "/api/v10"
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_BOT_KEY = web.RequestKey("local_discord_bot", LocalUser)
 _UNKNOWN_CHANNEL = (10003, "Unknown Channel")
 _UNKNOWN_GUILD = (10004, "Unknown Guild")
 _UNKNOWN_MEMBER = (10007, "Unknown Member")
@@ -28,13 +27,26 @@ _UNKNOWN_MESSAGE = (10008, "Unknown Message")
 _UNKNOWN_USER = (10013, "Unknown User")
 
 
+def json_response(data: Any, *, status: int = 200) -> web.Response:
+    """JSON with ``Content-Type: application/json`` exactly (no charset): discord.py compares the header verbatim."""
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return web.Response(body=body, status=status, headers={"Content-Type": "application/json"})
+
+
 def error_response(status: int, message: str, code: int = 0) -> web.Response:
     """A JSON error in Discord's shape."""
-    return web.json_response({"message": message, "code": code}, status=status)
+    return json_response({"message": message, "code": code}, status=status)
 
 
 def _not_found(what: tuple[int, str]) -> web.Response:
     return error_response(404, what[1], what[0])
+
+
+def _token(request: web.Request) -> str | None:
+    """The token of ``Authorization: Bot <token>``, or None when missing or malformed."""
+    header = request.headers.get("Authorization", "")
+    token = header[4:] if header.startswith("Bot ") else ""
+    return token if token.strip() and token == token.strip() else None
 
 
 def _id(request: web.Request, name: str) -> int | None:
@@ -90,36 +102,37 @@ class RestApi:
         path = request.path
         if not path.startswith(API_PREFIX + "/") or path == API_PREFIX + "/gateway":
             return await handler(request)
-        header = request.headers.get("Authorization", "")
-        token = header[4:] if header.startswith("Bot ") else ""
-        if not token.strip() or token != token.strip():
+        if _token(request) is None:
             return error_response(401, "401: Unauthorized")
-        request[_BOT_KEY] = self.guild.bot_for_token(token)
         return await handler(request)
+
+    def _bot(self, request: web.Request) -> LocalUser:
+        """The bot user of an authenticated request (the middleware let it through)."""
+        return self.guild.bot_for_token(_token(request) or "")
 
     # -- gateway and identity ----------------------------------------------------------------------------
 
     async def get_gateway(self, request: web.Request) -> web.Response:
-        return web.json_response({"url": self.gateway.url})
+        return json_response({"url": self.gateway.url})
 
     async def get_gateway_bot(self, request: web.Request) -> web.Response:
         limit = {"total": 1000, "remaining": 1000, "reset_after": 86_400_000, "max_concurrency": 1}
-        return web.json_response({"url": self.gateway.url, "shards": 1, "session_start_limit": limit})
+        return json_response({"url": self.gateway.url, "shards": 1, "session_start_limit": limit})
 
     async def get_me(self, request: web.Request) -> web.Response:
-        me = request[_BOT_KEY]
-        return web.json_response({**me.payload(), "verified": True, "mfa_enabled": False, "email": None})
+        me = self._bot(request)
+        return json_response({**me.payload(), "verified": True, "mfa_enabled": False, "email": None})
 
     async def get_user(self, request: web.Request) -> web.Response:
         user = self.guild.users.get(_id(request, "user_id") or 0)
-        return _not_found(_UNKNOWN_USER) if user is None else web.json_response(user.payload())
+        return _not_found(_UNKNOWN_USER) if user is None else json_response(user.payload())
 
     async def get_application(self, request: web.Request) -> web.Response:
-        return web.json_response(self.guild.application_payload(request[_BOT_KEY]))
+        return json_response(self.guild.application_payload(self._bot(request)))
 
     async def get_commands(self, request: web.Request) -> web.Response:
         key = (_id(request, "app_id") or 0, _id(request, "guild_id"))
-        return web.json_response(self.guild.commands.get(key, []))
+        return json_response(self.guild.commands.get(key, []))
 
     async def put_commands(self, request: web.Request) -> web.Response:
         """Bulk overwrite: echo the commands back with ids, as Discord does for ``tree.sync()``."""
@@ -149,22 +162,20 @@ class RestApi:
                 entry["guild_id"] = str(guild_id)
             stored.append(entry)
         self.guild.commands[(app_id, guild_id)] = stored
-        return web.json_response(stored)
+        return json_response(stored)
 
     # -- guild -------------------------------------------------------------------------------------------
 
     async def get_guild(self, request: web.Request) -> web.Response:
         if _id(request, "guild_id") != self.guild.id:
             return _not_found(_UNKNOWN_GUILD)
-        return web.json_response(
-            {**self.guild.guild_payload(), "approximate_member_count": len(self.guild.member_ids)}
-        )
+        return json_response({**self.guild.guild_payload(), "approximate_member_count": len(self.guild.member_ids)})
 
     async def get_guild_channels(self, request: web.Request) -> web.Response:
         if _id(request, "guild_id") != self.guild.id:
             return _not_found(_UNKNOWN_GUILD)
         ids = (self.guild.text_channel_id, self.guild.voice_channel_id)
-        return web.json_response([self.guild.channel_payload(c) for c in ids])
+        return json_response([self.guild.channel_payload(c) for c in ids])
 
     async def get_members(self, request: web.Request) -> web.Response:
         if _id(request, "guild_id") != self.guild.id:
@@ -175,7 +186,7 @@ class RestApi:
         except ValueError:
             return error_response(400, "Invalid Form Body", 50035)
         ids = sorted(uid for uid in self.guild.member_ids if uid > after)[:limit]
-        return web.json_response([self.guild.member_payload(uid) for uid in ids])
+        return json_response([self.guild.member_payload(uid) for uid in ids])
 
     async def get_member(self, request: web.Request) -> web.Response:
         user_id = _id(request, "user_id")
@@ -183,7 +194,7 @@ class RestApi:
             return _not_found(_UNKNOWN_GUILD)
         if user_id is None or not self.guild.is_member(user_id):
             return _not_found(_UNKNOWN_MEMBER)
-        return web.json_response(self.guild.member_payload(user_id))
+        return json_response(self.guild.member_payload(user_id))
 
     # -- channels and messages ---------------------------------------------------------------------------
 
@@ -195,7 +206,7 @@ class RestApi:
         channel_id = self._channel(request)
         if channel_id is None:
             return _not_found(_UNKNOWN_CHANNEL)
-        return web.json_response(self.guild.channel_payload(channel_id))
+        return json_response(self.guild.channel_payload(channel_id))
 
     async def get_messages(self, request: web.Request) -> web.Response:
         channel_id = self._channel(request)
@@ -212,14 +223,14 @@ class RestApi:
             found = [m for m in found if int(m["id"]) < before]
         if after is not None:
             found = [m for m in found if int(m["id"]) > after][:limit]
-        return web.json_response(list(reversed(found[-limit:])))
+        return json_response(list(reversed(found[-limit:])))
 
     async def get_message(self, request: web.Request) -> web.Response:
         channel_id = self._channel(request)
         if channel_id is None:
             return _not_found(_UNKNOWN_CHANNEL)
         message = self.guild.get_message(channel_id, _id(request, "message_id") or 0)
-        return _not_found(_UNKNOWN_MESSAGE) if message is None else web.json_response(message)
+        return _not_found(_UNKNOWN_MESSAGE) if message is None else json_response(message)
 
     async def post_message(self, request: web.Request) -> web.Response:
         """Create a message (JSON body, or multipart with ``payload_json`` and ``files[n]``) and dispatch it."""
@@ -247,7 +258,7 @@ class RestApi:
                 return error_response(400, "Invalid Form Body", 50035)
         message = self.guild.create_message(
             channel_id,
-            request[_BOT_KEY].id,
+            self._bot(request).id,
             content,
             nonce=body.get("nonce"),
             tts=bool(body.get("tts")),
@@ -256,7 +267,7 @@ class RestApi:
             files=files,
         )
         self.gateway.deliver_message(message)
-        return web.json_response(message)
+        return json_response(message)
 
     async def post_typing(self, request: web.Request) -> web.Response:
         if self._channel(request) is None:

@@ -357,7 +357,7 @@ class VoiceProbe:
 
     def _on_json(self, message: Message) -> None:
         self.messages.append(message)
-        if "seq" in message and message["op"] not in (8,):
+        if "seq" in message:
             self.seq_ack = int(message["seq"])
         op = message["op"]
         data: Any = message.get("d")

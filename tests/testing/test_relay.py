@@ -159,12 +159,17 @@ async def test_keeps_the_senders_own_extension_and_padding(rig: _Rig) -> None:
     bob = await rig.member(2, 222, "aead_xchacha20_poly1305_rtpsize")
     body = build_extension_body([(3, b"\x01\x02\x03"), (5, b"\xaa")])
     header = build_rtp_header(
-        sequence=9, timestamp=99, ssrc=111, ext_profile=EXTENSION_PROFILE_ONE_BYTE, ext_words=len(body) // 4,
+        sequence=9,
+        timestamp=99,
+        ssrc=111,
+        ext_profile=EXTENSION_PROFILE_ONE_BYTE,
+        ext_words=len(body) // 4,
         padding=True,
-    )  # fmt: skip
+    )
     alice.send(alice.cipher.encrypt_rtp(header, body + b"opus!" + b"\x00\x00\x03"))
     (packet,) = await bob.wait(1)
     ssrc, sequence, timestamp, payload, elements, extension = bob.open(packet)
+    assert extension
     assert (ssrc, sequence, timestamp, payload) == (111, 9, 99, b"opus!")
     assert elements == [(3, b"\x01\x02\x03"), (5, b"\xaa")]
     assert parse_rtp_header(packet).padding

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -140,9 +142,13 @@ async def test_offered_modes_are_configurable(certificate: LocalCertificate) -> 
     ) as server:
         server.expect_session(user_id=5, session_id="s", token="t", channel_id=CHANNEL)
         probe = VoiceProbe(
-            server.endpoint, ssl_context=certificate.client_context(), guild_id=GUILD, user_id=5, session_id="s",
+            server.endpoint,
+            ssl_context=certificate.client_context(),
+            guild_id=GUILD,
+            user_id=5,
+            session_id="s",
             token="t",
-        )  # fmt: skip
+        )
         async with probe:
             await probe.connect()
             assert probe.ops(2)[0]["d"]["modes"] == ["xsalsa20_poly1305_lite"]
@@ -246,7 +252,7 @@ async def test_timestamps_follow_the_clock_across_pauses(server: VoiceServer, ma
     assert [m["d"]["speaking"] for m in await _ops_soon(probe, 5, 4)] == [1, 0, 1, 0]
 
 
-async def _ops_soon(probe: VoiceProbe, op: int, count: int) -> list[dict[str, object]]:
+async def _ops_soon(probe: VoiceProbe, op: int, count: int) -> list[dict[str, Any]]:
     await probe.wait_for(op, lambda _m: len(probe.ops(op)) >= count)
     return probe.ops(op)
 
@@ -289,9 +295,13 @@ async def test_link_conditions_match_what_the_receiver_saw(certificate: LocalCer
     ) as server:
         server.expect_session(user_id=10, session_id="s", token="t", channel_id=CHANNEL)
         probe = VoiceProbe(
-            server.endpoint, ssl_context=certificate.client_context(), guild_id=GUILD, user_id=10, session_id="s",
+            server.endpoint,
+            ssl_context=certificate.client_context(),
+            guild_id=GUILD,
+            user_id=10,
+            session_id="s",
             token="t",
-        )  # fmt: skip
+        )
         async with probe:
             await probe.connect()
             speaker = server.add_speaker(user_id=20, name="lossy", tone_seconds=0.6)
@@ -305,7 +315,7 @@ async def test_link_conditions_match_what_the_receiver_saw(certificate: LocalCer
             assert len(got) == len(sent) - stats.dropped + stats.duplicated
             assert sorted(set(sent) - set(got)) == sorted(sent[i] for i in stats.dropped_indices)
             assert len(got) - len(set(got)) == stats.duplicated
-            inversions = sum(1 for a, b in zip(got, got[1:]) if ((b - a) & 0xFFFF) > 0x8000)
+            inversions = sum(1 for a, b in itertools.pairwise(got) if ((b - a) & 0xFFFF) > 0x8000)
             assert (inversions > 0) == (stats.reordered > 0)
             assert stats.dropped > 0 and stats.reordered > 0
 
@@ -384,7 +394,7 @@ async def test_dave_group_forms_and_frames_decrypt_end_to_end(server: VoiceServe
     got = await probe.wait_packets(len(speaker.sent), ssrc=speaker.ssrc)
     encrypted = [f.dave_encrypted for f in speaker.sent]
     assert encrypted.count(True) == 8 and encrypted[3] is encrypted[7] is False
-    assert all(p.payload[-2:] == b"\xfa\xfa" for p, f in zip(got, speaker.sent) if f.dave_encrypted)
+    assert all(p.payload[-2:] == b"\xfa\xfa" for p, f in zip(got, speaker.sent, strict=True) if f.dave_encrypted)
     probe.dave.session.set_passthrough_mode(True, 10)
     assert [probe.open_dave(p) for p in got] == [f.opus for f in speaker.sent]
 
