@@ -62,7 +62,7 @@ class VoiceRecvClient(discord.VoiceClient):
         return glue.make_connection_state(self, self._on_voice_ws_message)
 
     async def _on_voice_ws_message(self, ws: Any, msg: dict[str, Any]) -> None:
-        """Runs after discord.py handled each JSON voice-gateway message. Never raises: that would break the poll loop."""
+        """Runs after discord.py handled each JSON voice-gateway message; never raises (that breaks its poll loop)."""
         try:
             self._handle_voice_ws_message(msg)
         except Exception:
