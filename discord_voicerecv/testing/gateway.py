@@ -130,7 +130,7 @@ class _Connection:
 class GatewaySession:
     """An identified bot: its intents, shard, sequence numbers and the dispatches kept for RESUME."""
 
-    __slots__ = ("_buffer", "connection", "intents", "seq", "session_id", "shard", "token", "user")
+    __slots__ = ("_buffer", "connection", "expiry", "intents", "seq", "session_id", "shard", "token", "user")
 
     def __init__(self, *, user: LocalUser, token: str, intents: int, shard: tuple[int, int] | None) -> None:
         self.session_id = secrets.token_hex(16)
@@ -140,6 +140,7 @@ class GatewaySession:
         self.shard = shard
         self.seq = 0
         self.connection: _Connection | None = None
+        self.expiry: asyncio.TimerHandle | None = None
         self._buffer: deque[tuple[int, str]] = deque(maxlen=_REPLAY_LIMIT)
 
     def wants(self, intent: Intent) -> bool:
@@ -186,6 +187,10 @@ class Gateway:
         Told when a bot joins or leaves the voice channel.
     heartbeat_interval:
         Milliseconds, sent in HELLO.
+    resume_window:
+        Seconds a session whose websocket closed abnormally stays resumable; then it ends and its user leaves voice.
+        discord.py's ``Client.close()`` usually closes with 4000, not 1000, so this is also how a closed bot that
+        did not leave voice itself drops out of the channel.
 
     Attributes
     ----------
@@ -195,10 +200,18 @@ class Gateway:
         Live sessions by session id.
     """
 
-    def __init__(self, guild: GuildState, voice: VoiceLink, *, heartbeat_interval: float = 41250.0) -> None:
+    def __init__(
+        self,
+        guild: GuildState,
+        voice: VoiceLink,
+        *,
+        heartbeat_interval: float = 41250.0,
+        resume_window: float = 10.0,
+    ) -> None:
         self.guild = guild
         self.voice = voice
         self.heartbeat_interval = heartbeat_interval
+        self.resume_window = resume_window
         self.url = ""
         self.sessions: dict[str, GatewaySession] = {}
         self._connections: set[_Connection] = set()
@@ -275,7 +288,10 @@ class Gateway:
         return told
 
     async def close(self) -> None:
-        """Close every websocket (1001: going away)."""
+        """Close every websocket (1001: going away) and stop the session timers."""
+        for session in self.sessions.values():
+            if session.expiry is not None:
+                session.expiry.cancel()
         for conn in list(self._connections):
             conn.close(1001)
         for conn in list(self._connections):
@@ -322,6 +338,8 @@ class Gateway:
                 session.connection = None
                 if ws.close_code in (1000, 1001):
                     self._end_session(session)
+                else:
+                    self._schedule_expiry(session)
         return ws
 
     def _on_message(
@@ -413,6 +431,9 @@ class Gateway:
         if session is None or token not in (session.token, "Bot " + session.token):
             conn.put(_frame(Op.INVALID_SESSION, False))
             return None
+        if session.expiry is not None:
+            session.expiry.cancel()
+            session.expiry = None
         previous = session.connection
         if previous is not None and previous is not conn:
             previous.close(CloseCode.UNKNOWN_ERROR)
@@ -426,8 +447,22 @@ class Gateway:
         session.dispatch("RESUMED", {"_trace": ["local"]})
         return session
 
+    def _schedule_expiry(self, session: GatewaySession) -> None:
+        def expire() -> None:
+            session.expiry = None
+            if session.connection is None:
+                _log.debug("gateway: session %s was not resumed in time", session.session_id)
+                self._end_session(session)
+
+        if session.expiry is not None:
+            session.expiry.cancel()
+        session.expiry = asyncio.get_running_loop().call_later(self.resume_window, expire)
+
     def _end_session(self, session: GatewaySession) -> None:
         """The session is over: forget it and take its user out of voice if this session put it there."""
+        if session.expiry is not None:
+            session.expiry.cancel()
+            session.expiry = None
         if self.sessions.pop(session.session_id, None) is None:
             return
         self._changed()

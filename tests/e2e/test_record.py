@@ -1,0 +1,150 @@
+"""A real discord.py recorder against the local Discord: what it writes must match what was said."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from pathlib import Path
+
+import discord
+import pytest
+
+from discord_voicerecv import VoiceRecvClient, WaveSink
+from discord_voicerecv.testing import LinkConditions, LocalDiscord
+from discord_voicerecv.testing.analysis import normalized_xcorr, read_wav
+from discord_voicerecv.testing.bots import default_intents, running
+from discord_voicerecv.testing.clips import load_clip
+
+SAMPLE_RATE = 48_000
+
+
+def _voice_channel(client: discord.Client, local: LocalDiscord) -> discord.VoiceChannel:
+    channel = client.get_channel(local.voice_channel_id)
+    assert isinstance(channel, discord.VoiceChannel)
+    return channel
+
+
+def _track_seconds(path: Path) -> float:
+    rate, _, samples = read_wav(path)
+    assert rate == SAMPLE_RATE
+    return len(samples) / rate
+
+
+async def _stop(vc: VoiceRecvClient) -> float:
+    await asyncio.to_thread(vc.stop_listening)
+    return time.monotonic()
+
+
+async def test_plain_discord_py_bot_playing_a_clip_is_recorded_faithfully(local: LocalDiscord, tmp_path: Path) -> None:
+    recorder = discord.Client(intents=default_intents())
+    player = discord.Client(intents=default_intents())
+    clip = load_clip("en_us_male")
+    async with running(recorder, "recorder-token"), running(player, "player-token"):
+        rvc = await _voice_channel(recorder, local).connect(cls=VoiceRecvClient)
+        pvc = await _voice_channel(player, local).connect()
+        assert type(pvc) is discord.VoiceClient
+        assert rvc.mode == "aead_aes256_gcm_rtpsize"
+        assert pvc.mode == "aead_xchacha20_poly1305_rtpsize"
+        await asyncio.sleep(0.5)  # DAVE group of two settles
+        sink = WaveSink(tmp_path)
+        started = time.monotonic()
+        rvc.listen(sink)
+        done = asyncio.Event()
+        pvc.play(discord.PCMAudio(io.BytesIO(clip)), after=lambda _: recorder.loop.call_soon_threadsafe(done.set))
+        await asyncio.wait_for(done.wait(), timeout=15)
+        await asyncio.sleep(0.3)
+        stopped = await _stop(rvc)
+        stats = rvc.receive_stats()
+        dave = rvc.dave_stats
+        assert rvc.voice_privacy_code and rvc.voice_privacy_code == pvc.voice_privacy_code
+        player_id = player.user.id if player.user else 0
+
+    listened = stopped - started
+    track = sink.files[player_id]
+    rate, _, samples = read_wav(track)
+    score, _ = normalized_xcorr(samples, clip)
+    assert score >= 0.9, f"recording does not match the clip (score {score:.3f})"
+    for path in (track, sink.mix_path):
+        assert path is not None
+        assert abs(_track_seconds(path) - listened) <= 0.04
+    assert stats["decoded"] >= len(clip) // 3840 - 5
+    assert stats["decrypt_failed"] == 0
+    assert dave[player_id]["successes"] > 100 and dave[player_id]["failures"] == 0
+
+
+async def test_two_simulated_speakers_under_loss_and_reorder_stay_aligned(tmp_path: Path) -> None:
+    from discord_voicerecv.opus import ensure_discord_opus
+    from discord_voicerecv.testing import restore_discord, use_local_discord
+
+    ensure_discord_opus()
+    link = LinkConditions(loss=0.05, reorder=0.05, seed=7)
+    async with LocalDiscord(link=link) as local:
+        use_local_discord(local.url)
+        try:
+            recorder = discord.Client(intents=default_intents())
+            async with running(recorder, "recorder-token"):
+                vc = await _voice_channel(recorder, local).connect(cls=VoiceRecvClient)
+                alice = local.add_speaker(clip="en_gb_female")
+                bob = local.add_speaker(clip="de_male")
+                await asyncio.sleep(0.5)
+                sink = WaveSink(tmp_path)
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                vc.listen(sink)
+                await asyncio.sleep(0.3)
+                alice.speak()
+                await asyncio.sleep(0.45)
+                bob.speak()
+                await asyncio.gather(alice.wait_idle(), bob.wait_idle())
+                await asyncio.sleep(0.3)
+                await _stop(vc)
+                stats = vc.receive_stats()
+        finally:
+            restore_discord()
+
+    assert stats["fec"] + stats["plc"] > 0, "5% loss must show up as concealed frames"
+    lengths = {_track_seconds(p) for p in [*sink.files.values(), sink.mix_path] if p is not None}
+    assert len(lengths) == 1
+    for speaker, clip in ((alice, "en_gb_female"), (bob, "de_male")):
+        rate, _, samples = read_wav(sink.files[speaker.user_id])
+        score, lag = normalized_xcorr(samples, load_clip(clip))
+        assert score >= 0.9, f"{speaker.name}: score {score:.3f}"
+        first_audio = next(f for f in speaker.sent if not f.silence)
+        expected = first_audio.sent_at - started
+        assert abs(lag / rate - expected) <= 0.02, f"{speaker.name}: at {lag / rate:.3f}s, sent at {expected:.3f}s"
+
+
+@pytest.mark.parametrize("dave", [True, False])
+async def test_recv_client_plays_with_aes_gcm_while_listening(dave: bool, tmp_path: Path) -> None:
+    from discord_voicerecv.opus import ensure_discord_opus
+    from discord_voicerecv.testing import restore_discord, use_local_discord
+
+    ensure_discord_opus()
+    clip = load_clip("fr_female")
+    async with LocalDiscord(dave=dave) as local:
+        use_local_discord(local.url)
+        try:
+            a = discord.Client(intents=default_intents())
+            b = discord.Client(intents=default_intents())
+            async with running(a, "bot-a"), running(b, "bot-b"):
+                avc = await _voice_channel(a, local).connect(cls=VoiceRecvClient)
+                bvc = await _voice_channel(b, local).connect(cls=VoiceRecvClient)
+                assert bvc.mode == "aead_aes256_gcm_rtpsize"
+                await asyncio.sleep(0.5)
+                sink_a, sink_b = WaveSink(tmp_path / "a"), WaveSink(tmp_path / "b")
+                avc.listen(sink_a)
+                bvc.listen(sink_b)
+                done = asyncio.Event()
+                bvc.play(discord.PCMAudio(io.BytesIO(clip)), after=lambda _: a.loop.call_soon_threadsafe(done.set))
+                await asyncio.wait_for(done.wait(), timeout=15)
+                await asyncio.sleep(0.3)
+                await _stop(avc)
+                await _stop(bvc)
+                b_id = b.user.id if b.user else 0
+        finally:
+            restore_discord()
+    rate, _, samples = read_wav(sink_a.files[b_id])
+    score, _ = normalized_xcorr(samples, clip)
+    assert score >= 0.9
+    assert b_id not in sink_b.files, "a bot must not record itself"
