@@ -62,7 +62,7 @@ async def test_plain_discord_py_bot_playing_a_clip_is_recorded_faithfully(local:
 
     listened = stopped - started
     track = sink.files[player_id]
-    rate, _, samples = read_wav(track)
+    _, _, samples = read_wav(track)
     score, _ = normalized_xcorr(samples, clip)
     assert score >= 0.9, f"recording does not match the clip (score {score:.3f})"
     for path in (track, sink.mix_path):
@@ -144,7 +144,7 @@ async def test_recv_client_plays_with_aes_gcm_while_listening(dave: bool, tmp_pa
                 b_id = b.user.id if b.user else 0
         finally:
             restore_discord()
-    rate, _, samples = read_wav(sink_a.files[b_id])
+    _, _, samples = read_wav(sink_a.files[b_id])
     score, _ = normalized_xcorr(samples, clip)
     assert score >= 0.9
     assert b_id not in sink_b.files, "a bot must not record itself"
