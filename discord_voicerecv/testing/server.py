@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
+from .clips import list_clips
 from .gateway import Gateway
 from .link import LinkConditions
 from .patch import CA_PATH, _forget_ca, _remember_ca
@@ -27,6 +28,7 @@ from .voice import VoiceServer
 __all__ = ("LocalDiscord",)
 
 _MAX_UPLOAD = 32 * 1024 * 1024
+_Self = TypeVar("_Self", bound="LocalDiscord")
 
 
 def _connect_host(host: str) -> str:
@@ -66,7 +68,8 @@ class LocalDiscord:
     port:
         Port of the REST API and gateway; 0 picks a free one (see :attr:`url`).
     speakers:
-        Simulated speakers ("Speaker 1", "Speaker 2"...) put into the voice channel at start, with default clips.
+        Simulated speakers ("Speaker 1", "Speaker 2"...) put into the voice channel at start; each gets the next
+        shipped clip (``testing.clips.list_clips()``) as its default clip.
     dave:
         Run DAVE end-to-end encryption in the voice channel.
     modes:
@@ -159,8 +162,9 @@ class LocalDiscord:
         self.guild.base_url = self.url
         self.gateway.url = self.gateway_url
         _remember_ca(self.url, certificate.ca_pem)
-        for _ in range(self._initial_speakers):
-            self.add_speaker()
+        clips = list_clips()
+        for index in range(self._initial_speakers):
+            self.add_speaker(clip=clips[index % len(clips)] if clips else None)
 
     def _create_voice_server(self, ssl_context: Any) -> VoiceServer:
         """Build the voice server (tests substitute a stand-in here)."""
@@ -185,7 +189,7 @@ class LocalDiscord:
         if self._voice is not None:
             await self._voice.stop()
 
-    async def __aenter__(self) -> LocalDiscord:
+    async def __aenter__(self: _Self) -> _Self:
         await self.start()
         return self
 
@@ -250,7 +254,8 @@ class LocalDiscord:
         """Add a simulated speaker: a guild member in the voice channel that sends audio.
 
         Connected bots get GUILD_MEMBER_ADD (members intent) and VOICE_STATE_UPDATE before the voice server
-        announces it, so they can resolve its user id to a Member. ``options`` go to
+        announces it, so they can resolve its user id to a Member. Raises ValueError when ``user_id`` is already in
+        the voice channel. ``options`` go to
         :meth:`VoiceServer.add_speaker <discord_voicerecv.testing.voice.VoiceServer.add_speaker>` (``clip``,
         ``tone_hz``, ``uplink``...).
         """
@@ -260,6 +265,8 @@ class LocalDiscord:
         name = name or f"Speaker {number}"
         if user_id is None:
             user_id = stable_snowflake(f"local-discord:speaker:{number}")
+        if user_id in self.voice_channel_members:
+            raise ValueError(f"user {user_id} is already in the voice channel")
         user = LocalUser(user_id, name, global_name=name)
         if self.guild.add_member(user):
             self.gateway.member_added(user_id)

@@ -89,6 +89,9 @@ class SimulatedSpeaker:
         accept them only in passthrough mode.
     uplink:
         Network conditions between the speaker and the relay.
+    history:
+        How many of the latest frames :attr:`sent` keeps at least (older ones are dropped in chunks, so a speaker
+        talking for hours does not grow without bound).
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class SimulatedSpeaker:
         padding_every: int = 0,
         plaintext_every: int = 0,
         uplink: LinkConditions | None = None,
+        history: int = 6000,
     ) -> None:
         self.user_id = user_id
         self.name = name
@@ -119,6 +123,9 @@ class SimulatedSpeaker:
         self.peer = RelayPeer(user_id, ssrc, receives=False)
         self.speaking = 0
         self.sent: list[SentFrame] = []
+        """The frames sent, oldest first (at least the last ``history``); ``SentFrame.index`` counts from 0."""
+        self.history = history
+        self._frames_sent = 0
         self.dave = DaveClient(user_id, channel_id)
         """The speaker's DAVE state; the voice server connects its ``send_json`` / ``send_binary``."""
         self._announce = announce
@@ -214,15 +221,15 @@ class SimulatedSpeaker:
         loop = asyncio.get_running_loop()
         self.speaking = 1
         self._announce(self)
-        await asyncio.sleep(SPEAKING_LEAD)
-        start = loop.time()
-        if self._last_sent is not None:
-            gap = max(1, round((start - self._last_sent) / FRAME_INTERVAL))
-            self._timestamp = (self._timestamp + (gap - 1) * FRAME_SAMPLES) & 0xFFFFFFFF
-        spurt = self._spurts
-        self._spurts += 1
-        n = 0
         try:
+            await asyncio.sleep(SPEAKING_LEAD)
+            start = loop.time()
+            if self._last_sent is not None:
+                gap = max(1, round((start - self._last_sent) / FRAME_INTERVAL))
+                self._timestamp = (self._timestamp + (gap - 1) * FRAME_SAMPLES) & 0xFFFFFFFF
+            spurt = self._spurts
+            self._spurts += 1
+            n = 0
             for pcm in frames:
                 await _sleep_until(loop, start + n * FRAME_INTERVAL)
                 self._send(pcm, self._encoder.encode(pcm), spurt=spurt, marker=n == 0)
@@ -239,7 +246,10 @@ class SimulatedSpeaker:
 
     def _send(self, pcm: bytes | None, opus: bytes, *, spurt: int, marker: bool) -> None:
         payload, encrypted = self._protect(opus, audio=pcm is not None)
-        index = len(self.sent)
+        index = self._frames_sent
+        self._frames_sent += 1
+        if len(self.sent) >= 2 * self.history:
+            del self.sent[: len(self.sent) - self.history]
         padded = bool(self.padding_every) and index % self.padding_every == self.padding_every - 1
         ext = build_extension_body([(AUDIO_LEVEL_EXTENSION_ID, bytes((127 if pcm is None else 0x80 | 30,)))])
         header = build_rtp_header(

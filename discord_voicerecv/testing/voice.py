@@ -197,6 +197,7 @@ class VoiceServer:
         padding_every: int = 0,
         plaintext_every: int = 0,
         uplink: LinkConditions | None = None,
+        history: int = 6000,
     ) -> SimulatedSpeaker:
         """Put a simulated speaker into the call (see :class:`SimulatedSpeaker` for the parameters).
 
@@ -218,6 +219,7 @@ class VoiceServer:
             padding_every=padding_every,
             plaintext_every=plaintext_every,
             uplink=uplink,
+            history=history,
         )
         self.speakers[user_id] = speaker
         self.relay.add_peer(speaker.peer)

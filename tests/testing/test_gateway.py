@@ -89,7 +89,9 @@ async def running(client: discord.Client, token: str) -> AsyncIterator[discord.C
     client.add_listener(on_ready) if isinstance(client, commands.Bot) else setattr(client, "on_ready", on_ready)
     task = asyncio.create_task(client.start(token))
     try:
-        done, _ = await asyncio.wait({task, asyncio.create_task(ready.wait())}, timeout=5, return_when="FIRST_COMPLETED")
+        done, _ = await asyncio.wait(
+            {task, asyncio.create_task(ready.wait())}, timeout=5, return_when="FIRST_COMPLETED"
+        )
         if task in done:
             task.result()
         assert ready.is_set(), "client did not reach on_ready"
@@ -151,16 +153,15 @@ async def test_speakers_are_in_voice_for_bots_without_the_members_intent(local: 
 
 
 async def test_two_tokens_are_two_bots_that_see_each_other(local: StubbedDiscord) -> None:
-    async with running(new_client(), "alpha") as first:
-        async with running(new_client(), "beta") as second:
-            assert first.user is not None and second.user is not None
-            assert first.user.id != second.user.id
-            assert first.user.id == local.bot_user_id("alpha")
-            guild = first.get_guild(local.guild_id)
-            assert guild is not None
-            await eventually(lambda: guild.get_member(second.user.id) is not None)  # GUILD_MEMBER_ADD
-            other = second.get_guild(local.guild_id)
-            assert other is not None and other.get_member(first.user.id) is not None
+    async with running(new_client(), "alpha") as first, running(new_client(), "beta") as second:
+        assert first.user is not None and second.user is not None
+        assert first.user.id != second.user.id
+        assert first.user.id == local.bot_user_id("alpha")
+        guild = first.get_guild(local.guild_id)
+        assert guild is not None
+        await eventually(lambda: guild.get_member(second.user.id) is not None)  # GUILD_MEMBER_ADD
+        other = second.get_guild(local.guild_id)
+        assert other is not None and other.get_member(first.user.id) is not None
     assert {local.bot_user_id("alpha"), local.bot_user_id("beta")} <= set(local.members)
 
 
@@ -171,6 +172,8 @@ async def test_late_speaker_reaches_connected_bots(local: StubbedDiscord) -> Non
         local.add_speaker(name="Latecomer")
         latecomer = next(uid for uid, name in local.stub.speakers.items() if name == "Latecomer")
         await eventually(lambda: (m := guild.get_member(latecomer)) is not None and m.voice is not None)
+        with pytest.raises(ValueError, match="already"):
+            local.add_speaker(user_id=latecomer)
         local.remove_speaker(latecomer)
         await eventually(lambda: (m := guild.get_member(latecomer)) is not None and m.voice is None)
         assert latecomer not in local.voice_channel_members
@@ -232,7 +235,9 @@ class RecordingVoice(discord.VoiceProtocol):
         if self.states and self.servers:
             self.both.set()
 
-    async def connect(self, *, timeout: float, reconnect: bool, self_deaf: bool = False, self_mute: bool = False) -> None:
+    async def connect(
+        self, *, timeout: float, reconnect: bool, self_deaf: bool = False, self_mute: bool = False
+    ) -> None:
         channel = cast(discord.VoiceChannel, self.channel)
         await channel.guild.change_voice_state(channel=channel, self_mute=self_mute, self_deaf=self_deaf)
         await asyncio.wait_for(self.both.wait(), timeout)
@@ -280,7 +285,9 @@ async def test_a_closed_client_leaves_voice_when_its_session_expires(local: Stub
         assert client.user is not None
         guild = client.get_guild(local.guild_id)
         assert guild is not None
-        await guild.change_voice_state(channel=guild.get_channel(local.voice_channel_id))  # type: ignore[arg-type]
+        channel = guild.get_channel(local.voice_channel_id)
+        assert isinstance(channel, discord.VoiceChannel)
+        await guild.change_voice_state(channel=channel)
         await local.wait_for_voice(client.user.id)
     await local.wait_for_voice(local.bot_user_id("leaver"), connected=False)
     assert local.stub.ended == [local.bot_user_id("leaver")]
@@ -342,14 +349,14 @@ async def test_invalid_session_makes_the_client_identify_again(local: StubbedDis
 # -- raw websocket ---------------------------------------------------------------------------------------
 
 
-async def _receive(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+async def _receive(ws: aiohttp.ClientWebSocketResponse[Any]) -> dict[str, Any]:
     msg = await asyncio.wait_for(ws.receive(), 2)
     assert msg.type is aiohttp.WSMsgType.TEXT, msg
     data: dict[str, Any] = json.loads(msg.data)
     return data
 
 
-async def _close_code(ws: aiohttp.ClientWebSocketResponse) -> int | None:
+async def _close_code(ws: aiohttp.ClientWebSocketResponse[Any]) -> int | None:
     msg = await asyncio.wait_for(ws.receive(), 2)
     assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
     return ws.close_code

@@ -139,7 +139,7 @@ async def test_reorder_delay_is_one_to_three_intervals() -> None:
     link.send(b"x")
     while not arrivals:
         await asyncio.sleep(0.005)
-    assert FRAME_INTERVAL <= arrivals[0] - start <= 3.5 * FRAME_INTERVAL + 0.05
+    assert FRAME_INTERVAL <= arrivals[0] - start <= 3.5 * FRAME_INTERVAL + 0.15
 
 
 async def test_jitter_delays_within_bound() -> None:
@@ -154,8 +154,8 @@ async def test_jitter_delays_within_bound() -> None:
             await asyncio.sleep(0.001)
         delays.append(arrivals[n] - start)
     assert link.stats.delayed == 20
-    assert max(delays) <= 0.030 + 0.03
-    assert max(delays) - min(delays) > 0.005
+    assert max(delays) <= 0.030 + 0.15, "bounded by jitter_ms plus scheduling latency"
+    assert max(delays) - min(delays) > 0.005, "delays vary"
 
 
 async def test_close_cancels_held_back_packets() -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
+import io
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import discord
 import numpy as np
 import pytest
 
 from discord_voicerecv.frames import OPUS_SILENCE
-from discord_voicerecv.opus import OpusDecoder
+from discord_voicerecv.opus import OpusDecoder, ensure_discord_opus
+from discord_voicerecv.testing import LocalDiscord, using_local_discord
+from discord_voicerecv.testing.bots import default_intents, running
 from discord_voicerecv.testing.clips import load_clip
 from discord_voicerecv.testing.link import LinkConditions
 from discord_voicerecv.testing.speakers import SILENCE_FRAMES
@@ -232,7 +236,7 @@ async def test_speaker_audio_arrives_intact_and_decodes_to_the_clip(
     ops = [(m["d"]["speaking"]) for m in probe.ops(5)]
     assert ops == [1, 0]
     sent_at = [f.sent_at for f in sent]
-    assert sent_at[-1] - sent_at[0] == pytest.approx(0.02 * (len(sent) - 1), abs=0.06)
+    assert sent_at[-1] - sent_at[0] == pytest.approx(0.02 * (len(sent) - 1), abs=0.1)
 
 
 async def test_timestamps_follow_the_clock_across_pauses(server: VoiceServer, make_probe: ProbeFactory) -> None:
@@ -255,6 +259,25 @@ async def test_timestamps_follow_the_clock_across_pauses(server: VoiceServer, ma
 async def _ops_soon(probe: VoiceProbe, op: int, count: int) -> list[dict[str, Any]]:
     await probe.wait_for(op, lambda _m: len(probe.ops(op)) >= count)
     return probe.ops(op)
+
+
+async def test_stop_ends_the_spurt_with_silence_and_removal_is_announced(
+    server: VoiceServer, make_probe: ProbeFactory
+) -> None:
+    probe = make_probe(10)
+    await probe.connect()
+    speaker = server.add_speaker(user_id=20, name="looping", tone_seconds=0.05, history=4)
+    task = speaker.start()
+    await asyncio.sleep(0.2)
+    speaker.stop()
+    await task
+    assert speaker.sent[-1].index >= 10 + SILENCE_FRAMES - 1
+    assert 4 <= len(speaker.sent) <= 8, "history bounds what a speaker keeps"
+    assert [f.opus for f in speaker.sent[-SILENCE_FRAMES:]] == [OPUS_SILENCE] * SILENCE_FRAMES
+    assert [m["d"]["speaking"] for m in await _ops_soon(probe, 5, 2)] == [1, 0]
+    server.remove_speaker(20)
+    assert (await probe.wait_for(13))["d"] == {"user_id": "20"}
+    assert 20 not in server.members and server.relay.peer(20) is None
 
 
 async def test_padding_is_carried_and_stripped(server: VoiceServer, make_probe: ProbeFactory) -> None:
@@ -315,9 +338,9 @@ async def test_link_conditions_match_what_the_receiver_saw(certificate: LocalCer
             assert len(got) == len(sent) - stats.dropped + stats.duplicated
             assert sorted(set(sent) - set(got)) == sorted(sent[i] for i in stats.dropped_indices)
             assert len(got) - len(set(got)) == stats.duplicated
-            inversions = sum(1 for a, b in itertools.pairwise(got) if ((b - a) & 0xFFFF) > 0x8000)
-            assert (inversions > 0) == (stats.reordered > 0)
-            assert stats.dropped > 0 and stats.reordered > 0
+            late = sum(1 for n, seq in enumerate(got) if any(((seq - s) & 0xFFFF) > 0x8000 for s in got[:n]))
+            assert 0 < late <= 2 * stats.reordered
+            assert stats.dropped > 0
 
 
 async def test_speaker_uplink_conditions_apply_before_the_relay(server: VoiceServer, make_probe: ProbeFactory) -> None:
@@ -422,3 +445,70 @@ async def test_a_member_without_dave_downgrades_the_call(server: VoiceServer, ma
     await legacy.close(1000)
     upgrade = await secure.wait_for(24)
     assert upgrade["d"] == {"protocol_version": 1, "epoch": 1}
+
+
+# -- a real discord.py voice client -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dave", [False, True])
+async def test_discord_py_voice_client_plays_through_the_relay(dave: bool) -> None:
+    ensure_discord_opus()
+    clip = load_clip("fr_female")[: 3840 * 30]
+    async with LocalDiscord(dave=dave) as local, contextlib.AsyncExitStack() as stack:
+        stack.enter_context(using_local_discord(local.url))
+        assert local.certificate is not None
+        voice = local.voice
+        voice.expect_session(user_id=77, session_id="raw", token="raw", channel_id=local.voice_channel_id)
+        probe = VoiceProbe(
+            voice.endpoint,
+            ssl_context=local.certificate.client_context(),
+            guild_id=local.guild_id,
+            user_id=77,
+            session_id="raw",
+            token="raw",
+            dave=dave,
+            channel_id=local.voice_channel_id,
+        )
+        await stack.enter_async_context(probe)
+        await probe.connect()
+        bot = await stack.enter_async_context(
+            running(discord.Client(intents=default_intents(), guild_ready_timeout=0.1), "player-token")
+        )
+        channel = bot.get_channel(local.voice_channel_id)
+        assert isinstance(channel, discord.VoiceChannel) and bot.user is not None
+        vc: discord.VoiceClient = await channel.connect()
+        assert type(vc) is discord.VoiceClient
+        assert vc.mode == "aead_xchacha20_poly1305_rtpsize"
+        session = await voice.wait_for_member(bot.user.id)
+        assert session.ssrc == vc.ssrc and session.mode == vc.mode
+        assert (await probe.wait_for(11))["d"]["user_ids"] == [str(bot.user.id)]
+        if dave:
+            await voice.wait_dave_settled()
+            await probe.wait_for(22)
+            await asyncio.sleep(0.05)
+            assert vc.voice_privacy_code is not None
+            assert probe.dave is not None and probe.dave.session is not None
+            assert vc.voice_privacy_code == probe.dave.session.voice_privacy_code
+
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        vc.play(discord.PCMAudio(io.BytesIO(clip)), after=lambda _: loop.call_soon_threadsafe(done.set))
+        await asyncio.wait_for(done.wait(), timeout=5)
+        speaking = await probe.wait_for(5, lambda m: m["d"]["ssrc"] == vc.ssrc and m["d"]["speaking"] == 1)
+        assert speaking["d"]["user_id"] == str(bot.user.id)
+        await probe.wait_packets(30, ssrc=vc.ssrc)
+        await asyncio.sleep(0.05)
+        got = probe.packets_from(vc.ssrc)
+        frames = [probe.open_dave(p) for p in got]
+
+    assert voice.relay_stats.decrypt_failures == 0
+    assert all(p.header.extension for p in got), "the relay adds Discord's header extension"
+    sequences = [p.header.sequence for p in got]
+    assert sequences == [(sequences[0] + i) & 0xFFFF for i in range(len(got))]
+    assert (sum(f[-2:] == b"\xfa\xfa" for f in (p.payload for p in got)) > 25) is dave
+    decoder = OpusDecoder()
+    pcm = b"".join(decoder.decode(f) for f in frames if f != OPUS_SILENCE)
+    decoded = np.frombuffer(pcm, "<i2")[0::2].astype(np.float64)
+    source = np.frombuffer(clip, "<i2")[0::2].astype(np.float64)
+    best = max(np.corrcoef(decoded[lag : lag + 20000], source[:20000])[0, 1] for lag in range(0, 960, 8))
+    assert best > 0.9
