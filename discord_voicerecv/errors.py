@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 __all__ = (
-    "VoiceRecvError",
-    "MalformedPacket",
-    "DecryptionFailed",
-    "UnsupportedMode",
-    "OpusNotAvailable",
-    "OpusError",
     "AlreadyListening",
-    "NotListening",
-    "SinkError",
     "CaptureFormatError",
+    "DecryptionFailed",
+    "MalformedPacket",
+    "NotListening",
+    "OpusError",
+    "OpusNotAvailable",
+    "SinkError",
+    "UnsupportedMode",
+    "VoiceRecvError",
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ("VoiceFrame", "FRAME_SAMPLES", "FRAME_BYTES", "SAMPLE_RATE", "CHANNELS", "SILENT_PCM", "OPUS_SILENCE")
+__all__ = ("CHANNELS", "FRAME_BYTES", "FRAME_SAMPLES", "OPUS_SILENCE", "SAMPLE_RATE", "SILENT_PCM", "VoiceFrame")
 
 SAMPLE_RATE = 48_000
 CHANNELS = 2

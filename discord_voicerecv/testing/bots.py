@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import discord
 
-__all__ = ("running", "default_intents")
+__all__ = ("default_intents", "running")
 
 ClientT = TypeVar("ClientT", bound=discord.Client)
 
