@@ -31,5 +31,19 @@ e2e: setup
 test: lint
 	$(PY) -m pytest -q -m "not slow"
 
+bench: setup
+	$(PY) bench/run.py
+
+chaos: setup
+	$(PY) -m pytest -q -m slow tests/chaos
+
+fuzz: setup
+	$(PY) -m pip install --quiet -e '.[fuzz]'
+	$(PY) -m fuzz.run --runs 1000000
+
+docs: setup
+	$(PY) -m pip install --quiet -e '.[docs]'
+	$(PY) -m mkdocs build --strict
+
 clean:
 	rm -rf $(VENV) recordings .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -13,7 +13,7 @@ from .client import VoiceRecvClient
 from .opus import ensure_discord_opus
 from .sinks.wave import WaveSink
 from .testing import LocalDiscord, use_local_discord
-from .testing.bots import default_intents, running
+from .testing.bots import new_client, running
 from .testing.clips import list_clips
 
 __all__ = ("run_demo",)
@@ -24,7 +24,7 @@ async def run_demo(*, seconds: float, speakers: int, out: Path, dave: bool = Tru
     ensure_discord_opus()
     async with LocalDiscord(dave=dave) as local:
         use_local_discord(local.url)
-        client = discord.Client(intents=default_intents())
+        client = new_client()
         async with running(client, "demo-recorder"):
             channel = client.get_channel(local.voice_channel_id)
             assert isinstance(channel, discord.VoiceChannel)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import discord
 
@@ -21,6 +21,18 @@ def default_intents() -> discord.Intents:
     intents.voice_states = True
     intents.message_content = True
     return intents
+
+
+@overload
+def new_client(**kwargs: Any) -> discord.Client: ...
+@overload
+def new_client(cls: type[ClientT], **kwargs: Any) -> ClientT: ...
+def new_client(cls: type[discord.Client] = discord.Client, **kwargs: Any) -> discord.Client:
+    """A client for the local Discord: :func:`default_intents` and a short ``guild_ready_timeout`` (the local
+    guild arrives at once, so discord.py's 2 s wait for more guilds is pure delay)."""
+    kwargs.setdefault("intents", default_intents())
+    kwargs.setdefault("guild_ready_timeout", 0.1)
+    return cls(**kwargs)
 
 
 @contextlib.asynccontextmanager

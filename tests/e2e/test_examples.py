@@ -15,7 +15,7 @@ from discord_voicerecv import VoiceRecvClient, WaveSink
 from discord_voicerecv.opus import ensure_discord_opus
 from discord_voicerecv.testing import LocalDiscord, restore_discord, use_local_discord
 from discord_voicerecv.testing.analysis import best_alignment, read_wav
-from discord_voicerecv.testing.bots import default_intents, running
+from discord_voicerecv.testing.bots import new_client, running
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -56,7 +56,7 @@ async def test_local_discord_command_serves_a_bot_in_another_process(tmp_path: P
         info = json.loads(line)
         assert {"url", "guild_id", "voice_channel_id"} <= info.keys()
         use_local_discord(info["url"])
-        client = discord.Client(intents=default_intents())
+        client = new_client()
         async with running(client, "remote-recorder"):
             channel = client.get_channel(int(info["voice_channel_id"]))
             assert isinstance(channel, discord.VoiceChannel)

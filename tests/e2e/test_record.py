@@ -13,7 +13,7 @@ import pytest
 from discord_voicerecv import VoiceRecvClient, WaveSink
 from discord_voicerecv.testing import LinkConditions, LocalDiscord
 from discord_voicerecv.testing.analysis import normalized_xcorr, read_wav
-from discord_voicerecv.testing.bots import default_intents, running
+from discord_voicerecv.testing.bots import new_client, running
 from discord_voicerecv.testing.clips import load_clip
 
 SAMPLE_RATE = 48_000
@@ -37,8 +37,8 @@ async def _stop(vc: VoiceRecvClient) -> float:
 
 
 async def test_plain_discord_py_bot_playing_a_clip_is_recorded_faithfully(local: LocalDiscord, tmp_path: Path) -> None:
-    recorder = discord.Client(intents=default_intents())
-    player = discord.Client(intents=default_intents())
+    recorder = new_client()
+    player = new_client()
     clip = load_clip("en_us_male")
     async with running(recorder, "recorder-token"), running(player, "player-token"):
         rvc = await _voice_channel(recorder, local).connect(cls=VoiceRecvClient)
@@ -82,7 +82,7 @@ async def test_two_simulated_speakers_under_loss_and_reorder_stay_aligned(tmp_pa
     async with LocalDiscord(link=link) as local:
         use_local_discord(local.url)
         try:
-            recorder = discord.Client(intents=default_intents())
+            recorder = new_client()
             async with running(recorder, "recorder-token"):
                 vc = await _voice_channel(recorder, local).connect(cls=VoiceRecvClient)
                 alice = local.add_speaker(clip="en_gb_female")
@@ -125,8 +125,8 @@ async def test_recv_client_plays_with_aes_gcm_while_listening(dave: bool, tmp_pa
     async with LocalDiscord(dave=dave) as local:
         use_local_discord(local.url)
         try:
-            a = discord.Client(intents=default_intents())
-            b = discord.Client(intents=default_intents())
+            a = new_client()
+            b = new_client()
             async with running(a, "bot-a"), running(b, "bot-b"):
                 avc = await _voice_channel(a, local).connect(cls=VoiceRecvClient)
                 bvc = await _voice_channel(b, local).connect(cls=VoiceRecvClient)
