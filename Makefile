@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+LINT_PATHS := $(wildcard discord_voicerecv tests examples bench fuzz)
 
 .PHONY: setup demo test lint unit e2e bench chaos fuzz docs clean
 
@@ -18,8 +19,8 @@ demo: setup
 	$(PY) -m discord_voicerecv demo --seconds 10 --speakers 3 --out recordings
 
 lint: setup
-	$(PY) -m ruff check discord_voicerecv tests examples bench
-	$(PY) -m ruff format --check discord_voicerecv tests examples bench
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
 	$(PY) -m mypy
 
 unit: setup
