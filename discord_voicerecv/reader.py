@@ -23,7 +23,7 @@ from .frames import FRAME_BYTES, FRAME_SAMPLES, OPUS_SILENCE, VoiceFrame
 from .jitter import DEFAULT_CAPACITY, Drop, JitterBuffer, JitterPacket
 from .protocol.ipdiscovery import is_response as _is_ip_discovery
 from .protocol.rtcp import Bye, parse_rtcp
-from .protocol.rtp import OPUS_PAYLOAD_TYPE, is_rtcp, parse_rtp_header, strip_payload
+from .protocol.rtp import OPUS_PAYLOAD_TYPE, is_rtcp, parse_rtp_header
 from .protocol.transport import TransportCipher, make_cipher
 from .sinks.base import AudioSink, SinkUser
 from .stats import ReceiveStats, StatsSnapshot
@@ -343,7 +343,7 @@ class Receiver:
             stats.incr("no_transport_key")
             return
         try:
-            payload = strip_payload(header, cipher.decrypt_rtp(data, header))
+            payload = cipher.open_payload(data, header)
         except DecryptionFailed:
             stats.incr("decrypt_failed")
             return

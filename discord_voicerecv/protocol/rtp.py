@@ -118,7 +118,10 @@ def strip_payload(header: RtpHeader, plaintext: bytes) -> bytes:
         ``"extension"`` when the plaintext is shorter than the declared extension body, ``"padding"`` when the
         pad count (the last byte) is zero or runs into the extension body.
     """
-    start = 4 * header.ext_words
+    return _strip(header, plaintext, 4 * header.ext_words)
+
+
+def _strip(header: RtpHeader, plaintext: bytes, start: int) -> bytes:
     end = len(plaintext)
     if start > end:
         raise MalformedPacket("extension", f"body of {start} bytes, {end} decrypted")

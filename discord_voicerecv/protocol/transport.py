@@ -10,9 +10,10 @@ is authenticated as AEAD additional data:
 - ``xsalsa20_poly1305_suffix``: a random 24-byte nonce as the suffix.
 - ``xsalsa20_poly1305``: no suffix; the nonce is the first 12 bytes of the header (8 for RTCP), zero padded.
 
-For RTP the clear header is :attr:`RtpHeader.unencrypted_size` bytes in every mode; for RTCP it is the 8-byte
-header (first word and sender SSRC). Discord's servers, when they still offered the legacy modes, sealed the
-extension header word too; such packets (legacy mode *and* X set) fail authentication here.
+For RTP the clear header is :attr:`RtpHeader.unencrypted_size` bytes in the rtpsize modes; the legacy modes seal
+everything after the fixed header and CSRCs, the extension header word included (as Discord's servers did), so
+use :meth:`TransportCipher.open_payload` to get the media payload in any mode. For RTCP the clear header is the
+8-byte header (first word and sender SSRC).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from nacl.bindings import (
 from nacl.exceptions import CryptoError
 
 from ..errors import DecryptionFailed, MalformedPacket, UnsupportedMode
-from .rtp import RtpHeader
+from .rtp import RTP_HEADER_SIZE, RtpHeader, strip_payload
 
 __all__ = ("RTCP_HEADER_SIZE", "SUPPORTED_MODES", "TransportCipher", "make_cipher")
 
@@ -79,6 +80,24 @@ class TransportCipher:
     def encrypt_rtp(self, header: bytes, plaintext: bytes) -> bytes:
         """Return the full packet: ``header`` in clear, ``plaintext`` (extension body + payload) sealed."""
         return self._seal(header, plaintext)
+
+    def open_rtp(self, packet: bytes, header: RtpHeader) -> tuple[RtpHeader, bytes]:
+        """Decrypt; return the header as sent and the plaintext from the extension body on, in every mode.
+
+        In the legacy modes the extension header word travels sealed, so the returned header takes its profile
+        and length from the decrypted bytes; callers then treat all modes alike.
+        """
+        return header, self.decrypt_rtp(packet, header)
+
+    def open_payload(self, packet: bytes, header: RtpHeader) -> bytes:
+        """Decrypt and return the media payload alone: extension body and RTP padding removed.
+
+        Raises
+        ------
+        MalformedPacket, DecryptionFailed
+            As :meth:`decrypt_rtp`, and for an extension or padding that does not fit.
+        """
+        return strip_payload(*self.open_rtp(packet, header))
 
     def decrypt_rtcp(self, packet: bytes) -> bytes:
         """Return the whole RTCP packet in clear: the 8-byte header followed by the opened body."""
@@ -166,13 +185,34 @@ class _XChaChaRtpsize(TransportCipher):
 
 
 class _SecretBoxCipher(TransportCipher):
-    """The legacy XSalsa20-Poly1305 modes: libsodium secretbox, the clear header is not authenticated."""
+    """The legacy XSalsa20-Poly1305 modes: libsodium secretbox, the clear header is not authenticated.
+
+    Unlike the rtpsize modes, they seal everything after the fixed header and CSRCs, the extension header word
+    included, so :meth:`decrypt_rtp` returns plaintext that starts with that word when X is set.
+    """
 
     __slots__ = ("_key",)
 
     def __init__(self, key: bytes) -> None:
         super().__init__()
         self._key = key
+
+    def decrypt_rtp(self, packet: bytes, header: RtpHeader) -> bytes:
+        return self._open_at(packet, RTP_HEADER_SIZE + 4 * len(header.csrcs))
+
+    def encrypt_rtp(self, header: bytes, plaintext: bytes) -> bytes:
+        clear = RTP_HEADER_SIZE + 4 * (header[0] & 0x0F) if header else 0
+        return self._seal(header[:clear], header[clear:] + plaintext)
+
+    def open_rtp(self, packet: bytes, header: RtpHeader) -> tuple[RtpHeader, bytes]:
+        plaintext = self.decrypt_rtp(packet, header)
+        if not header.extension:
+            return header, plaintext
+        if len(plaintext) < 4:
+            raise MalformedPacket("extension", f"{len(plaintext)} bytes cannot hold the sealed extension header")
+        profile = int.from_bytes(plaintext[:2], "big")
+        words = int.from_bytes(plaintext[2:4], "big")
+        return header._replace(ext_profile=profile, ext_words=words), plaintext[4:]
 
     def _open(self, nonce: bytes, sealed: bytes, clear: bytes) -> bytes:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from dataclasses import dataclass
 from typing import cast
 
@@ -19,6 +20,7 @@ from ..frames import OPUS_SILENCE
 from ..protocol import ipdiscovery
 from ..protocol.rtp import (
     EXTENSION_PROFILE_ONE_BYTE,
+    RTP_HEADER_SIZE,
     RtpHeader,
     build_extension_body,
     build_rtp_header,
@@ -209,13 +211,16 @@ class MediaRelay(asyncio.DatagramProtocol):
             stats.unknown_ssrc += 1
             return
         try:
-            plaintext = peer.cipher.decrypt_rtp(data, header)
+            header, plaintext = peer.cipher.open_rtp(data, header)
         except (DecryptionFailed, MalformedPacket):
             stats.decrypt_failures += 1
             return
         peer.address = address
         peer.packets_in += 1
-        self.forward(peer, header, data[: header.unencrypted_size], plaintext)
+        clear = data[: RTP_HEADER_SIZE + 4 * len(header.csrcs)]
+        if header.extension:
+            clear += struct.pack(">HH", header.ext_profile or 0, header.ext_words)
+        self.forward(peer, header, clear, plaintext)
 
     def _rtcp(self, data: bytes, address: Address) -> None:
         stats = self.stats

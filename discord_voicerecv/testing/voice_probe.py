@@ -397,7 +397,7 @@ class VoiceProbe:
             self.transport_failures += 1
             return
         try:
-            plaintext = cipher.decrypt_rtp(data, header)
+            header, plaintext = cipher.open_rtp(data, header)
         except (DecryptionFailed, MalformedPacket):
             self.transport_failures += 1
             return

@@ -36,8 +36,12 @@ u32 = st.integers(0, 0xFFFFFFFF)
 
 
 def _receive(cipher: TransportCipher, packet: bytes) -> bytes:
-    header = parse_rtp_header(packet)
-    return strip_payload(header, cipher.decrypt_rtp(packet, header))
+    return cipher.open_payload(packet, parse_rtp_header(packet))
+
+
+def _clear_size(mode: str, header: bytes) -> int:
+    """Bytes in clear: the whole clear header in the rtpsize modes; the legacy ones seal the extension word too."""
+    return len(header) if mode in RTPSIZE_MODES else 12 + 4 * (header[0] & 0x0F)
 
 
 @st.composite
@@ -96,7 +100,9 @@ def test_key_as_list_of_ints_matches_bytes(mode: str) -> None:
 def test_rtp_round_trip(mode: str, parts: tuple[bytes, bytes, bytes]) -> None:
     header, plaintext, payload = parts
     packet = make_cipher(mode, KEY).encrypt_rtp(header, plaintext)
-    assert packet.startswith(header)
+    clear = _clear_size(mode, header)
+    assert packet.startswith(header[:clear])
+    assert packet[clear : len(header)] != header[clear:] or clear == len(header)
     assert _receive(make_cipher(mode, KEY), packet) == payload
 
 
@@ -146,6 +152,7 @@ def test_decrypts_discord_py_sender(mode: str) -> None:
         header = parse_rtp_header(packet)
         assert (header.sequence, header.ssrc, header.payload_type) == ((65534 + n) % 65536, 0x1234ABCD, 120)
         assert strip_payload(header, cipher.decrypt_rtp(packet, header)) == frame
+        assert cipher.open_payload(packet, header) == frame
 
 
 @pytest.mark.parametrize("mode", ["aead_xchacha20_poly1305_rtpsize", "xsalsa20_poly1305_lite"])
@@ -195,7 +202,8 @@ def test_flipped_bits_fail_authentication(mode: str, parts: tuple[bytes, bytes, 
     header_bytes, plaintext, _ = parts
     packet = make_cipher(mode, KEY).encrypt_rtp(header_bytes, plaintext)
     header = parse_rtp_header(packet)
-    index = data.draw(st.sampled_from(_authenticated_positions(mode, len(header_bytes), len(packet))))
+    clear = _clear_size(mode, header_bytes)
+    index = data.draw(st.sampled_from(_authenticated_positions(mode, clear, len(packet))))
     tampered = bytearray(packet)
     tampered[index] ^= 1 << data.draw(st.integers(0, 7))
     with pytest.raises(DecryptionFailed):
@@ -224,7 +232,10 @@ def test_any_change_to_a_packet_never_decodes_silently_wrong(
     except (MalformedPacket, DecryptionFailed):
         return
     assert mode not in RTPSIZE_MODES
-    assert result == payload or strip_payload(parse_rtp_header(candidate), plaintext) == result
+    clear = _clear_size(mode, header_bytes)
+    resealed = make_cipher("xsalsa20_poly1305_lite", KEY)
+    reread = resealed.encrypt_rtp(candidate[:clear] + header_bytes[clear:], plaintext)
+    assert result == payload or resealed.open_payload(reread, parse_rtp_header(reread)) == result
 
 
 @pytest.mark.parametrize("mode", SUPPORTED_MODES)
@@ -300,3 +311,24 @@ def test_header_fields_are_independent_of_payload_encryption() -> None:
     for mode in SUPPORTED_MODES:
         packet = make_cipher(mode, KEY).encrypt_rtp(header, b"x")
         assert struct.unpack_from(">I", packet, 8)[0] == 0xABCDEF01
+
+
+@pytest.mark.parametrize("mode", ["xsalsa20_poly1305_lite", "xsalsa20_poly1305_suffix", "xsalsa20_poly1305"])
+def test_legacy_packet_with_sealed_extension_word_as_discord_sent_it(mode: str) -> None:
+    """Old Discord servers sealed the 0xBEDE word with the payload; the clear header was the 12 fixed bytes only."""
+    from nacl.bindings import crypto_secretbox
+
+    fixed = build_rtp_header(sequence=9, timestamp=960, ssrc=77)
+    fixed = bytes([fixed[0] | 0x10]) + fixed[1:]
+    sealed_part = b"\xbe\xde\x00\x01" + build_extension_body([(1, b"\x42")]) + b"opus!"
+    if mode == "xsalsa20_poly1305_lite":
+        suffix = (5).to_bytes(4, "big")
+        nonce = suffix + bytes(20)
+    elif mode == "xsalsa20_poly1305_suffix":
+        suffix = bytes(range(24))
+        nonce = suffix
+    else:
+        suffix = b""
+        nonce = fixed + bytes(12)
+    packet = fixed + crypto_secretbox(sealed_part, nonce, KEY) + suffix
+    assert _receive(make_cipher(mode, KEY), packet) == b"opus!"

@@ -55,8 +55,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         return self.received
 
     def open(self, packet: bytes) -> tuple[int, int, int, bytes, list[tuple[int, bytes]], bool]:
-        header = parse_rtp_header(packet)
-        plaintext = self.cipher.decrypt_rtp(packet, header)
+        header, plaintext = self.cipher.open_rtp(packet, parse_rtp_header(packet))
         elements = parse_extension_elements(header.ext_profile or 0, plaintext[: header.ext_body_size])
         return (
             header.ssrc,
