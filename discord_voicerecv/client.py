@@ -22,8 +22,6 @@ __all__ = ("VoiceRecvClient",)
 
 _log = logging.getLogger(__name__)
 
-KEEPALIVE_INTERVAL = 5.0
-"""Seconds between UDP keepalives while listening, so NAT bindings and the voice server keep sending."""
 
 _OP_READY = 2
 _OP_SESSION_DESCRIPTION = 4
@@ -45,6 +43,9 @@ class VoiceRecvClient(discord.VoiceClient):
 
     It also offers ``aead_aes256_gcm_rtpsize``, Discord's preferred transport mode, in both directions.
     """
+
+    keepalive_interval: float = 5.0
+    """Seconds between 8-byte UDP keepalives while listening, so NAT bindings and the voice server keep sending."""
 
     supported_modes = ("aead_aes256_gcm_rtpsize", *discord.VoiceClient.supported_modes)  # type: ignore[arg-type]
 
@@ -233,7 +234,7 @@ class VoiceRecvClient(discord.VoiceClient):
                     counter = (counter + 1) & 0xFFFFFFFFFFFFFFFF
             except OSError:
                 _log.debug("keepalive send failed", exc_info=True)
-            await asyncio.sleep(KEEPALIVE_INTERVAL)
+            await asyncio.sleep(self.keepalive_interval)
 
     def _resolve_user(self, user_id: int) -> SinkUser:
         guild: discord.Guild | None = getattr(self.channel, "guild", None)

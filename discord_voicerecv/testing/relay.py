@@ -41,6 +41,9 @@ _IP_DISCOVERY_SIZE = 74
 Address = tuple[str, int]
 
 
+_KEEPALIVE_SIZE = 8
+
+
 @dataclass(slots=True)
 class RelayStats:
     """What the relay saw and did, for tests to compare with what members received."""
@@ -57,6 +60,8 @@ class RelayStats:
     """Packets simulated speakers handed over in-process."""
     forwarded: int = 0
     """Packets offered to receivers' links (one per receiver per packet)."""
+    keepalives: int = 0
+    """8-byte UDP keepalives from members (Discord's clients send one every few seconds)."""
 
 
 class RelayPeer:
@@ -161,6 +166,8 @@ class MediaRelay(asyncio.DatagramProtocol):
         address: Address = (str(addr[0]), int(addr[1]))
         if len(data) == _IP_DISCOVERY_SIZE and data[0] == 0 and data[1] == 1:
             self._ip_discovery(data, address)
+        elif len(data) == _KEEPALIVE_SIZE:
+            self.stats.keepalives += 1
         elif is_rtcp(data):
             self._rtcp(data, address)
         else:
