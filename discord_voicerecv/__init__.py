@@ -12,6 +12,7 @@ from .errors import (
     AlreadyListening,
     DecryptionFailed,
     E2EEDecryptError,
+    FFmpegNotFound,
     MalformedPacket,
     NotListening,
     OpusError,
@@ -20,24 +21,50 @@ from .errors import (
     VoiceRecvError,
 )
 from .frames import VoiceFrame
-from .sinks import AudioSink, CallbackSink, MultiSink, PerUserSink, SinkUser, WaveSink
+from .limits import StopReason
+from .sinks import (
+    AudioSink,
+    CallbackSink,
+    FFmpegSink,
+    MixSink,
+    MultiSink,
+    OggOpusSink,
+    PerUserSink,
+    SinkUser,
+    Utterance,
+    UtteranceSink,
+    WaveSink,
+)
+from .sinks.rtp_forward import ForwardedStream, RTPForwardSink
+from .stream import AudioStream, StreamFrame
 
 __version__ = "0.1.0"
 
 __all__ = (
     "AlreadyListening",
     "AudioSink",
+    "AudioStream",
     "CallbackSink",
     "DecryptionFailed",
     "E2EEDecryptError",
+    "FFmpegNotFound",
+    "FFmpegSink",
+    "ForwardedStream",
     "MalformedPacket",
+    "MixSink",
     "MultiSink",
     "NotListening",
+    "OggOpusSink",
     "OpusError",
     "OpusNotAvailable",
     "PerUserSink",
+    "RTPForwardSink",
     "SinkUser",
+    "StopReason",
+    "StreamFrame",
     "UnsupportedMode",
+    "Utterance",
+    "UtteranceSink",
     "VoiceFrame",
     "VoiceRecvClient",
     "VoiceRecvError",

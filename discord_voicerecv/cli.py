@@ -1,4 +1,4 @@
-"""The ``discord-voicerecv`` command: demo, local Discord, offline decode."""
+"""The ``discord-voicerecv`` command: demo, local Discord, offline decode, recording with a bot token."""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     decode.add_argument("--key", required=True, help="the 32-byte secret key as hex (from op4)")
     decode.add_argument("--user", action="append", default=[], metavar="SSRC=NAME", help="name an SSRC's track")
     decode.add_argument("--out", type=Path, required=True)
+
+    from .record import add_arguments as add_record_arguments
+
+    record = sub.add_parser("record", help="record a voice channel with a bot token (from an env var) until Ctrl-C")
+    add_record_arguments(record)
     return parser
 
 
@@ -63,4 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(json.dumps(summary, sort_keys=True))
         return 0
+    if args.command == "record":
+        from .record import run as run_record
+
+        return run_record(args)
     return 2

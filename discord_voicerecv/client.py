@@ -6,6 +6,7 @@ import asyncio
 import logging
 import struct
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,14 +15,19 @@ import discord
 from . import _discord_glue as glue
 from .dave import DaveFrameDecryptor
 from .errors import AlreadyListening
+from .limits import LimitSink, StopReason, UserFilterSink, Users, others_present
 from .protocol.transport import TransportCipher, make_cipher
 from .reader import Receiver
 from .sinks.base import AudioSink, SinkUser
+from .stream import DEFAULT_QUEUE_SECONDS, AudioStream, SinkHub
 
 __all__ = ("VoiceRecvClient",)
 
 _log = logging.getLogger(__name__)
 
+
+ALONE_CHECK_INTERVAL = 0.25
+"""Seconds between checks of ``listen(stop_when_alone=True)``."""
 
 _OP_READY = 2
 _OP_SESSION_DESCRIPTION = 4
@@ -29,6 +35,11 @@ _OP_SPEAKING = 5
 _OP_CLIENTS_CONNECT = 11
 _OP_CLIENT_CONNECT = 12
 _OP_CLIENT_DISCONNECT = 13
+_OP_DAVE_PREPARE_TRANSITION = 21
+_OP_DAVE_EXECUTE_TRANSITION = 22
+
+UPGRADE_PASSTHROUGH = 10
+"""Seconds plaintext frames stay acceptable after an upgrade back to DAVE executes (the transition expiry)."""
 
 
 class VoiceRecvClient(discord.VoiceClient):
@@ -55,6 +66,14 @@ class VoiceRecvClient(discord.VoiceClient):
         self._receiver_lock = threading.Lock()
         self._keepalive_task: asyncio.Task[None] | None = None
         self._aes_sender: tuple[bytes, TransportCipher] | None = None
+        self._hub: SinkHub | None = None
+        self._stop_reason: StopReason | None = None
+        self._alone_task: asyncio.Task[None] | None = None
+        self._speaking: set[int] = set()
+        self._speaking_lock = threading.Lock()
+        self._voice_members: set[int] = set()
+        self._dave: DaveFrameDecryptor | None = None
+        self._dave_transition_id = 0
         super().__init__(client, channel)
 
     # discord.py integration -----------------------------------------------------------------------------------
@@ -83,6 +102,7 @@ class VoiceRecvClient(discord.VoiceClient):
                 receiver.ignore_ssrc(ssrc)
         elif op == _OP_SPEAKING:
             self._map(data.get("ssrc"), data.get("user_id"))
+            self._on_speaking_op(data)
         elif op == _OP_CLIENT_CONNECT:
             self._map(data.get("audio_ssrc"), data.get("user_id"))
         elif op == _OP_CLIENT_DISCONNECT:
@@ -92,18 +112,37 @@ class VoiceRecvClient(discord.VoiceClient):
                     del self._ssrc_users[ssrc]
                 if receiver is not None:
                     receiver.forget_user(user_id)
+                self._voice_members.discard(user_id)
+                self._speaking_changed(user_id, False)
                 self._dispatch("voice_member_disconnect", self._resolve_user(user_id))
         elif op == _OP_CLIENTS_CONNECT:
             for raw in data.get("user_ids") or ():
                 user_id = _as_int(raw)
                 if user_id is not None:
+                    self._voice_members.add(user_id)
                     self._dispatch("voice_member_connect", self._resolve_user(user_id))
+        elif op in (_OP_DAVE_PREPARE_TRANSITION, _OP_DAVE_EXECUTE_TRANSITION):
+            self._on_dave_transition(op, data)
+
+    def _on_dave_transition(self, op: int, data: dict[str, Any]) -> None:
+        """Remember the latest transition id (op31 names it) and bound passthrough after an upgrade executes.
+
+        discord.py 2.7.1 re-enables passthrough with no end when the upgrade after a downgrade executes; the DAVE
+        protocol allows plaintext only for a transition expiry, so it is limited to :data:`UPGRADE_PASSTHROUGH`.
+        """
+        transition_id = _as_int(data.get("transition_id"))
+        if transition_id is not None:
+            self._dave_transition_id = transition_id
+        session = glue.dave_session(self)
+        if op == _OP_DAVE_EXECUTE_TRANSITION and session is not None and glue.dave_protocol_version(self) > 0:
+            session.set_passthrough_mode(False, UPGRADE_PASSTHROUGH)
 
     def _map(self, raw_ssrc: object, raw_user: object) -> None:
         ssrc, user_id = _as_int(raw_ssrc), _as_int(raw_user)
         if not ssrc or user_id is None:
             return
         self._ssrc_users[ssrc] = user_id
+        self._voice_members.add(user_id)
         receiver = self._receiver
         if receiver is not None:
             receiver.map_ssrc(ssrc, user_id)
@@ -116,6 +155,7 @@ class VoiceRecvClient(discord.VoiceClient):
         return self._aes_sender[1].encrypt_rtp(bytes(header), bytes(data))
 
     def cleanup(self) -> None:
+        self._set_stop_reason(StopReason.DISCONNECTED)
         self._stop_receiver(None)
         super().cleanup()
 
@@ -127,18 +167,34 @@ class VoiceRecvClient(discord.VoiceClient):
         *,
         after: Callable[[BaseException | None], Any] | None = None,
         playout_delay: float = 0.1,
+        users: Users | None = None,
+        max_duration: float | None = None,
+        max_bytes: int | None = None,
+        stop_when_alone: bool = False,
     ) -> None:
         """Start receiving into ``sink``.
+
+        When listening ends, for whatever reason (:attr:`stop_reason`), ``after`` is called and then the bot's
+        ``on_voice_listening_stopped(vc, error)`` event is dispatched.
 
         Parameters
         ----------
         sink:
             Where frames go; see :mod:`discord_voicerecv.sinks`.
         after:
-            Called once, from a background thread, when listening ends: with None after :meth:`stop_listening`
-            or a disconnect, or with the exception that stopped a sink.
+            Called once, from a background thread, when listening ends: with None after :meth:`stop_listening`,
+            a disconnect or a limit, or with the exception that stopped a sink.
         playout_delay:
             Seconds of jitter buffering before a frame is played out; more tolerates worse networks.
+        users:
+            Only these users (members, users or ids) reach ``sink``; every slot still does, so tracks stay aligned.
+        max_duration:
+            Stop after this many seconds; the sink gets exactly that much timeline.
+        max_bytes:
+            Stop once the sink wrote this many bytes (its ``bytes_written`` when it has one, otherwise the audio
+            bytes handed to it); see :class:`~discord_voicerecv.limits.LimitSink`.
+        stop_when_alone:
+            Stop when no one but bots is left in the voice channel, once someone was there.
 
         Raises
         ------
@@ -149,16 +205,27 @@ class VoiceRecvClient(discord.VoiceClient):
         """
         if not self.is_connected():
             raise discord.ClientException("Not connected to voice.")
+        main = sink if users is None else UserFilterSink(sink, users)
+        limited: LimitSink | None = None
+        if max_duration is not None or max_bytes is not None:
+            main = limited = LimitSink(main, max_duration=max_duration, max_bytes=max_bytes)
+        hub = SinkHub(main, started_at=time.time())
         with self._receiver_lock:
             if self._receiver is not None and self._receiver.is_running:
                 raise AlreadyListening("already listening; call stop_listening() first")
-            decryptor = DaveFrameDecryptor(lambda: glue.dave_session(self), lambda: glue.dave_protocol_version(self))
+            decryptor = DaveFrameDecryptor(
+                lambda: glue.dave_session(self),
+                lambda: glue.dave_protocol_version(self),
+                get_downgraded=lambda: glue.dave_downgraded(self),
+                on_recover=self._request_dave_recovery,
+            )
+            self._dave = decryptor
             receiver = Receiver(
-                sink,
+                hub,
                 user_resolver=self._resolve_user,
                 decryptor=decryptor,
                 playout_delay=playout_delay,
-                after=after,
+                after=lambda error: self._session_ended(receiver, after, error),
                 on_event=self._on_receiver_event,
             )
             params = glue.transport_params(self)
@@ -169,43 +236,134 @@ class VoiceRecvClient(discord.VoiceClient):
                 receiver.ignore_ssrc(own)
             for ssrc, user_id in self._ssrc_users.items():
                 receiver.map_ssrc(ssrc, user_id)
+            if limited is not None:
+                limited.on_limit = lambda reason: self._limit_reached(receiver, reason)
             receiver.start()
             self._receiver = receiver
+            self._hub = hub
+            self._stop_reason = None
             glue.add_socket_listener(self, receiver.feed)
         self._keepalive_task = self.loop.create_task(self._keepalive(), name="voice-recv keepalive")
+        if stop_when_alone:
+            self._alone_task = self.loop.create_task(self._watch_alone(receiver), name="voice-recv alone watch")
 
     def stop_listening(self) -> None:
         """Stop receiving: flush and close the sink, then call ``after``. Does nothing when not listening."""
+        self._set_stop_reason(StopReason.STOPPED)
         self._stop_receiver(None)
+
+    def listen_stream(
+        self,
+        *,
+        users: Users | None = None,
+        opus: bool = False,
+        max_queue_seconds: float = DEFAULT_QUEUE_SECONDS,
+    ) -> AudioStream:
+        """Live frames for ``async for``: attached next to the current ``listen()`` sink, or listening just for it.
+
+        ``async with vc.listen_stream() as stream: async for frame in stream: ...`` yields a
+        :class:`~discord_voicerecv.stream.StreamFrame` per speaker per 20 ms, in order per speaker. A consumer more
+        than ``max_queue_seconds`` behind loses frames (``stream.dropped``, ``receive_stats()["stream_dropped"]``);
+        the reader and the other sinks never wait for it. Call :meth:`listen` first to record and stream at once;
+        a stream that started listening by itself stops it when closed.
+
+        Parameters
+        ----------
+        users:
+            Only these users (members, users or ids).
+        opus:
+            Opus packets only (``frame.pcm`` empty); decoding is skipped when nothing else needs PCM.
+        max_queue_seconds:
+            Audio per speaker kept for a consumer that is not reading.
+
+        Raises
+        ------
+        discord.ClientException
+            Not connected to voice.
+        """
+        stream = AudioStream(users=users, opus=opus, max_queue_seconds=max_queue_seconds, loop=self.loop)
+        hub = self._hub
+        if hub is not None and self.is_listening():
+            hub.attach(stream)
+            return stream
+        self.listen(stream)
+        if self._hub is not None:
+            stream.started_at = self._hub.started_at
+        stream._on_close = lambda _: self.stop_listening()
+        return stream
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        """Why the last listening session ended (None while listening or before the first one)."""
+        return None if self.is_listening() else self._stop_reason
 
     def is_listening(self) -> bool:
         receiver = self._receiver
         return receiver is not None and receiver.is_running
 
     def receive_stats(self) -> Mapping[str, Any]:
-        """Counters of the current (or last) listening session: packets, decoded frames, drops by reason."""
+        """Counters of the current (or last) listening session: packets, decoded frames, drops by reason.
+
+        ``stream_dropped`` counts frames that :meth:`listen_stream` consumers were too slow to take.
+        """
         receiver = self._receiver
-        return receiver.stats().as_dict() if receiver is not None else {}
+        if receiver is None:
+            return {}
+        stats = receiver.stats().as_dict()
+        stats["stream_dropped"] = self._hub.stream_dropped if self._hub is not None else 0
+        return stats
 
     @property
     def dave_stats(self) -> dict[int, dict[str, int]]:
-        """Per-user DAVE decryption counts from the davey session (for debugging E2EE)."""
+        """Per-user DAVE counters, for debugging end-to-end encryption.
+
+        davey's own counts for the current MLS group (``successes``, ``failures``, ``passthroughs``, ``attempts``;
+        they restart when the session is re-initialised, and count every retry of a held frame) merged with this
+        library's counts for the current or last listening session, which never restart: ``decrypted``,
+        ``passthrough``, ``held`` (times a frame was put off, waiting for a key) and ``failed:<reason>`` (frames
+        dropped: ``auth``, ``plaintext``).
+        """
         import davey
 
-        session = glue.dave_session(self)
         out: dict[int, dict[str, int]] = {}
+        if self._dave is not None:
+            out.update(self._dave.user_stats())
+        session = glue.dave_session(self)
         if session is None:
             return out
-        for user_id in set(self._ssrc_users.values()):
-            stats = session.get_decryption_stats(user_id, davey.MediaType.audio)
+        for user_id in set(self._ssrc_users.values()) | set(out):
+            try:
+                stats = session.get_decryption_stats(user_id, davey.MediaType.audio)
+            except ValueError:
+                continue
             if stats is not None:
-                out[user_id] = {
-                    "successes": stats.successes,
-                    "failures": stats.failures,
-                    "passthroughs": stats.passthroughs,
-                    "attempts": stats.attempts,
-                }
+                out.setdefault(user_id, {}).update(
+                    successes=stats.successes,
+                    failures=stats.failures,
+                    passthroughs=stats.passthroughs,
+                    attempts=stats.attempts,
+                )
         return out
+
+    @property
+    def dave_recoveries(self) -> int:
+        """How many times this listening session re-joined the DAVE group (op31) because a sender's frames kept
+        failing authentication while our group state looked fine."""
+        return self._dave.recoveries if self._dave is not None else 0
+
+    def _request_dave_recovery(self, user_id: int) -> None:
+        """Reader thread: schedule op31 + re-init on the event loop (discord.py owns the session and websocket)."""
+        try:
+            self.loop.call_soon_threadsafe(self._start_dave_recovery, user_id)
+        except RuntimeError:
+            _log.debug("event loop closed; DAVE recovery for %s not started", user_id)
+
+    def _start_dave_recovery(self, user_id: int) -> None:
+        if not self.is_connected() or glue.dave_session(self) is None:
+            return
+        _log.info("DAVE: re-joining the group after repeated failures for user %s", user_id)
+        task = self.loop.create_task(glue.recover_dave_session(self, self._dave_transition_id), name="dave recovery")
+        task.add_done_callback(_log_task_error)
 
     # internals -----------------------------------------------------------------------------------------------------
 
@@ -224,6 +382,91 @@ class VoiceRecvClient(discord.VoiceClient):
         self._keepalive_task = None
         if task is not None:
             task.cancel()
+
+    def _set_stop_reason(self, reason: StopReason) -> None:
+        if self._stop_reason is None and self.is_listening():
+            self._stop_reason = reason
+
+    def _limit_reached(self, receiver: Receiver, reason: StopReason) -> None:
+        """On the sink thread: stop the session without waiting for it (``stop()`` returns at once there)."""
+        if self._receiver is receiver:
+            self._set_stop_reason(reason)
+        receiver.stop()
+
+    def _session_ended(
+        self, receiver: Receiver, after: Callable[[BaseException | None], Any] | None, error: BaseException | None
+    ) -> None:
+        """The receiver finished (its sink thread): ``after``, pending speaking stops, then the stopped event."""
+        if self._receiver is receiver:
+            if error is not None:
+                self._stop_reason = StopReason.ERROR
+            elif self._stop_reason is None:
+                self._stop_reason = StopReason.STOPPED
+        try:
+            if after is not None:
+                after(error)
+        finally:
+            with self._speaking_lock:
+                still, self._speaking = self._speaking, set()
+            for user_id in still:
+                self._dispatch("voice_member_speaking_stop", self._resolve_user(user_id))
+            self._dispatch("voice_listening_stopped", self, error)
+            try:
+                self.loop.call_soon_threadsafe(self._release_session, receiver)
+            except RuntimeError:
+                _log.debug("event loop closed; session of %r not released", receiver)
+
+    def _release_session(self, receiver: Receiver) -> None:
+        """On the loop, after a session ended by itself (limit, sink error): unhook it from the socket."""
+        if self._receiver is not receiver or receiver.is_running:
+            return
+        try:
+            glue.remove_socket_listener(self, receiver.feed)
+        except Exception:
+            _log.debug("socket listener already gone", exc_info=True)
+        for task in (self._keepalive_task, self._alone_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        self._keepalive_task = self._alone_task = None
+
+    async def _watch_alone(self, receiver: Receiver) -> None:
+        """``stop_when_alone``: stop once the gateway and the voice server both show no one else (bots aside)."""
+        seen = False
+        while receiver.is_running:
+            if self._others_here():
+                seen = True
+            elif seen:
+                self._set_stop_reason(StopReason.ALONE)
+                await asyncio.to_thread(self._stop_receiver, None)
+                return
+            await asyncio.sleep(ALONE_CHECK_INTERVAL)
+
+    def _others_here(self) -> bool:
+        me = self.client.user.id if self.client.user is not None else None
+        if others_present(self.channel, me):
+            return True
+        return any(
+            not getattr(self._resolve_user(user_id), "bot", False) for user_id in self._voice_members if user_id != me
+        )
+
+    def _on_speaking_op(self, data: Mapping[str, Any]) -> None:
+        """op5 drives the speaking events while not listening (while listening, the audio itself does)."""
+        if self.is_listening():
+            return
+        user_id, flags = _as_int(data.get("user_id")), _as_int(data.get("speaking"))
+        if user_id is not None and flags is not None:
+            self._speaking_changed(user_id, bool(flags))
+
+    def _speaking_changed(self, user_id: int, speaking: bool) -> None:
+        with self._speaking_lock:
+            if (user_id in self._speaking) == speaking:
+                return
+            if speaking:
+                self._speaking.add(user_id)
+            else:
+                self._speaking.discard(user_id)
+        event = "voice_member_speaking_start" if speaking else "voice_member_speaking_stop"
+        self._dispatch(event, self._resolve_user(user_id))
 
     async def _keepalive(self) -> None:
         counter = 0
@@ -246,6 +489,9 @@ class VoiceRecvClient(discord.VoiceClient):
 
     def _on_receiver_event(self, name: str, payload: dict[str, Any]) -> None:
         user_id = payload.get("user_id")
+        if name in ("speaking_start", "speaking_stop") and isinstance(user_id, int):
+            self._speaking_changed(user_id, name == "speaking_start")
+            return
         user = self._resolve_user(user_id) if isinstance(user_id, int) else None
         self._dispatch(f"voice_member_{name}", user)
 
@@ -261,3 +507,8 @@ def _as_int(value: object) -> int | None:
         return int(value)  # type: ignore[call-overload, no-any-return]
     except (TypeError, ValueError):
         return None
+
+
+def _log_task_error(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.warning("DAVE recovery failed", exc_info=task.exception())

@@ -1,8 +1,18 @@
-"""Receive side of DAVE: remove the end-to-end layer from each Opus frame with discord.py's davey session."""
+"""Receive side of DAVE: remove the end-to-end layer from each Opus frame with discord.py's davey session.
+
+The decryptor runs on the socket reader thread while discord.py drives the same ``davey.DaveSession`` on the event
+loop (commits, welcomes, re-initialisation, passthrough changes). davey 0.1.x holds the GIL for the whole of every
+call and never releases it, so calls from the two threads are serialised and cannot observe a half-applied
+commit; ``tests/test_dave.py`` hammers one session from both sides to keep that true. A ``RuntimeError`` from
+davey (PyO3's "already borrowed", possible only if a future build released the GIL) is still handled: the frame is
+held and retried like a frame whose key has not arrived, never decoded and never dropped at once.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -19,58 +29,247 @@ _log = logging.getLogger(__name__)
 DAVE_MAGIC = b"\xfa\xfa"
 """Every DAVE-encrypted frame ends with this marker."""
 
+_NO_DECRYPTOR = "NoDecryptorForUser"
+_PLAINTEXT = "UnencryptedWhenPassthroughDisabled"
+_NO_CRYPTOR = "NoValidCryptorFound"
+_MAX_RECOVERY_INTERVAL = 120.0
+_RECENT_FRAMES = 64
+
 
 def is_dave_frame(frame: bytes) -> bool:
     return len(frame) > 11 and frame[-2:] == DAVE_MAGIC
 
 
+class _UserCounters:
+    """What happened to one sender's frames, its current run of authentication failures, and its latest frames.
+
+    ``recent`` maps the last few decrypted frames to their plaintext: davey rejects a nonce it has seen (replay
+    protection), so a duplicated packet would otherwise count as an authentication failure.
+    """
+
+    __slots__ = ("consecutive", "counts", "next_recovery", "recent", "recovery_interval", "streak_start")
+
+    def __init__(self, recovery_interval: float) -> None:
+        self.counts: dict[str, int] = {}
+        self.recent: dict[bytes, bytes] = {}
+        self.streak_start: float | None = None
+        self.consecutive = 0
+        self.next_recovery = 0.0
+        self.recovery_interval = recovery_interval
+
+    def add(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+
 class DaveFrameDecryptor:
     """Decrypts frames per sender with the session discord.py owns; tells "not yet" from "never".
 
-    The session is looked up on every call because discord.py creates it at the first op4 and may reset or
-    re-initialise it at any time. ``decrypt`` returns None when the sender has no decryptor yet (a join or an
-    epoch change in flight): the reader holds the frame and retries. It raises :class:`E2EEDecryptError` for a
-    frame that must be dropped.
+    ``decrypt`` returns the plain frame; None when the frame may decrypt shortly (the sender is not in our group
+    yet, a commit is in flight, or the sender just started failing: the reader holds it and retries); or raises
+    :class:`E2EEDecryptError` for a frame that must be dropped (``"auth"``: tampered or a key we will not get;
+    ``"plaintext"``: unencrypted outside a passthrough window). Frames are never passed on undecrypted except
+    Opus silence and plaintext inside a passthrough window (protocol version 0, or a downgrade until the upgrade
+    executes).
+
+    When one sender's frames keep failing authentication while our session is ready and lists that sender, our
+    MLS state has diverged from the group's: ``on_recover(user_id)`` is called so the client can send op31 and
+    re-join, as the DAVE protocol prescribes for a commit or welcome that cannot be processed. Recoveries are at
+    least ``recover_interval`` seconds apart, and the interval doubles (up to two minutes) for a sender that
+    keeps failing after one, so a broken or hostile sender cannot make us re-join in a loop.
+
+    Parameters
+    ----------
+    get_session / get_version / get_downgraded:
+        Read discord.py's session, negotiated protocol version and downgrade flag on every call: discord.py
+        creates, re-initialises and downgrades the session at any time.
+    on_recover:
+        Called on the decrypting thread with the failing sender's id; must not block.
+    hold:
+        Seconds a sender's frames are held after its first authentication failure before they count as failed
+        (covers a sender that switched to a new epoch's key a moment before our commit arrived).
+    commit_hold:
+        The same while our session waits for a commit it proposed (status ``awaiting_response``).
+    recover_after:
+        Consecutive dropped authentication failures of one sender that trigger a recovery.
+    recover_interval:
+        Minimum seconds between recoveries.
+    clock:
+        Monotonic clock in seconds.
     """
 
-    __slots__ = ("_get_session", "_get_version", "_media_audio")
+    __slots__ = (
+        "_clock",
+        "_commit_hold",
+        "_get_downgraded",
+        "_get_session",
+        "_get_version",
+        "_hold",
+        "_last_recovery",
+        "_lock",
+        "_media_audio",
+        "_on_recover",
+        "_recover_after",
+        "_recover_interval",
+        "_status_awaiting",
+        "_users",
+        "recoveries",
+    )
 
-    def __init__(self, get_session: Callable[[], davey.DaveSession | None], get_version: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        get_session: Callable[[], davey.DaveSession | None],
+        get_version: Callable[[], int],
+        *,
+        get_downgraded: Callable[[], bool] | None = None,
+        on_recover: Callable[[int], None] | None = None,
+        hold: float = 0.06,
+        commit_hold: float = 0.3,
+        recover_after: int = 10,
+        recover_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         import davey
 
         self._get_session = get_session
         self._get_version = get_version
+        self._get_downgraded = get_downgraded
+        self._on_recover = on_recover
+        self._hold = hold
+        self._commit_hold = max(hold, commit_hold)
+        self._recover_after = max(1, recover_after)
+        self._recover_interval = recover_interval
+        self._clock = clock
         self._media_audio = davey.MediaType.audio
+        self._status_awaiting = davey.SessionStatus.awaiting_response
+        self._users: dict[int, _UserCounters] = {}
+        self._lock = threading.Lock()
+        self._last_recovery: float | None = None
+        self.recoveries = 0
+        """Recoveries requested through ``on_recover`` so far."""
 
     def decrypt(self, user_id: int, frame: bytes) -> bytes | None:
         if frame == OPUS_SILENCE:
             return frame
+        known = self._users.get(user_id)
+        if known is not None and frame in known.recent:
+            self._count(user_id, "duplicate")
+            return known.recent[frame]
         session = self._get_session()
         encrypted = is_dave_frame(frame)
-        if session is None or (self._get_version() == 0 and not encrypted):
+        if session is None:
             if encrypted:
+                self._count(user_id, "held")
                 return None
             return frame
+        if not encrypted and (self._get_version() == 0 or self._downgraded()):
+            self._count(user_id, "passthrough")
+            return frame
         try:
-            return bytes(session.decrypt(user_id, self._media_audio, frame))
-        except (ValueError, RuntimeError) as exc:
-            return self._classify(session, user_id, frame, encrypted, exc)
-
-    def _classify(
-        self, session: davey.DaveSession, user_id: int, frame: bytes, encrypted: bool, exc: Exception
-    ) -> bytes | None:
-        if not encrypted:
-            if self._get_version() == 0:
-                return frame
-            raise E2EEDecryptError("plaintext", str(exc)) from exc
-        try:
-            known = str(user_id) in session.get_user_ids()
-        except Exception:
-            known = False
-        if not session.ready or not known:
-            return None
-        raise E2EEDecryptError("auth", str(exc)) from exc
+            plain = bytes(session.decrypt(user_id, self._media_audio, frame))
+        except ValueError as exc:
+            return self._failed(session, user_id, encrypted, exc)
+        except RuntimeError as exc:
+            _log.debug("davey raised %r for user %s; holding the frame", exc, user_id)
+            return self._auth_failed(session, user_id, exc, transient=True)
+        state = self._succeeded(user_id, "decrypted" if encrypted else "passthrough")
+        if encrypted:
+            recent = state.recent
+            recent[frame] = plain
+            if len(recent) > _RECENT_FRAMES:
+                del recent[next(iter(recent))]
+        return plain
 
     def privacy_code(self) -> str | None:
         session = self._get_session()
         return session.voice_privacy_code if session is not None else None
+
+    def user_stats(self) -> dict[int, dict[str, int]]:
+        """Per sender: ``decrypted``, ``passthrough``, ``duplicate`` (a repeat of a frame already decrypted),
+        ``held`` (times a frame was put off) and ``failed:<reason>``."""
+        with self._lock:
+            return {user_id: dict(state.counts) for user_id, state in self._users.items()}
+
+    # internals ---------------------------------------------------------------------------------------------------
+
+    def _downgraded(self) -> bool:
+        return self._get_downgraded is not None and self._get_downgraded()
+
+    def _state(self, user_id: int) -> _UserCounters:
+        state = self._users.get(user_id)
+        if state is None:
+            state = self._users[user_id] = _UserCounters(self._recover_interval)
+        return state
+
+    def _count(self, user_id: int, name: str) -> _UserCounters:
+        with self._lock:
+            state = self._state(user_id)
+            state.add(name)
+            return state
+
+    def _succeeded(self, user_id: int, name: str) -> _UserCounters:
+        state = self._count(user_id, name)
+        state.streak_start = None
+        state.consecutive = 0
+        state.recovery_interval = self._recover_interval
+        return state
+
+    def _failed(self, session: davey.DaveSession, user_id: int, encrypted: bool, exc: ValueError) -> bytes | None:
+        message = str(exc)
+        if _PLAINTEXT in message or not encrypted:
+            self._count(user_id, "failed:plaintext")
+            raise E2EEDecryptError("plaintext", message) from exc
+        if _NO_DECRYPTOR in message or (_NO_CRYPTOR not in message and not _in_group(session, user_id)):
+            self._count(user_id, "held")
+            return None
+        return self._auth_failed(session, user_id, exc, transient=False)
+
+    def _auth_failed(
+        self, session: davey.DaveSession, user_id: int, exc: Exception, *, transient: bool
+    ) -> bytes | None:
+        now = self._clock()
+        with self._lock:
+            state = self._state(user_id)
+            if state.streak_start is None:
+                state.streak_start = now
+            hold = self._commit_hold if transient or _awaiting_commit(session, self._status_awaiting) else self._hold
+            if now - state.streak_start < hold:
+                state.add("held")
+                return None
+            state.add("failed:auth")
+            state.consecutive += 1
+            due = state.consecutive >= self._recover_after and now >= state.next_recovery
+            if due and self._last_recovery is not None:
+                due = now - self._last_recovery >= self._recover_interval
+        if due and session.ready and _in_group(session, user_id):
+            self._recover(user_id, now)
+        raise E2EEDecryptError("auth", str(exc)) from exc
+
+    def _recover(self, user_id: int, now: float) -> None:
+        with self._lock:
+            state = self._state(user_id)
+            state.next_recovery = now + state.recovery_interval
+            state.recovery_interval = min(state.recovery_interval * 2, _MAX_RECOVERY_INTERVAL)
+            self._last_recovery = now
+            self.recoveries += 1
+            for other in self._users.values():
+                other.consecutive = 0
+        _log.warning("DAVE: frames of user %s keep failing authentication; re-joining the group (op31)", user_id)
+        if self._on_recover is not None:
+            try:
+                self._on_recover(user_id)
+            except Exception:
+                _log.exception("DAVE recovery callback raised")
+
+
+def _in_group(session: davey.DaveSession, user_id: int) -> bool:
+    try:
+        return str(user_id) in session.get_user_ids()
+    except Exception:
+        return False
+
+
+def _awaiting_commit(session: davey.DaveSession, awaiting: object) -> bool:
+    try:
+        return bool(session.status == awaiting)
+    except Exception:
+        return False

@@ -6,6 +6,7 @@ __all__ = (
     "AlreadyListening",
     "CaptureFormatError",
     "DecryptionFailed",
+    "FFmpegNotFound",
     "MalformedPacket",
     "NotListening",
     "OpusError",
@@ -103,3 +104,11 @@ class MalformedMlsMessage(VoiceRecvError, ValueError):
 
 class CaptureFormatError(VoiceRecvError, ValueError):
     """A capture file (rtpdump, pcap, pcapng) is not in a format we read, or is cut short."""
+
+
+class FFmpegNotFound(VoiceRecvError, RuntimeError):
+    """No ffmpeg executable was found for a sink that encodes through FFmpeg.
+
+    Install it with ``pip install discord-voicerecv[ffmpeg]`` (a bundled build) or from your system's packages, or
+    pass its path (``ffmpeg=``) or set the ``FFMPEG_BINARY`` environment variable.
+    """

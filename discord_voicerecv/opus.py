@@ -146,6 +146,21 @@ def ensure_discord_opus() -> None:
         discord.opus.load_opus(_lib_path)
 
 
+def _toc_samples(toc: int) -> int:
+    """Samples of a packet from its first byte alone (RFC 6716 3.1); 0 for code 3, whose count is in byte 2."""
+    config, code = toc >> 3, toc & 3
+    if config < 12:
+        per_frame = (480, 960, 1920, 2880)[config & 3]
+    elif config < 16:
+        per_frame = (480, 960)[config & 1]
+    else:
+        per_frame = (120, 240, 480, 960)[config & 3]
+    return 0 if code == 3 else per_frame * (1 if code == 0 else 2)
+
+
+_TOC_SAMPLES = tuple(_toc_samples(toc) for toc in range(256))
+
+
 def packet_samples(packet: bytes) -> int:
     """Samples per channel an Opus packet decodes to at 48 kHz (960 for a 20 ms packet).
 
@@ -154,6 +169,10 @@ def packet_samples(packet: bytes) -> int:
     OpusError
         When the packet's table of contents is invalid.
     """
+    if packet:
+        known = _TOC_SAMPLES[packet[0]]
+        if known:
+            return known
     result: int = _load().opus_packet_get_nb_samples(packet, len(packet), SAMPLE_RATE)
     if result < 0:
         raise OpusError(result, "opus_packet_get_nb_samples")

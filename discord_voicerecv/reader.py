@@ -26,7 +26,7 @@ from .protocol.rtcp import Bye, parse_rtcp
 from .protocol.rtp import OPUS_PAYLOAD_TYPE, is_rtcp, parse_rtp_header
 from .protocol.transport import TransportCipher, make_cipher
 from .sinks.base import AudioSink, SinkUser
-from .stats import ReceiveStats, StatsSnapshot
+from .stats import ReceiveStats, StatsSnapshot, StreamTally
 from .timeline import FRAME_DURATION, Timeline
 
 __all__ = ("FrameDecryptor", "Receiver")
@@ -93,13 +93,17 @@ class _Stream:
         "next_ts",
         "spurt",
         "ssrc",
+        "tally",
         "timeline",
         "user_id",
     )
 
-    def __init__(self, ssrc: int, user_id: int, t0: float, max_silence: float, arrival: float) -> None:
+    def __init__(
+        self, ssrc: int, user_id: int, t0: float, max_silence: float, arrival: float, tally: StreamTally
+    ) -> None:
         self.ssrc = ssrc
         self.user_id = user_id
+        self.tally = tally
         self.jitter = JitterBuffer(DEFAULT_CAPACITY)
         self.timeline = Timeline(t0, max_silence=max_silence)
         self.decoder: opus.OpusDecoder | None = None
@@ -267,13 +271,15 @@ class Receiver:
         with self._lock:
             self._ssrc_users[ssrc] = user_id
             stream = self._streams.get(ssrc)
-            if stream is not None:
+            if stream is not None and stream.user_id != user_id:
                 stream.user_id = user_id
+                stream.tally = self._stats.tally(ssrc, user_id)
             held = self._held.pop(ssrc, None)
             if not held:
                 return
             self._held_total -= len(held)
             if not self._running:
+                self._stats.incr("unknown_ssrc_expired", len(held), ssrc=ssrc)
                 return
             now = self._clock()
             base = held[0].sequence
@@ -284,15 +290,21 @@ class Receiver:
                 self._deliver(ssrc, user_id, item.sequence, item.timestamp, item.payload, item.arrival, now)
 
     def forget_user(self, user_id: int) -> None:
-        """Drop every SSRC of a user who left (op13), with its buffered audio."""
+        """Drop every SSRC of a user who left (op13), with its buffered audio (counted as ``forgotten``)."""
         events: list[tuple[str, dict[str, Any]]] = []
         with self._lock:
             for ssrc in [s for s, u in self._ssrc_users.items() if u == user_id]:
                 del self._ssrc_users[ssrc]
                 stream = self._streams.pop(ssrc, None)
-                if stream is not None and stream.active:
+                if stream is None:
+                    continue
+                if len(stream.jitter):
+                    self._stats.incr("forgotten", len(stream.jitter), ssrc=ssrc, user_id=user_id)
+                if stream.active:
                     events.append(("speaking_stop", {"user_id": user_id, "ssrc": ssrc, "tick": self._next_slot}))
-            self._pending.pop(user_id, None)
+            pending = self._pending.pop(user_id, None)
+            if pending:
+                self._stats.incr("forgotten", len(pending), user_id=user_id)
             self._user_cache.pop(user_id, None)
         self._emit(events)
 
@@ -300,10 +312,18 @@ class Receiver:
         """Never process packets of ``ssrc`` (our own)."""
         with self._lock:
             self._ignored.add(ssrc)
-            self._streams.pop(ssrc, None)
+            stream = self._streams.pop(ssrc, None)
+            if stream is not None and len(stream.jitter):
+                self._stats.incr("ignored_ssrc", len(stream.jitter))
             held = self._held.pop(ssrc, None)
             if held:
                 self._held_total -= len(held)
+                self._stats.incr("ignored_ssrc", len(held))
+            for user_id, pending in self._pending.items():
+                mine = [item for item in pending if item.ssrc == ssrc]
+                if mine:
+                    self._pending[user_id] = deque(item for item in pending if item.ssrc != ssrc)
+                    self._stats.incr("ignored_ssrc", len(mine))
 
     # socket thread ---------------------------------------------------------------------------------------------------
 
@@ -472,7 +492,8 @@ class Receiver:
         """File a plain Opus frame into its stream's jitter buffer at its timeline slot. Locked."""
         stream = self._streams.get(ssrc)
         if stream is None:
-            stream = self._streams[ssrc] = _Stream(ssrc, user_id, self._t0, self._max_silence, arrival)
+            tally = self._stats.tally(ssrc, user_id)
+            stream = self._streams[ssrc] = _Stream(ssrc, user_id, self._t0, self._max_silence, arrival, tally)
         stream.last_arrival = max(stream.last_arrival, arrival)
         stats = self._stats
         jitter = stream.jitter
@@ -504,7 +525,7 @@ class Receiver:
         except OpusError:
             samples = FRAME_SAMPLES
         packet.samples = samples if samples > 0 else FRAME_SAMPLES
-        stats.incr("rtp", ssrc=ssrc, user_id=user_id)
+        stream.tally.rtp += 1
 
     # lifecycle -------------------------------------------------------------------------------------------------------
 
@@ -757,7 +778,7 @@ class Receiver:
             for packet in plan.packets:
                 try:
                     parts.append(decoder.decode(packet.payload))
-                    self._count_frame(stream, "decoded")
+                    stream.tally.decoded += 1
                 except OpusError:
                     self._count_frame(stream, "opus_error")
                     parts.append(decoder.decode(None, frame_samples=_plc_size(packet.samples)))
@@ -779,7 +800,7 @@ class Receiver:
     def _frame(
         self, stream: _Stream, tick: int, pcm: bytes, payload: bytes | None, plan: _Plan, concealed: bool
     ) -> VoiceFrame:
-        self._stats.incr("frames", ssrc=stream.ssrc, user_id=stream.user_id)
+        stream.tally.frames += 1
         return VoiceFrame(
             stream.ssrc,
             stream.user_id,

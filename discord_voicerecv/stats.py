@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ("REASONS", "ReceiveStats", "StatsSnapshot")
+__all__ = ("REASONS", "ReceiveStats", "StatsSnapshot", "StreamTally")
 
 REASONS = (
     "packets",
@@ -100,20 +100,50 @@ class StatsSnapshot(Mapping[str, int]):
         return f"<StatsSnapshot {nonzero}>"
 
 
+_TALLIED = ("rtp", "decoded", "frames")
+
+
+class StreamTally:
+    """The counters every packet of one stream bumps (``rtp``, ``decoded``, ``frames``), as plain attributes.
+
+    Counting a packet this way costs an attribute increment instead of a locked update of three dicts. Each field
+    has one writer at a time (``rtp`` under the receiver's lock, ``decoded`` and ``frames`` on the playout thread),
+    so no increment is lost; :meth:`ReceiveStats.snapshot` adds the tallies in.
+    """
+
+    __slots__ = ("decoded", "frames", "rtp", "ssrc", "user_id")
+
+    def __init__(self, ssrc: int, user_id: int) -> None:
+        self.ssrc = ssrc
+        self.user_id = user_id
+        self.rtp = 0
+        self.decoded = 0
+        self.frames = 0
+
+
 class ReceiveStats:
     """Counters updated by the receiver's threads and copied by :meth:`snapshot` from any thread.
 
     Increments take a lock: two threads (socket and playout) count into the same object, and ``+=`` on a dict
-    item is not atomic across threads.
+    item is not atomic across threads. The per-packet counters go through :meth:`tally` instead.
     """
 
-    __slots__ = ("_by_ssrc", "_by_user", "_lock", "_totals")
+    __slots__ = ("_by_ssrc", "_by_user", "_lock", "_tallies", "_totals")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._totals: dict[str, int] = dict.fromkeys(REASONS, 0)
         self._by_ssrc: dict[int, dict[str, int]] = {}
         self._by_user: dict[int, dict[str, int]] = {}
+        self._tallies: dict[tuple[int, int], StreamTally] = {}
+
+    def tally(self, ssrc: int, user_id: int) -> StreamTally:
+        """The lock-free hot counters of ``ssrc`` while it belongs to ``user_id`` (the same object every call)."""
+        with self._lock:
+            tally = self._tallies.get((ssrc, user_id))
+            if tally is None:
+                tally = self._tallies[(ssrc, user_id)] = StreamTally(ssrc, user_id)
+            return tally
 
     def incr(self, reason: str, n: int = 1, *, ssrc: int | None = None, user_id: int | None = None) -> None:
         """Add ``n`` to ``reason``, and to the stream's sub-counts when ``ssrc``/``user_id`` are given."""
@@ -138,23 +168,51 @@ class ReceiveStats:
             self._totals["bytes"] += size
 
     def forget_ssrc(self, ssrc: int) -> None:
-        """Drop the sub-counts of a stream that went away, so they cannot grow without bound."""
+        """Drop the sub-counts of a stream that went away, so they cannot grow without bound.
+
+        Its tallies are folded into the totals and per-user counts; the stream must not bump them afterwards.
+        """
         with self._lock:
+            for key in [key for key in self._tallies if key[0] == ssrc]:
+                tally = self._tallies.pop(key)
+                _add_tally(tally, self._totals, None, self._by_user)
             self._by_ssrc.pop(ssrc, None)
 
     def __getitem__(self, key: str) -> int:
         with self._lock:
-            return self._totals.get(key, 0)
+            total = self._totals.get(key, 0)
+            if key in _TALLIED:
+                total += sum(getattr(tally, key) for tally in self._tallies.values())
+            return total
 
     def snapshot(self) -> StatsSnapshot:
         """A consistent frozen copy of every counter."""
         with self._lock:
-            return StatsSnapshot(
-                dict(self._totals),
-                {k: dict(v) for k, v in self._by_ssrc.items()},
-                {k: dict(v) for k, v in self._by_user.items()},
-            )
+            totals = dict(self._totals)
+            by_ssrc = {k: dict(v) for k, v in self._by_ssrc.items()}
+            by_user = {k: dict(v) for k, v in self._by_user.items()}
+            for tally in self._tallies.values():
+                _add_tally(tally, totals, by_ssrc, by_user)
+            return StatsSnapshot(totals, by_ssrc, by_user)
 
     def as_dict(self) -> dict[str, Any]:
         """Shortcut for ``snapshot().as_dict()``."""
         return self.snapshot().as_dict()
+
+
+def _add_tally(
+    tally: StreamTally,
+    totals: dict[str, int],
+    by_ssrc: dict[int, dict[str, int]] | None,
+    by_user: dict[int, dict[str, int]],
+) -> None:
+    for name in _TALLIED:
+        n: int = getattr(tally, name)
+        if not n:
+            continue
+        totals[name] = totals.get(name, 0) + n
+        if by_ssrc is not None:
+            sub = by_ssrc.setdefault(tally.ssrc, {})
+            sub[name] = sub.get(name, 0) + n
+        sub = by_user.setdefault(tally.user_id, {})
+        sub[name] = sub.get(name, 0) + n

@@ -19,8 +19,9 @@ use :meth:`TransportCipher.open_payload` to get the media payload in any mode. F
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -31,6 +32,12 @@ from nacl.bindings import (
     crypto_secretbox_open,
 )
 from nacl.exceptions import CryptoError
+
+try:
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _sodium
+except ImportError:  # a PyNaCl without its cffi module: the public bindings below still work
+    _ffi = _sodium = None
 
 from ..errors import DecryptionFailed, MalformedPacket, UnsupportedMode
 from .rtp import RTP_HEADER_SIZE, RtpHeader, strip_payload
@@ -43,6 +50,17 @@ _KEY_SIZE = 32
 _ZEROS_8 = bytes(8)
 _ZEROS_20 = bytes(20)
 _ZEROS_24 = bytes(24)
+_MAX_SEALED = 2048
+"""Plaintext bytes the fast XChaCha20 path decrypts into its per-thread buffer; larger packets take the slow path."""
+_NULL: Any = _ffi.NULL if _ffi is not None else None
+_sodium_open: Any = _sodium.crypto_aead_xchacha20poly1305_ietf_decrypt if _sodium is not None else None
+
+
+def _skip_extension(plaintext: bytes, start: int) -> bytes:
+    """The payload after ``start`` bytes of extension body (rtpsize modes, no padding)."""
+    if start > len(plaintext):
+        raise MalformedPacket("extension", f"body of {start} bytes, {len(plaintext)} decrypted")
+    return plaintext[start:] if start else plaintext
 
 
 class TransportCipher:
@@ -156,18 +174,55 @@ class _AesGcmRtpsize(TransportCipher):
         except InvalidTag:
             raise DecryptionFailed(f"{self.mode}: authentication failed") from None
 
+    def open_payload(self, packet: bytes, header: RtpHeader) -> bytes:
+        clear = RTP_HEADER_SIZE + 4 * len(header.csrcs) + (4 if header.extension else 0)
+        end = len(packet) - 4
+        if header.padding or end < clear + _TAG_SIZE:
+            return super().open_payload(packet, header)
+        try:
+            plaintext: bytes = self._aead.decrypt(packet[end:] + _ZEROS_8, packet[clear:end], packet[:clear])
+        except InvalidTag:
+            raise DecryptionFailed(f"{self.mode}: authentication failed") from None
+        return _skip_extension(plaintext, 4 * header.ext_words)
+
     def _encrypt(self, nonce: bytes, plaintext: bytes, clear: bytes) -> bytes:
         return self._aead.encrypt(nonce, plaintext, clear)
 
 
 class _XChaChaRtpsize(TransportCipher):
-    __slots__ = ("_key",)
+    """Opens packets through libsodium's cffi function into a per-thread buffer: PyNaCl's public binding checks
+    and allocates enough per call to cost more than the decryption itself."""
+
+    __slots__ = ("_key", "_local")
     mode = "aead_xchacha20_poly1305_rtpsize"
     _suffix_size = 4
 
     def __init__(self, key: bytes) -> None:
         super().__init__()
         self._key = key
+        self._local = threading.local()
+
+    def open_payload(self, packet: bytes, header: RtpHeader) -> bytes:
+        if _sodium is None:
+            return super().open_payload(packet, header)
+        clear = RTP_HEADER_SIZE + 4 * len(header.csrcs) + (4 if header.extension else 0)
+        end = len(packet) - 4
+        size = end - clear - _TAG_SIZE
+        if header.padding or size < 0 or size > _MAX_SEALED:
+            return super().open_payload(packet, header)
+        try:
+            out = self._local.out
+        except AttributeError:
+            out = self._local.out = _ffi.new("unsigned char[]", _MAX_SEALED)
+        sealed = packet[clear:end]
+        if _sodium_open(
+            out, _NULL, _NULL, sealed, size + _TAG_SIZE, packet[:clear], clear, packet[end:] + _ZEROS_20, self._key
+        ):
+            raise DecryptionFailed(f"{self.mode}: authentication failed")
+        start = 4 * header.ext_words
+        if start > size:
+            raise MalformedPacket("extension", f"body of {start} bytes, {size} decrypted")
+        return _ffi.buffer(out, size)[start:]  # type: ignore[no-any-return]
 
     def _nonce(self, clear: bytes, suffix: bytes) -> bytes:
         return suffix + _ZEROS_20

@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from .chaos import ChaosMonkey, ChaosPlan
 from .link import LinkConditions
 from .server import LocalDiscord
 
@@ -48,17 +49,61 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--reorder", type=_percent, default=0.0, metavar="PCT", help="voice reordering, percent")
     parser.add_argument("--duplicate", type=_percent, default=0.0, metavar="PCT", help="voice duplicates, percent")
     parser.add_argument("--jitter", type=_non_negative, default=0.0, metavar="MS", help="voice jitter bound, ms")
+    chaos = parser.add_argument_group("chaos", "faults on the voice paths (see discord_voicerecv.testing.chaos)")
+    chaos.add_argument("--burst-loss", type=_percent, default=0.0, metavar="PCT", help="loss after a loss, percent")
+    chaos.add_argument("--spike", type=_percent, default=0.0, metavar="PCT", help="packets starting a delay spike")
+    chaos.add_argument("--spike-ms", type=_non_negative, default=300.0, metavar="MS", help="delay spike length, ms")
+    chaos.add_argument("--truncate", type=_percent, default=0.0, metavar="PCT", help="packets cut short, percent")
+    chaos.add_argument("--corrupt", type=_percent, default=0.0, metavar="PCT", help="packets with a bit flipped")
+    chaos.add_argument("--outage", type=_percent, default=0.0, metavar="PCT", help="packets starting an outage")
+    chaos.add_argument("--outage-ms", type=_non_negative, default=2000.0, metavar="MS", help="outage length, ms")
+    chaos.add_argument("--seed", type=int, default=None, help="seed of the random faults")
+    chaos.add_argument("--move-every", type=_non_negative, default=0.0, metavar="S", help="move the voice server")
+    chaos.add_argument("--drop-ws-every", type=_non_negative, default=0.0, metavar="S", help="drop a voice ws (4015)")
+    chaos.add_argument("--ssrc-change-every", type=_non_negative, default=0.0, metavar="S", help="new speaker SSRC")
+    chaos.add_argument("--blackout-every", type=_non_negative, default=0.0, metavar="S", help="silence a media path")
+    chaos.add_argument("--blackout-seconds", type=_non_negative, default=1.0, metavar="S", help="blackout length")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
     return parser
 
 
-async def _serve(local: LocalDiscord) -> None:
+def link_from_args(args: argparse.Namespace) -> LinkConditions:
+    """The downlink conditions the flags describe."""
+    return LinkConditions(
+        loss=args.loss,
+        burst_loss=args.burst_loss,
+        reorder=args.reorder,
+        duplicate=args.duplicate,
+        jitter_ms=args.jitter,
+        seed=args.seed,
+        spike=args.spike,
+        spike_ms=args.spike_ms,
+        truncate=args.truncate,
+        corrupt=args.corrupt,
+        outage=args.outage,
+        outage_ms=args.outage_ms,
+    )
+
+
+def plan_from_args(args: argparse.Namespace) -> ChaosPlan:
+    """The connection faults the flags schedule."""
+    return ChaosPlan(
+        move_every=args.move_every,
+        drop_ws_every=args.drop_ws_every,
+        ssrc_change_every=args.ssrc_change_every,
+        blackout_every=args.blackout_every,
+        blackout_seconds=args.blackout_seconds,
+        seed=args.seed,
+    )
+
+
+async def _serve(local: LocalDiscord, plan: ChaosPlan | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    async with local:
+    async with local, ChaosMonkey(local, plan or ChaosPlan()):
         line = {
             "url": local.url,
             "guild_id": local.guild_id,
@@ -78,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    link = LinkConditions(loss=args.loss, reorder=args.reorder, duplicate=args.duplicate, jitter_ms=args.jitter)
+    link = link_from_args(args)
     local = LocalDiscord(
         host=args.host,
         port=args.port,
@@ -87,5 +132,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         link=None if link.is_perfect else link,
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(local))
+        asyncio.run(_serve(local, plan_from_args(args)))
     return 0

@@ -267,6 +267,21 @@ class Gateway:
             session.dispatch("MESSAGE_CREATE", message if full else redacted)
         self._changed()
 
+    def move_voice(self) -> int:
+        """VOICE_SERVER_UPDATE with a fresh token and the current endpoint to every bot in the voice channel, as
+        Discord sends when it moves a call to another voice server; returns how many sessions were told."""
+        told = 0
+        channel_id = self.guild.voice_channel_id
+        for session in list(self.sessions.values()):
+            record = self.guild.voice_states.get(session.user.id)
+            if record is None or record.channel_id != channel_id or record.session_id != session.session_id:
+                continue
+            token, endpoint = self.voice.join_voice(session.user.id, session.session_id, channel_id)
+            update = {"token": token, "guild_id": str(self.guild.id), "endpoint": endpoint}
+            session.dispatch("VOICE_SERVER_UPDATE", update)
+            told += 1
+        return told
+
     def reconnect(self, user_id: int) -> int:
         """Send op7 RECONNECT to the bot's connected sessions; returns how many were told."""
         told = 0

@@ -134,6 +134,14 @@ class MediaRelay(asyncio.DatagramProtocol):
         """The peer of ``user_id``, if relayed."""
         return self._peers.get(user_id)
 
+    def change_ssrc(self, user_id: int, ssrc: int) -> None:
+        """Relay ``user_id``'s media under ``ssrc`` from now on (a client that restarted its stream)."""
+        peer = self._peers[user_id]
+        if self._by_ssrc.get(peer.ssrc) is peer:
+            del self._by_ssrc[peer.ssrc]
+        peer.ssrc = ssrc
+        self._by_ssrc[ssrc] = peer
+
     def set_link(self, user_id: int, conditions: LinkConditions) -> Link:
         """Replace the downlink conditions of ``user_id`` (stats start again from zero)."""
         peer = self._peers[user_id]

@@ -372,6 +372,18 @@ class LocalDiscord:
 
     # -- gateway control ---------------------------------------------------------------------------------
 
+    async def move_voice_server(self) -> str:
+        """Move the call to a new voice endpoint, as Discord does mid-call: the voice server starts serving a new
+        port and every bot in the channel gets VOICE_SERVER_UPDATE naming it (discord.py then closes its voice
+        websocket with 4014 and identifies on the new endpoint). Returns the new endpoint."""
+        endpoint = await self.voice.move()
+        self.gateway.move_voice()
+        return endpoint
+
+    def drop_voice_connection(self, user_id: int) -> None:
+        """Close a bot's voice websocket with 4015 (voice server crashed) and keep its session for a RESUME."""
+        self.voice.drop_connection(user_id)
+
     def force_gateway_reconnect(self, user_id: int) -> int:
         """Send op7 RECONNECT to a bot: it reconnects and RESUMEs. Returns how many sessions were told."""
         return self.gateway.reconnect(user_id)

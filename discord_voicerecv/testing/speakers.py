@@ -45,7 +45,8 @@ class SentFrame:
 
     ``pcm`` is the 20 ms of audio that was encoded (``None`` for the silence frames that close a spurt), ``opus``
     the encoder's packet, ``payload`` what went into RTP after DAVE (equal to ``opus`` when sent in clear).
-    ``sent_at`` is the event loop time of sending; ``spurt`` counts talk spurts from 0.
+    ``sent_at`` is the event loop time of sending; ``spurt`` counts talk spurts from 0. ``tampered`` marks a DAVE
+    frame whose ciphertext was corrupted after encryption (:attr:`SimulatedSpeaker.tamper_dave`).
     """
 
     index: int
@@ -59,6 +60,7 @@ class SentFrame:
     padded: bool
     marker: bool
     sent_at: float
+    tampered: bool = False
 
     @property
     def silence(self) -> bool:
@@ -120,6 +122,9 @@ class SimulatedSpeaker:
         self.tone_seconds = tone_seconds
         self.padding_every = padding_every
         self.plaintext_every = plaintext_every
+        self.tamper_dave = False
+        """While True, every DAVE-encrypted frame gets a ciphertext byte flipped after encryption (an attacker or a
+        broken sender): receivers must fail to authenticate it and drop it."""
         self.peer = RelayPeer(user_id, ssrc, receives=False)
         self.speaking = 0
         self.sent: list[SentFrame] = []
@@ -275,6 +280,7 @@ class SimulatedSpeaker:
                 padded=padded,
                 marker=marker,
                 sent_at=now,
+                tampered=encrypted and self.tamper_dave,
             )
         )
         self._last_sent = now
@@ -288,7 +294,10 @@ class SimulatedSpeaker:
         self._audio_frames += 1
         if self.plaintext_every and self._audio_frames % self.plaintext_every == 0:
             return opus, False
-        return self.dave.encrypt(opus), True
+        payload = self.dave.encrypt(opus)
+        if self.tamper_dave:
+            payload = bytes((payload[0] ^ 0x55,)) + payload[1:]
+        return payload, True
 
     # -- gateway messages (the speaker's side of the voice websocket, in-process) ----------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -93,6 +94,7 @@ class VoiceServer:
         self._ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
         self._transport: asyncio.DatagramTransport | None = None
+        self._retired: list[asyncio.DatagramTransport] = []
         self.port = 0
 
     # -- lifecycle --------------------------------------------------------------------------------------------
@@ -104,28 +106,50 @@ class VoiceServer:
 
     async def start(self) -> None:
         """Bind UDP and the TLS websocket on one port number and start serving."""
-        loop = asyncio.get_running_loop()
         app = web.Application()
         app.router.add_get("/", self.gateway.handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
+        try:
+            await self._bind(runner)
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+
+    async def move(self) -> str:
+        """Serve from a new port as well, like a voice server Discord moved the call to; returns the new endpoint.
+
+        Members identifying from now on get the new UDP port in READY; the old port keeps answering (a draining
+        server) until :meth:`stop`. The main gateway announces the move with VOICE_SERVER_UPDATE (see
+        ``LocalDiscord.move_voice_server``).
+        """
+        if self._runner is None or self._transport is None:
+            raise RuntimeError("the voice server is not started")
+        self._retired.append(self._transport)
+        await self._bind(self._runner)
+        return self.endpoint
+
+    async def _bind(self, runner: web.AppRunner) -> None:
+        """Open a UDP socket and a TLS site on the same free port number and make them current."""
+        loop = asyncio.get_running_loop()
         last_error: OSError | None = None
         for _ in range(_BIND_ATTEMPTS):
-            transport, _protocol = await loop.create_datagram_endpoint(lambda: self.relay, local_addr=(self.host, 0))
-            port = int(transport.get_extra_info("sockname")[1])
-            site = web.TCPSite(runner, self.host, port, ssl_context=self._ssl_context)
+            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_DGRAM)
             try:
+                sock.bind((self.host, 0))
+                port = int(sock.getsockname()[1])
+                site = web.TCPSite(runner, self.host, port, ssl_context=self._ssl_context)
                 await site.start()
             except OSError as exc:
                 last_error = exc
-                transport.close()
+                sock.close()
                 continue
+            transport, _protocol = await loop.create_datagram_endpoint(lambda: self.relay, sock=sock)
             self._transport = transport
-            self._runner = runner
             self.port = port
             self.gateway.port = port
             return
-        await runner.cleanup()
         raise OSError(f"no port free for both UDP and TCP on {self.host}") from last_error
 
     async def stop(self) -> None:
@@ -137,6 +161,9 @@ class VoiceServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for transport in self._retired:
+            transport.close()
+        self._retired.clear()
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -235,6 +262,30 @@ class VoiceServer:
             speaker.close()
             self.gateway.remove_member(user_id)
 
+    def change_ssrc(self, user_id: int) -> int:
+        """Give a simulated speaker a fresh SSRC mid-stream, as a client restarting its stream does; returns it.
+
+        Its next packets carry the new SSRC and the others get op5 SPEAKING naming it; sequence numbers and
+        timestamps carry on.
+        """
+        speaker = self.speakers[user_id]
+        ssrc = self.gateway.allocate_ssrc()
+        self.gateway.release_ssrc(speaker.ssrc)
+        self.relay.change_ssrc(user_id, ssrc)
+        self.gateway.announce_speaking(speaker)
+        return ssrc
+
+    def blackout(self, user_id: int, seconds: float) -> None:
+        """Silence the media path of ``user_id`` for ``seconds``: a speaker's uplink, or a member's downlink."""
+        speaker = self.speakers.get(user_id)
+        if speaker is not None:
+            speaker.uplink.blackout(seconds)
+            return
+        peer = self.relay.peer(user_id)
+        if peer is None or peer.link is None:
+            raise KeyError(user_id)
+        peer.link.blackout(seconds)
+
     # -- media and network ------------------------------------------------------------------------------------
 
     @property
@@ -279,6 +330,25 @@ class VoiceServer:
         """Wait until :meth:`dave_settled` holds."""
         await self.gateway.wait_for(self.dave_settled, timeout)
 
+    def downgrade_dave(self) -> None:
+        """Move the call to transport-only encryption, as Discord does when a member without DAVE joins: op21
+        (protocol version 0) to every member, op22 once all answered op23. Members then send plaintext frames."""
+        if self._bridge is None or self.dave_group is None:
+            raise RuntimeError("DAVE is off on this voice server")
+        self._bridge.route(self.dave_group.downgrade())
+
+    def upgrade_dave(self) -> None:
+        """Return to DAVE after :meth:`downgrade_dave`: op24 (epoch 1) to every member, a new group, and its
+        op29/op30 transition executed with op22."""
+        if self._bridge is None or self.dave_group is None:
+            raise RuntimeError("DAVE is off on this voice server")
+        self._bridge.route(self.dave_group.upgrade())
+
+    @property
+    def dave_invalid_reports(self) -> list[tuple[int, int]]:
+        """Every op31 (invalid commit/welcome) a member sent, as ``(user_id, transition_id)``, oldest first."""
+        return list(self._bridge.invalid_reports) if self._bridge is not None else []
+
 
 class _DaveBridge:
     """Connects the gateway's members to the DAVE coordinator and delivers its messages in order.
@@ -296,6 +366,7 @@ class _DaveBridge:
         self.legacy: set[int] = set()
         """Members without DAVE support; while any is present the call stays downgraded."""
         self.rejected = 0
+        self.invalid_reports: list[tuple[int, int]] = []
         self._queue: deque[Outbound] = deque()
         self._draining = False
         self._timer: asyncio.TimerHandle | None = None
@@ -371,6 +442,7 @@ class _DaveBridge:
         if op == Op.DAVE_TRANSITION_READY:
             self.route(self.group.transition_ready(user_id, transition_id))
         elif op == Op.MLS_INVALID_COMMIT_WELCOME:
+            self.invalid_reports.append((user_id, transition_id))
             self.route(self.group.invalid_commit_welcome(user_id, transition_id))
 
     def route(self, messages: list[Outbound]) -> None:

@@ -346,6 +346,10 @@ class VoiceGateway:
                 self._ssrcs.add(ssrc)
                 return ssrc
 
+    def release_ssrc(self, ssrc: int) -> None:
+        """Make ``ssrc`` available again (its member moved to another one)."""
+        self._ssrcs.discard(ssrc)
+
     def add_member(self, member: Participant) -> None:
         """Put a member into the call and tell the others (op11)."""
         self.members[member.user_id] = member

@@ -1,0 +1,281 @@
+"""``discord-voicerecv record``: join a voice channel with a bot token and record it to files until Ctrl-C.
+
+The token is read from an environment variable and never printed. A progress line (elapsed time, speakers,
+bytes written) goes to stderr about once a second; Ctrl-C or ``--seconds`` finishes the files cleanly and a JSON
+summary is printed on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import discord
+
+from .client import VoiceRecvClient
+from .opus import ensure_discord_opus
+from .sinks.base import AudioSink
+from .sinks.wave import WaveSink
+
+__all__ = ("FORMATS", "add_arguments", "make_sink", "run")
+
+FORMATS = ("wav", "flac", "mp3", "ogg")
+"""Output formats: ``wav`` (WaveSink), ``flac``/``mp3`` (FFmpegSink), ``ogg`` (per-speaker ``.opus`` files with the
+Opus packets as received, from OggOpusSink, plus an encoded ``mix.opus``)."""
+
+PROGRESS_INTERVAL = 1.0
+_READY_TIMEOUT = 60.0
+
+_log = logging.getLogger(__name__)
+
+
+class RecordError(Exception):
+    """A problem the user can fix (missing token, wrong channel); printed without a traceback."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``record`` options to ``parser``."""
+    parser.add_argument("--token-env", required=True, metavar="VAR", help="environment variable holding the bot token")
+    parser.add_argument("--channel", required=True, type=int, metavar="ID", help="voice channel id to record")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the recordings")
+    parser.add_argument("--format", choices=FORMATS, default="wav", help="file format (default wav)")
+    parser.add_argument("--seconds", type=float, default=None, metavar="N", help="stop after N seconds")
+    parser.add_argument("--stop-when-alone", action="store_true", help="stop when everyone else has left the channel")
+    parser.add_argument("--local-discord", metavar="URL", default=None, help=argparse.SUPPRESS)
+
+
+def make_sink(fmt: str, out: Path) -> AudioSink:
+    """The sink writing ``fmt`` files (one per speaker plus a mix) into ``out``."""
+    if fmt == "wav":
+        return WaveSink(out)
+    from .sinks.ffmpeg import FFmpegSink
+
+    if fmt == "ogg":
+        from .sinks.multi import MultiSink
+        from .sinks.ogg import OggOpusSink
+
+        return MultiSink(OggOpusSink(out), FFmpegSink(out, format="opus", per_user=False))
+    if fmt in FORMATS:
+        return FFmpegSink(out, format=fmt)
+    raise RecordError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def run(args: argparse.Namespace, *, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> int:
+    """Run ``record`` with parsed ``args``; returns the exit status."""
+    token = os.environ.get(args.token_env, "").strip()
+    if not token:
+        print(f"error: environment variable {args.token_env} is missing or empty; put the bot token in it", file=stderr)
+        return 2
+    _redact_logs(token)
+    if args.seconds is not None and not args.seconds > 0:
+        print("error: --seconds must be positive", file=stderr)
+        return 2
+    try:
+        summary = asyncio.run(_record(args, token, stderr))
+    except RecordError as exc:
+        print(f"error: {_redact(str(exc), token)}", file=stderr)
+        return 2
+    except discord.LoginFailure as exc:
+        print(f"error: Discord refused the token in {args.token_env}: {_redact(str(exc), token)}", file=stderr)
+        return 1
+    except (discord.DiscordException, OSError, TimeoutError) as exc:
+        print(f"error: {type(exc).__name__}: {_redact(str(exc), token)}", file=stderr)
+        return 1
+    print(json.dumps(summary, sort_keys=True), file=stdout)
+    return 0 if summary.get("error") is None else 1
+
+
+class _Recorder(discord.Client):
+    """A client that tracks who is speaking for the progress line."""
+
+    def __init__(self) -> None:
+        super().__init__(intents=discord.Intents.default())
+        self.speaking: set[int] = set()
+        self.heard: set[int] = set()
+
+    async def on_voice_member_speaking_start(self, member: discord.abc.Snowflake) -> None:
+        self.speaking.add(member.id)
+        self.heard.add(member.id)
+
+    async def on_voice_member_speaking_stop(self, member: discord.abc.Snowflake) -> None:
+        self.speaking.discard(member.id)
+
+
+async def _record(args: argparse.Namespace, token: str, stderr: TextIO) -> dict[str, Any]:
+    if args.local_discord:
+        from .testing import use_local_discord
+
+        use_local_discord(args.local_discord)
+    ensure_discord_opus()
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, interrupted.set)
+    client = _Recorder()
+    runner = asyncio.create_task(client.start(token), name="record: discord client")
+    try:
+        await _wait_ready(client, runner, interrupted)
+        if interrupted.is_set():
+            return {"error": None, "seconds": 0.0, "files": [], "out": str(args.out), "interrupted": True}
+        channel = await _voice_channel(client, args.channel)
+        vc = await channel.connect(cls=VoiceRecvClient)
+        return await _listen(client, vc, args, interrupted, stderr)
+    finally:
+        for vc_ in list(client.voice_clients):
+            with contextlib.suppress(Exception):
+                await vc_.disconnect(force=True)
+        await client.close()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(runner, timeout=5)
+
+
+async def _wait_ready(client: discord.Client, runner: asyncio.Task[None], interrupted: asyncio.Event) -> None:
+    ready = asyncio.create_task(client.wait_until_ready())
+    stop = asyncio.create_task(interrupted.wait())
+    try:
+        done, _ = await asyncio.wait({runner, ready, stop}, timeout=_READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ready.cancel()
+        stop.cancel()
+    if runner in done:
+        runner.result()
+        raise RecordError("the Discord client stopped before it was ready")
+    if not done:
+        raise TimeoutError(f"not logged in to Discord within {_READY_TIMEOUT:.0f} s")
+
+
+async def _voice_channel(client: discord.Client, channel_id: int) -> discord.VoiceChannel | discord.StageChannel:
+    channel = client.get_channel(channel_id)
+    if channel is None:
+        try:
+            channel = await client.fetch_channel(channel_id)
+        except (discord.NotFound, discord.Forbidden) as exc:
+            raise RecordError(f"channel {channel_id} not found or not visible to the bot") from exc
+    if not isinstance(channel, (discord.VoiceChannel, discord.StageChannel)):
+        raise RecordError(f"channel {channel_id} is not a voice channel")
+    return channel
+
+
+async def _listen(
+    client: _Recorder, vc: VoiceRecvClient, args: argparse.Namespace, interrupted: asyncio.Event, stderr: TextIO
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    out: Path = args.out
+    sink = make_sink(args.format, out)
+    ended = asyncio.Event()
+    errors: list[BaseException | None] = []
+
+    def after(error: BaseException | None) -> None:
+        errors.append(error)
+        loop.call_soon_threadsafe(ended.set)
+
+    started_wall = time.time()
+    started = loop.time()
+    vc.listen(sink, after=after, max_duration=args.seconds, stop_when_alone=args.stop_when_alone)
+    name = getattr(vc.channel, "name", args.channel)
+    print(f"recording #{name} to {out} as {args.format}; Ctrl-C stops", file=stderr, flush=True)
+    tty = stderr.isatty()
+    while not ended.is_set() and not interrupted.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(_either(ended, interrupted), PROGRESS_INTERVAL)
+        line = _progress(loop.time() - started, client, _bytes_written(out, started_wall))
+        print(("\r" + line + "\x1b[K") if tty else line, end="" if tty else "\n", file=stderr, flush=True)
+    if tty:
+        print(file=stderr)
+    if vc.is_listening():
+        await asyncio.to_thread(vc.stop_listening)
+    await ended.wait()
+    seconds = loop.time() - started
+    stats = vc.receive_stats()
+    reason = vc.stop_reason
+    error = errors[0] if errors else None
+    files = sorted(str(p) for p in out.iterdir() if p.is_file() and p.stat().st_mtime >= started_wall - 1)
+    print(f"stopped ({reason.value if reason else 'stopped'}); {len(files)} files in {out}", file=stderr, flush=True)
+    return {
+        "out": str(out),
+        "format": args.format,
+        "seconds": round(seconds, 2),
+        "files": files,
+        "bytes": _bytes_written(out, started_wall),
+        "speakers": sorted(str(u) for u in client.heard),
+        "reason": reason.value if reason else None,
+        "error": None if error is None else f"{type(error).__name__}: {error}",
+        "stats": {k: v for k, v in stats.items() if not isinstance(v, dict)},
+    }
+
+
+async def _either(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def _progress(elapsed: float, client: _Recorder, written: int) -> str:
+    minutes, seconds = divmod(int(elapsed), 60)
+    return (
+        f"recording {minutes:02d}:{seconds:02d}  speakers {len(client.heard)} ({len(client.speaking)} speaking)  "
+        f"written {_size(written)}"
+    )
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KB", "MB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def _bytes_written(out: Path, since: float) -> int:
+    """Bytes in the files of ``out`` written since ``since`` (the recording's files)."""
+    total = 0
+    try:
+        entries = list(out.iterdir())
+    except OSError:
+        return 0
+    for path in entries:
+        with contextlib.suppress(OSError):
+            stat = path.stat()
+            if path.is_file() and stat.st_mtime >= since - 1:
+                total += stat.st_size
+    return total
+
+
+def _redact(text: str, token: str) -> str:
+    return text.replace(token, "[token]") if token else text
+
+
+class _RedactToken(logging.Filter):
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self._token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self._token in message:
+            record.msg = _redact(message, self._token)
+            record.args = ()
+        return True
+
+
+def _redact_logs(token: str) -> None:
+    """Make sure no log line can carry the token, whatever logs it."""
+    redact = _RedactToken(token)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redact)

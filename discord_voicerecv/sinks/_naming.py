@@ -1,0 +1,55 @@
+"""File names for per-speaker tracks: safe on every file system, unique in their directory, any extension."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..frames import VoiceFrame
+from .base import SinkUser
+from .mix import MIX_SSRC
+from .wave import Naming, _safe_stem
+
+__all__ = ("FileNamer", "Naming")
+
+
+class FileNamer:
+    """Hand out the paths of new tracks in ``directory``, all ending in ``.<extension>``.
+
+    The default name follows :class:`~discord_voicerecv.sinks.WaveSink`: ``<display_name>-<user_id>`` when a
+    member or user is known, ``<user_id>`` otherwise, ``unknown-<ssrc>`` for an unmapped SSRC, and ``mix`` for
+    the frames of a :class:`~discord_voicerecv.sinks.MixSink`. ``naming(user, user_id)`` replaces it. Names are
+    reduced to safe characters and clashes (case-insensitive) get a ``-2``, ``-3``... suffix.
+    """
+
+    __slots__ = ("_directory", "_extension", "_naming", "_used")
+
+    def __init__(self, directory: Path, extension: str, naming: Naming | None = None) -> None:
+        self._directory = directory
+        self._extension = "." + extension.lstrip(".")
+        self._naming = naming
+        self._used: set[str] = set()
+
+    def reserve(self, stem: str) -> Path:
+        """The path for a track named ``stem`` (such as ``"mix"``), made unique."""
+        return self._unique(_safe_stem(stem) or "track")
+
+    def path_for(self, user: SinkUser, frame: VoiceFrame) -> Path:
+        """The path for the track of the speaker of ``frame``, heard for the first time."""
+        if self._naming is not None:
+            name = self._naming(user, frame.user_id)
+            if name.lower().endswith(self._extension.lower()):
+                name = name[: -len(self._extension)]
+            return self._unique(_safe_stem(name) or "speaker")
+        if frame.user_id is None:
+            return self._unique("mix" if frame.ssrc == MIX_SSRC else f"unknown-{frame.ssrc}")
+        display = getattr(user, "display_name", None)
+        stem = _safe_stem(display) if isinstance(display, str) else ""
+        return self._unique(f"{stem}-{frame.user_id}" if stem else str(frame.user_id))
+
+    def _unique(self, stem: str) -> Path:
+        candidate, n = stem + self._extension, 1
+        while candidate.casefold() in self._used:
+            n += 1
+            candidate = f"{stem}-{n}{self._extension}"
+        self._used.add(candidate.casefold())
+        return self._directory / candidate

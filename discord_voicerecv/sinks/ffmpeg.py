@@ -1,0 +1,450 @@
+"""Record every speaker, and a mix, in any format FFmpeg writes, streamed to one ffmpeg process per track."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+
+from ..errors import SinkError
+from ..ffmpeg import find_ffmpeg
+from ..frames import CHANNELS, FRAME_BYTES, SAMPLE_RATE, SILENT_PCM, VoiceFrame
+from ._common import SpeakerKey, fit_frame, log, speaker_key
+from ._naming import FileNamer, Naming
+from .base import AudioSink, SinkUser
+from .mix import MixSink
+
+__all__ = ("FFmpegSink",)
+
+_SLOTS_PER_SECOND = 50
+_BATCH_SLOTS = 5
+"""Slots gathered before they are handed to a writer thread (100 ms): fewer wake-ups, same latency for files."""
+_INLINE_SILENCE_SLOTS = 50
+"""Gaps up to this many slots are padded with shared silent frames; longer ones are written as zeros by the
+writer thread without being held in memory."""
+_ZEROS = bytes(1 << 16)
+_STDERR_TAIL = 1500
+
+
+class _Pipe:
+    """One ffmpeg process fed through its stdin by a thread of its own, so a stalled ffmpeg never blocks the sink.
+
+    At most ``limit`` bytes of audio wait for the thread; beyond that new audio is replaced by the same length of
+    silence (counted in :attr:`overflow`), which keeps the track aligned and the memory bounded.
+    """
+
+    __slots__ = (
+        "_cond",
+        "_items",
+        "_limit",
+        "_process",
+        "_queued",
+        "_stderr",
+        "_thread",
+        "_writing",
+        "broken",
+        "closing",
+        "overflow",
+        "path",
+    )
+
+    def __init__(self, argv: Sequence[str], path: Path, limit: int) -> None:
+        self.path = path
+        self._limit = limit
+        self._items: deque[bytes | int] = deque()
+        self._queued = 0
+        self._cond = threading.Condition()
+        self._writing = True
+        self.closing = False
+        self.broken: OSError | None = None
+        self.overflow = 0
+        """Bytes of audio replaced by silence because ffmpeg did not keep up."""
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
+        try:
+            self._process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=self._stderr,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._stderr.close()
+            raise SinkError(str(path), f"cannot run ffmpeg: {exc.strerror or exc}") from exc
+        self._thread = threading.Thread(target=self._run, name=f"ffmpeg {path.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, data: bytes) -> None:
+        with self._cond:
+            if self._queued + len(data) > self._limit:
+                self.overflow += len(data)
+                self._queue_silence(len(data))
+            else:
+                self._items.append(data)
+                self._queued += len(data)
+            self._cond.notify()
+
+    def submit_silence(self, nbytes: int) -> None:
+        with self._cond:
+            self._queue_silence(nbytes)
+            self._cond.notify()
+
+    def _queue_silence(self, nbytes: int) -> None:
+        items = self._items
+        if items and isinstance(items[-1], int):
+            items[-1] += nbytes
+        else:
+            items.append(nbytes)
+
+    def failure(self) -> str | None:
+        """Why this track is lost, when ffmpeg exited or stopped reading before the end; else None."""
+        if self.broken is None and self._process.poll() is None:
+            return None
+        try:
+            code = self._process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            return f"ffmpeg stopped reading its input ({self.broken})"
+        return f"ffmpeg exited with status {code} while recording: {self._stderr_tail()}"
+
+    def close_input(self) -> None:
+        """No more audio: the thread writes what is queued, then closes ffmpeg's stdin."""
+        with self._cond:
+            self.closing = True
+            self._cond.notify()
+
+    def finish(self, deadline: float) -> str | None:
+        """Wait for ffmpeg to write the file (until ``deadline`` on the monotonic clock); the failure, or None."""
+        self.close_input()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        process = self._process
+        try:
+            code = process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            self._thread.join()
+            self._stderr.close()
+            return "ffmpeg did not finish in time and was killed"
+        self._thread.join()
+        detail = None if code == 0 else f"ffmpeg exited with status {code}: {self._stderr_tail()}"
+        self._stderr.close()
+        return detail
+
+    def kill(self) -> None:
+        """Stop ffmpeg at once (the track is abandoned)."""
+        self.close_input()
+        if self._process.poll() is None:
+            self._process.kill()
+
+    def _stderr_tail(self) -> str:
+        try:
+            self._stderr.seek(0, os.SEEK_END)
+            size = self._stderr.tell()
+            self._stderr.seek(max(0, size - _STDERR_TAIL))
+            text = self._stderr.read().decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return "(stderr unavailable)"
+        return text or "(no output on stderr)"
+
+    def _run(self) -> None:
+        stdin = self._process.stdin
+        assert stdin is not None
+        try:
+            while True:
+                with self._cond:
+                    while not self._items and not self.closing:
+                        self._cond.wait()
+                    if not self._items:
+                        break
+                    item = self._items.popleft()
+                    if isinstance(item, bytes):
+                        self._queued -= len(item)
+                if isinstance(item, bytes):
+                    stdin.write(item)
+                else:
+                    while item > 0:
+                        chunk = min(item, len(_ZEROS))
+                        stdin.write(_ZEROS if chunk == len(_ZEROS) else _ZEROS[:chunk])
+                        item -= chunk
+            stdin.flush()
+        except (OSError, ValueError) as exc:
+            self.broken = exc if isinstance(exc, OSError) else OSError(str(exc))
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()
+            with self._cond:
+                self._items.clear()
+                self._queued = 0
+
+
+class _Track:
+    __slots__ = ("batch", "frames", "pipe")
+
+    def __init__(self, pipe: _Pipe) -> None:
+        self.pipe = pipe
+        self.frames = 0
+        self.batch: list[bytes] = []
+
+    def write(self, pcm: bytes) -> None:
+        self.batch.append(pcm)
+        self.frames += 1
+
+    def pad_to(self, slots: int) -> None:
+        missing = slots - self.frames
+        if missing <= 0:
+            return
+        if missing <= _INLINE_SILENCE_SLOTS:
+            self.batch.extend([SILENT_PCM] * missing)
+        else:
+            self.flush()
+            self.pipe.submit_silence(missing * FRAME_BYTES)
+        self.frames = slots
+
+    def flush(self) -> None:
+        if self.batch:
+            self.pipe.submit(b"".join(self.batch))
+            self.batch.clear()
+
+
+class _MixTrack(AudioSink):
+    """Receives the frames of the internal :class:`MixSink`: one per slot, in order."""
+
+    __slots__ = ("track",)
+
+    def __init__(self, track: _Track) -> None:
+        self.track = track
+
+    def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        track = self.track
+        if frame.tick >= track.frames:
+            track.pad_to(frame.tick)
+            track.write(frame.pcm)
+
+
+class FFmpegSink(AudioSink):
+    """Encode every speaker, and a mix, to any format FFmpeg writes (FLAC, MP3, Opus, Vorbis, AAC, WebM...).
+
+    Each track is streamed while recording to an ffmpeg process of its own through its stdin; nothing waits
+    until the end. A thread per process does the writing, so an ffmpeg that falls behind or stalls never blocks
+    the receiver: up to ``buffer_seconds`` of audio wait for it, then audio is replaced by silence (counted in
+    :attr:`overflow`) so the track stays aligned. Like :class:`WaveSink`, every track starts at the first slot of
+    ``listen()``, gaps are silence and all tracks end at the same slot. At :meth:`cleanup` each ffmpeg gets the
+    end of its input and the sink waits for it to finish the file.
+
+    Parameters
+    ----------
+    directory:
+        Where the files go; created if missing. Files of the same name are overwritten.
+    format:
+        The file extension, which picks FFmpeg's muxer and its default codec: ``"flac"``, ``"mp3"``, ``"opus"``,
+        ``"ogg"`` (Vorbis), ``"m4a"`` (AAC), ``"webm"``, ``"mka"``, ``"wav"``... Formats that finalise their index
+        at the end (``m4a``) are unplayable if the process is killed; streamable ones (``flac``, ``mp3``,
+        ``opus``, ``ogg``) keep what was encoded.
+    per_user:
+        Write one file per speaker, named like :class:`WaveSink` names them.
+    mix:
+        Write ``mix.<format>``, the saturated sum of all speakers (through a :class:`MixSink`).
+    ffmpeg:
+        The ffmpeg executable; by default found by :func:`discord_voicerecv.ffmpeg.find_ffmpeg`.
+    extra_args:
+        Output options placed before the file name, e.g. ``("-b:a", "64k")`` or ``("-c:a", "libopus")``.
+    naming:
+        ``naming(user, user_id)`` returns a file name, as for :class:`WaveSink`.
+    buffer_seconds:
+        Audio held per track for an ffmpeg that does not keep up.
+    finish_timeout:
+        Seconds :meth:`cleanup` waits for all ffmpeg processes to finish their files before killing them.
+
+    Raises
+    ------
+    FFmpegNotFound
+        No ffmpeg executable (from the constructor).
+    SinkError
+        The directory cannot be created, an ffmpeg cannot start, or one exited early (from the sink call that
+        notices it, then the sink is detached) or failed to finish its file (from :meth:`cleanup`); the message
+        carries the end of ffmpeg's error output.
+    """
+
+    __slots__ = (
+        "_argv",
+        "_directory",
+        "_dropped",
+        "_finish_timeout",
+        "_last_flush",
+        "_limit",
+        "_mix",
+        "_mix_track",
+        "_names",
+        "_open",
+        "_paths",
+        "_per_user",
+        "_slots",
+        "_tracks",
+        "closed",
+        "format",
+    )
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        format: str = "flac",
+        *,
+        per_user: bool = True,
+        mix: bool = True,
+        ffmpeg: str | os.PathLike[str] | None = None,
+        extra_args: Sequence[str] = (),
+        naming: Naming | None = None,
+        buffer_seconds: float = 10.0,
+        finish_timeout: float = 30.0,
+    ) -> None:
+        if not (mix or per_user):
+            raise ValueError("FFmpegSink needs mix=True or per_user=True")
+        extension = format.lower().lstrip(".")
+        if not extension.isalnum():
+            raise ValueError(f"format must be a file extension such as 'flac' or 'mp3', not {format!r}")
+        if not (buffer_seconds > 0 and finish_timeout > 0):
+            raise ValueError("buffer_seconds and finish_timeout must be positive")
+        self._finish_timeout = finish_timeout
+        self.format = extension
+        self._argv = [
+            find_ffmpeg(ffmpeg),
+            *("-hide_banner", "-loglevel", "error"),
+            *("-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", str(CHANNELS), "-i", "pipe:0"),
+            *extra_args,
+            "-y",
+        ]
+        self._limit = max(FRAME_BYTES, int(buffer_seconds * _SLOTS_PER_SECOND) * FRAME_BYTES)
+        self._directory = Path(directory)
+        self._names = FileNamer(self._directory, extension, naming)
+        self._per_user = per_user
+        self._tracks: dict[SpeakerKey, _Track] = {}
+        self._paths: dict[SpeakerKey, Path] = {}
+        self._slots = 0
+        self._open = False
+        self._last_flush = 0
+        self._dropped = 0
+        self.closed = False
+        try:
+            self._directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(str(self._directory), exc.strerror or str(exc)) from exc
+        self._mix_track: _Track | None = None
+        self._mix: MixSink | None = None
+        if mix:
+            self._mix_track = self._start(self._names.reserve("mix"))
+            self._mix = MixSink(_MixTrack(self._mix_track))
+
+    @property
+    def files(self) -> Mapping[SpeakerKey, Path]:
+        """Per-speaker file paths by speaker: the user id, or ``"ssrc:<n>"`` for a speaker not mapped to a user."""
+        return MappingProxyType(self._paths)
+
+    @property
+    def mix_path(self) -> Path | None:
+        """The path of the mixed track, or ``None`` when ``mix=False``."""
+        return self._mix_track.pipe.path if self._mix_track is not None else None
+
+    @property
+    def slots(self) -> int:
+        """How many 20 ms slots are complete."""
+        return self._slots
+
+    @property
+    def overflow(self) -> int:
+        """Bytes of audio replaced by silence, over all tracks, because an ffmpeg did not keep up."""
+        return sum(track.pipe.overflow for track in self._all_tracks())
+
+    @property
+    def dropped(self) -> int:
+        """Frames ignored because their slot was already complete, or a second frame of a speaker for one slot."""
+        return self._dropped + (self._mix.dropped if self._mix is not None else 0)
+
+    def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        tick = frame.tick
+        if tick != self._slots or self.closed:
+            if tick < self._slots or self.closed:
+                self._dropped += 1
+                return
+            self._close_slots(tick)
+        self._open = True
+        if self._mix is not None:
+            self._mix.write(user, frame)
+        if not self._per_user:
+            return
+        key = speaker_key(frame)
+        track = self._tracks.get(key)
+        if track is None:
+            path = self._names.path_for(user, frame)
+            track = self._tracks[key] = self._start(path)
+            self._paths[key] = path
+        if track.frames > tick:
+            self._dropped += 1
+            return
+        track.pad_to(tick)
+        track.write(fit_frame(frame.pcm))
+
+    def advance(self, tick: int) -> None:
+        if tick >= self._slots and not self.closed:
+            self._close_slots(tick + 1)
+
+    def cleanup(self) -> None:
+        """Pad every track to the same length, end ffmpeg's input and wait for each file to be finished."""
+        if self.closed:
+            return
+        self.closed = True
+        end = self._slots + 1 if self._open else self._slots
+        errors: list[SinkError] = []
+        if self._mix is not None:
+            try:
+                self._mix.cleanup()
+            except SinkError as exc:
+                errors.append(exc)
+        tracks = list(self._all_tracks())
+        end = max([end, *(track.frames for track in tracks)])
+        for track in tracks:
+            track.pad_to(end)
+            track.flush()
+            track.pipe.close_input()
+        deadline = time.monotonic() + self._finish_timeout
+        for track in tracks:
+            detail = track.pipe.finish(deadline)
+            if detail is not None:
+                errors.append(SinkError(str(track.pipe.path), detail))
+        overflow = self.overflow
+        if overflow:
+            log.warning("FFmpegSink replaced %.2f s of audio with silence: ffmpeg did not keep up", overflow / 192_000)
+        if errors:
+            raise errors[0]
+
+    def _all_tracks(self) -> list[_Track]:
+        tracks = list(self._tracks.values())
+        if self._mix_track is not None:
+            tracks.append(self._mix_track)
+        return tracks
+
+    def _start(self, path: Path) -> _Track:
+        return _Track(_Pipe([*self._argv, str(path)], path, self._limit))
+
+    def _close_slots(self, end: int) -> None:
+        if self._mix is not None:
+            self._mix.advance(end - 1)
+        self._slots = end
+        self._open = False
+        if end - self._last_flush >= _BATCH_SLOTS:
+            self._flush()
+
+    def _flush(self) -> None:
+        for track in self._all_tracks():
+            track.pad_to(self._slots)
+            track.flush()
+            detail = track.pipe.failure()
+            if detail is not None:
+                raise SinkError(str(track.pipe.path), detail)
+        self._last_flush = self._slots

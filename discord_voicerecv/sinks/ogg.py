@@ -1,0 +1,208 @@
+"""Record every speaker's Opus packets as received into Ogg Opus files: no decoding, no re-encoding."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+from ..errors import OpusError, SinkError
+from ..frames import FRAME_SAMPLES, OPUS_SILENCE, VoiceFrame
+from ..opus import packet_samples
+from ._common import SpeakerKey, speaker_key
+from ._naming import FileNamer, Naming
+from ._ogg import OggOpusWriter
+from .base import AudioSink, SinkUser
+
+__all__ = ("OggOpusSink",)
+
+_SLOTS_PER_SECOND = 50
+_VENDOR = "discord-voicerecv"
+_SILK_SIZES = (480, 960, 1920, 2880)
+_HYBRID_SIZES = (480, 960)
+_CELT_SIZES = (120, 240, 480, 960)
+_CELT_FILLERS = ((480, b"\xf0"), (240, b"\xe8"), (120, b"\xe0"))
+"""One-byte CELT packets (fullband, one zero-length frame) of 10, 5 and 2.5 ms: concealment, silence at a start."""
+
+
+def _frame_size(toc: int) -> int:
+    """Samples per channel of one frame of the configuration in an Opus TOC byte (RFC 6716 section 3.1)."""
+    config = toc >> 3
+    if config < 12:
+        return _SILK_SIZES[config & 3]
+    if config < 16:
+        return _HYBRID_SIZES[config & 1]
+    return _CELT_SIZES[config & 3]
+
+
+def _concealment_packet(toc: int | None) -> bytes:
+    """A 20 ms packet of zero-length frames in the previous packet's configuration, which asks the decoder for
+    packet-loss concealment (RFC 7845 section 4.1); Opus silence when that configuration cannot make 20 ms."""
+    if toc is None:
+        return OPUS_SILENCE
+    size = _frame_size(toc)
+    if size == FRAME_SAMPLES:
+        return bytes((toc & 0xFC,))
+    if FRAME_SAMPLES % size == 0:
+        return bytes((toc | 0x03, FRAME_SAMPLES // size))
+    return OPUS_SILENCE
+
+
+class _Track:
+    __slots__ = ("last_tick", "toc", "writer")
+
+    def __init__(self, writer: OggOpusWriter) -> None:
+        self.writer = writer
+        self.last_tick = -1
+        self.toc: int | None = None
+
+    def fill_to(self, samples: int) -> None:
+        """Opus silence up to ``samples``: what Discord itself sends, and digital silence in every decoder."""
+        writer = self.writer
+        while samples - writer.samples >= FRAME_SAMPLES:
+            writer.add(OPUS_SILENCE, FRAME_SAMPLES)
+        for size, packet in _CELT_FILLERS:
+            while samples - writer.samples >= size:
+                writer.add(packet, size)
+
+
+class OggOpusSink(AudioSink):
+    """Write each speaker's Opus packets, bit for bit as received, to an Ogg Opus file of their own (RFC 7845).
+
+    Nothing is decoded (``wants_pcm`` is False, so the receiver skips decoding when no other sink needs PCM) and
+    nothing is re-encoded: the cheapest way to keep a lossless copy of what Discord delivered. Like
+    :class:`WaveSink`, every file starts at the first slot of ``listen()`` and all end at the same slot: slots
+    where the speaker sent nothing hold Opus silence frames (``F8 FF FE``, what Discord sends itself), and frames
+    lost inside a talk spurt hold packets asking the player's decoder for concealment. The headers declare
+    stereo, no pre-skip, and the granule positions count 48 kHz samples from the start of listening, so the
+    files decode sample-aligned with each other and with the PCM sinks. Pages are flushed at least every
+    ``flush_interval`` seconds, so a killed process leaves files playable up to the last flush. A mixed track
+    cannot be made without re-encoding: use ``MixSink(FFmpegSink(..., "opus", mix=False))`` for that.
+
+    Parameters
+    ----------
+    directory:
+        Where the files go; created if missing. Files of the same name are overwritten.
+    naming:
+        ``naming(user, user_id)`` returns a file name, as for :class:`WaveSink` (``.opus`` is added). By
+        default ``<display_name>-<user_id>.opus``, ``<user_id>.opus`` or ``unknown-<ssrc>.opus``.
+    flush_interval:
+        Seconds of audio between page flushes.
+
+    Raises
+    ------
+    SinkError
+        When the directory or a file cannot be created or written (from the constructor and from every sink call).
+    """
+
+    wants_pcm = False
+
+    __slots__ = ("_directory", "_interval", "_last_sync", "_names", "_open", "_slots", "_tracks", "closed", "dropped")
+
+    def __init__(
+        self, directory: str | os.PathLike[str], *, naming: Naming | None = None, flush_interval: float = 1.0
+    ) -> None:
+        if not flush_interval > 0:
+            raise ValueError("flush_interval must be positive")
+        self._directory = Path(directory)
+        self._names = FileNamer(self._directory, "opus", naming)
+        self._interval = max(1, int(flush_interval * _SLOTS_PER_SECOND))
+        self._tracks: dict[SpeakerKey, _Track] = {}
+        self._slots = 0
+        self._open = False
+        self._last_sync = 0
+        self.closed = False
+        self.dropped = 0
+        """Frames ignored because their slot was already complete, or a second frame of a speaker for one slot."""
+        try:
+            self._directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(str(self._directory), exc.strerror or str(exc)) from exc
+
+    @property
+    def files(self) -> Mapping[SpeakerKey, Path]:
+        """File paths by speaker: the user id, or ``"ssrc:<n>"`` for a speaker not mapped to a user."""
+        return MappingProxyType({key: track.writer.path for key, track in self._tracks.items()})
+
+    @property
+    def slots(self) -> int:
+        """How many 20 ms slots are complete."""
+        return self._slots
+
+    def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        tick = frame.tick
+        if tick < self._slots or self.closed:
+            self.dropped += 1
+            return
+        if tick > self._slots:
+            self._slots = tick
+        key = speaker_key(frame)
+        track = self._tracks.get(key)
+        if track is None:
+            track = self._open_track(key, user, frame)
+        if track.last_tick >= tick:
+            self.dropped += 1
+            return
+        track.last_tick = tick
+        self._open = True
+        track.fill_to(tick * FRAME_SAMPLES)
+        packet = frame.opus
+        samples = 0
+        if packet:
+            try:
+                samples = packet_samples(packet)
+            except OpusError:
+                samples = 0
+        if samples > 0 and packet is not None:
+            if packet != OPUS_SILENCE:
+                track.toc = packet[0]
+        else:
+            packet = _concealment_packet(track.toc)
+            samples = FRAME_SAMPLES
+        track.writer.add(packet, samples)
+
+    def advance(self, tick: int) -> None:
+        if tick < self._slots or self.closed:
+            return
+        self._slots = tick + 1
+        self._open = False
+        if self._slots - self._last_sync >= self._interval:
+            self._sync()
+
+    def cleanup(self) -> None:
+        """Fill every file to the same length and write the last pages."""
+        if self.closed:
+            return
+        self.closed = True
+        end = (self._slots + self._open) * FRAME_SAMPLES
+        end = max([end, *(track.writer.flushed_samples for track in self._tracks.values())])
+        error: SinkError | None = None
+        for track in self._tracks.values():
+            try:
+                track.fill_to(end)
+                track.writer.close(end)
+            except SinkError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _sync(self) -> None:
+        end = self._slots * FRAME_SAMPLES
+        for track in self._tracks.values():
+            track.fill_to(end)
+            track.writer.flush()
+        self._last_sync = self._slots
+
+    def _open_track(self, key: SpeakerKey, user: SinkUser, frame: VoiceFrame) -> _Track:
+        comments = [f"DISCORD_SSRC={frame.ssrc}"]
+        if frame.user_id is not None:
+            comments.append(f"DISCORD_USER_ID={frame.user_id}")
+        display = getattr(user, "display_name", None)
+        if isinstance(display, str) and display:
+            comments.append(f"TITLE={display}")
+        path = self._names.path_for(user, frame)
+        writer = OggOpusWriter(path, serial=secrets.randbits(32), vendor=_VENDOR, comments=comments)
+        track = self._tracks[key] = _Track(writer)
+        return track

@@ -1,0 +1,527 @@
+"""Forward received voice as plain RTP with an SDP file per stream, for ffmpeg, GStreamer or OBS to take live."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+from ..errors import SinkError
+from ..frames import FRAME_BYTES, FRAME_SAMPLES, OPUS_SILENCE, VoiceFrame
+from ..protocol.rtcp import SDES_CNAME, SdesChunk, SourceDescription, build_bye, build_sender_report
+from ..protocol.rtp import build_rtp_header
+from ..sdp import opus_sdp
+from ._common import SpeakerKey, fit_frame, log
+from ._mix import mix_pcm
+from .base import AudioSink, SinkUser
+
+if TYPE_CHECKING:
+    from discord.abc import Snowflake
+
+    from ..opus import OpusEncoder
+
+__all__ = ("ForwardedStream", "RTPForwardSink", "SilencePolicy")
+
+SilencePolicy: TypeAlias = Literal["skip", "opus_silence"]
+"""What a stream carries in slots without audio: nothing, or an Opus silence frame every 20 ms."""
+
+_REPORT_SLOTS = 50
+"""Slots between two RTCP sender reports of a stream (1 s)."""
+_SLOT_SECONDS = FRAME_SAMPLES / 48_000
+_NTP_EPOCH_OFFSET = 2_208_988_800
+_MIX_KEY = "mix"
+_UNSAFE = re.compile(r"[^\w.-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedStream:
+    """One RTP stream the sink sends: where to, and the SDP text that lets a player receive it.
+
+    ``user`` is who it carries (``None`` for the mix or a speaker not mapped to a user), ``port`` the RTP port
+    (RTCP goes to ``port + 1``), ``sdp_path`` the file holding ``sdp``, ``ssrc`` the stream's RTP source.
+    """
+
+    user: SinkUser
+    host: str
+    port: int
+    ssrc: int
+    sdp: str
+    sdp_path: Path
+
+    @property
+    def rtcp_port(self) -> int:
+        """Where the stream's RTCP sender reports go."""
+        return self.port + 1
+
+
+class _Output:
+    """Sending state of one stream: sequence, timestamp base, counters and where the next slot starts."""
+
+    __slots__ = (
+        "cname",
+        "info",
+        "marker",
+        "next_tick",
+        "octets",
+        "packets",
+        "report_tick",
+        "rtcp_addr",
+        "rtp_addr",
+        "sequence",
+        "ssrc",
+        "ts_base",
+    )
+
+    def __init__(self, info: ForwardedStream, rtp_addr: tuple[str, int], rtcp_addr: tuple[str, int]) -> None:
+        self.info = info
+        self.rtp_addr = rtp_addr
+        self.rtcp_addr = rtcp_addr
+        self.ssrc = info.ssrc
+        self.sequence = random.getrandbits(16)
+        self.ts_base = random.getrandbits(32)
+        self.cname = f"voicerecv-{info.ssrc:08x}".encode()
+        self.next_tick: int | None = None
+        """The first slot not covered by a packet sent yet (``None`` before the stream starts)."""
+        self.marker = True
+        """Set the RTP marker on the next audio packet: it opens a talk spurt (RFC 3551 section 4.1)."""
+        self.packets = 0
+        self.octets = 0
+        self.report_tick = 0
+
+
+class RTPForwardSink(AudioSink):
+    """Re-send each speaker's Opus frames as plain, unencrypted RTP on a local port, with an SDP file per stream.
+
+    Every stream is Opus at 48 kHz, 2 channels, with a random SSRC, sequence and timestamp base, and no header
+    extension. The RTP timestamp of slot ``n`` of the listening timeline is ``base + 960 n``, so a pause keeps its
+    length: filled with Opus silence frames by default, or as a timestamp jump (``silence="skip"``).
+    RTCP sender reports (NTP wall clock against RTP timestamp, packet and octet counts) go to ``port + 1`` every
+    second, all streams sharing one clock so that players can line them up, and :meth:`cleanup` sends a BYE, which
+    makes ``ffmpeg`` reading the SDP finish its output files and exit on its own.
+
+    Parameters
+    ----------
+    host:
+        IP address (or name) to send to; it goes into the SDP ``c=`` line.
+    base_port:
+        First RTP port (even). Streams take port pairs ``base_port``, ``base_port + 2``... in the order they open:
+        the mix first when ``mix=True``, then the ``users`` given, then speakers as they are first heard.
+    users:
+        Forward only these users (ids or objects with ``.id``). Their streams open, and their SDP files are
+        written, in the constructor, so a player can be started before ``listen()``; with
+        ``silence="opus_silence"`` they send from the first slot of ``listen()`` on, so every recording starts
+        at the same moment. ``None`` forwards everybody, each from their first frame.
+    port_for:
+        ``port_for(user, ident)`` picks the (even) RTP port of a new stream instead of the next free pair;
+        ``ident`` is the user id, or the SSRC for a speaker not mapped to a user.
+    payload_type:
+        RTP payload type of the streams (dynamic, 96-127), written in the SDP.
+    sdp_dir:
+        Where the ``.sdp`` files go; by default a temporary directory removed by :meth:`cleanup`.
+    mix:
+        Also send the forwarded speakers mixed into one stream (decoded, mixed per slot and encoded once with
+        libopus): ``True`` for the next port pair, or the RTP port to use. Its SDP is ``mix.sdp``.
+    per_user:
+        Send one stream per speaker. ``False`` with ``mix`` sends only the mix.
+    silence:
+        ``"opus_silence"`` (default) fills every slot without audio with an Opus silence frame (``F8 FF FE``,
+        15 bytes of RTP): ``ffmpeg -c:a copy`` recordings in WebM or Ogg then hold every pause at its true length
+        and, for ``users`` streams, start at ``listen()``, whatever later decodes them. ``"skip"`` sends nothing
+        while a speaker is quiet, as Discord does: a pause survives only as a timestamp jump in the container,
+        which a plain decode (``ffmpeg -i rec.webm rec.wav``) closes up unless told to fill it
+        (``-af aresample=async=1``), and the recording starts at the first word. See
+        ``docs/recipes/rtp-forward.md`` for the measurements.
+    on_stream:
+        ``on_stream(user, sdp_path)`` runs once per speaker stream when it opens (in the constructor for
+        ``users``, else on the sink thread at the speaker's first frame), e.g. to start ``ffmpeg`` for it. It
+        must return quickly; what it raises is logged and ignored.
+    bye_delay:
+        Seconds between :meth:`cleanup` and the RTCP BYE, sent from a timer thread. Receivers may read RTCP
+        before queued RTP (ffmpeg does), so a BYE right behind the last packets would cut them off.
+
+    Raises
+    ------
+    ValueError
+        For an odd or taken port, a payload type outside 96-127, an unknown ``silence``, or nothing to send.
+    SinkError
+        When an SDP file cannot be written.
+    """
+
+    __slots__ = (
+        "_anchor",
+        "_bye_delay",
+        "_closed",
+        "_encoder",
+        "_host",
+        "_mix",
+        "_mix_pcm",
+        "_names",
+        "_next_port",
+        "_on_stream",
+        "_outputs",
+        "_pending",
+        "_port_for",
+        "_ports",
+        "_sdp_dir",
+        "_selected",
+        "_silence_fill",
+        "_sock",
+        "_streams",
+        "_temp_dir",
+        "payload_type",
+        "per_user",
+        "send_errors",
+    )
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        *,
+        base_port: int = 5004,
+        users: Iterable[int | Snowflake] | None = None,
+        port_for: Callable[[SinkUser, int], int] | None = None,
+        payload_type: int = 111,
+        sdp_dir: str | os.PathLike[str] | None = None,
+        mix: bool | int = False,
+        per_user: bool = True,
+        silence: SilencePolicy = "opus_silence",
+        on_stream: Callable[[SinkUser, Path], object] | None = None,
+        bye_delay: float = 0.25,
+    ) -> None:
+        if silence not in ("skip", "opus_silence"):
+            raise ValueError(f"silence must be 'skip' or 'opus_silence', not {silence!r}")
+        if not 96 <= payload_type <= 127:
+            raise ValueError(f"payload_type must be a dynamic RTP payload type (96-127), not {payload_type}")
+        if not bye_delay >= 0:
+            raise ValueError(f"bye_delay must be zero or more seconds, not {bye_delay}")
+        if not per_user and mix is False:
+            raise ValueError("RTPForwardSink needs per_user=True or a mix")
+        _check_port(base_port)
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, base_port, type=socket.SOCK_DGRAM)[0]
+        self._host = str(sockaddr[0])
+        self.payload_type = payload_type
+        self.per_user = per_user
+        self._silence_fill = silence == "opus_silence"
+        self._port_for = port_for
+        self._on_stream = on_stream
+        self._bye_delay = bye_delay
+        self._next_port = base_port
+        self._ports: set[int] = set()
+        self._names: set[str] = set()
+        self._outputs: dict[SpeakerKey, _Output | None] = {}
+        self._streams: dict[SpeakerKey, ForwardedStream] = {}
+        self._pending: list[_Output] = []
+        self._anchor: tuple[float, int] | None = None
+        self._closed = False
+        self.send_errors = 0
+        """Datagrams the kernel refused (full socket buffer, unreachable address); they are dropped."""
+        self._temp_dir = sdp_dir is None
+        self._sdp_dir = Path(tempfile.mkdtemp(prefix="voicerecv-sdp-")) if sdp_dir is None else Path(sdp_dir)
+        try:
+            self._sdp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(str(self._sdp_dir), exc.strerror or str(exc)) from exc
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        try:
+            self._mix: _Output | None = None
+            self._encoder: OpusEncoder | None = None
+            self._mix_pcm: list[bytes] = []
+            if mix is not False:
+                from ..opus import OpusEncoder
+
+                port = self._allocate(None, None if mix is True else int(mix))
+                self._mix = self._open_output(None, port, "mix.sdp", "mix")
+                self._encoder = OpusEncoder(bitrate=96_000, fec=False, expected_loss_pct=0)
+            self.wants_pcm = self._mix is not None
+            self._selected: set[int] | None = None
+            if users is not None:
+                chosen = [_as_user(user) for user in users]
+                self._selected = {ident for ident, _ in chosen}
+                if per_user:
+                    for ident, user in chosen:
+                        if ident not in self._outputs:
+                            self._pending.append(self._open_user(ident, user, ident))
+        except BaseException:
+            self._sock.close()
+            if self._temp_dir:
+                shutil.rmtree(self._sdp_dir, ignore_errors=True)
+            raise
+
+    @property
+    def streams(self) -> Mapping[SpeakerKey, ForwardedStream]:
+        """Speaker streams by speaker: the user id, or ``"ssrc:<n>"`` for a speaker not mapped to a user."""
+        return MappingProxyType(self._streams)
+
+    @property
+    def mix_stream(self) -> ForwardedStream | None:
+        """The mixed stream, or ``None`` without ``mix``."""
+        return self._mix.info if self._mix is not None else None
+
+    @property
+    def sdp_dir(self) -> Path:
+        """The directory holding the ``.sdp`` files."""
+        return self._sdp_dir
+
+    def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        if self._closed:
+            return
+        tick = frame.tick
+        if self._anchor is None:
+            self._anchor = (time.time(), tick)
+        user_id = frame.user_id
+        if self._mix is not None and (self._selected is None or user_id in self._selected):
+            self._mix_pcm.append(fit_frame(frame.pcm))
+        key = user_id if user_id is not None else f"ssrc:{frame.ssrc}"
+        out: _Output | None
+        try:
+            out = self._outputs[key]
+        except KeyError:
+            out = self._open_speaker(key, user, frame)
+        if out is None:
+            return
+        next_tick = out.next_tick
+        if next_tick is not None and tick < next_tick:
+            return
+        payload = frame.opus
+        if payload is None:
+            out.marker = True
+            return
+        self._send(out, tick, payload, out.marker)
+        out.marker = False
+        out.next_tick = tick + _slots_of(payload)
+
+    def advance(self, tick: int) -> None:
+        if self._closed:
+            return
+        if self._anchor is None:
+            self._anchor = (time.time(), tick)
+        if self._pending:
+            for waiting in self._pending:
+                if waiting.next_tick is None:
+                    waiting.next_tick = tick
+            self._pending.clear()
+        mix = self._mix
+        if mix is not None:
+            self._send_mix(mix, tick)
+        for out in self._outputs.values():
+            if out is None:
+                continue
+            next_tick = out.next_tick
+            if next_tick is None:
+                continue
+            if next_tick <= tick:
+                if self._silence_fill:
+                    self._send(out, tick, OPUS_SILENCE, False)
+                out.marker = True
+                out.next_tick = tick + 1
+            if tick >= out.report_tick and out.packets:
+                self._report(out, tick)
+        if mix is not None and tick >= mix.report_tick and mix.packets:
+            self._report(mix, tick)
+
+    def cleanup(self) -> None:
+        """Stop sending; after ``bye_delay`` send a last sender report and a BYE on every stream and close the socket.
+
+        A temporary SDP folder is removed at once (players read the SDP when they start).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        outputs = [out for out in self._outputs.values() if out is not None]
+        if self._mix is not None:
+            outputs.append(self._mix)
+        if self._temp_dir:
+            shutil.rmtree(self._sdp_dir, ignore_errors=True)
+        if self._bye_delay > 0:
+            timer = threading.Timer(self._bye_delay, self._say_goodbye, args=(outputs,))
+            timer.name = "voicerecv-rtp-bye"
+            timer.start()
+        else:
+            self._say_goodbye(outputs)
+
+    # sending ---------------------------------------------------------------------------------------------------------
+
+    def _send(self, out: _Output, tick: int, payload: bytes, marker: bool) -> None:
+        header = build_rtp_header(
+            sequence=out.sequence,
+            timestamp=out.ts_base + tick * FRAME_SAMPLES,
+            ssrc=out.ssrc,
+            payload_type=self.payload_type,
+            marker=marker,
+        )
+        out.sequence += 1
+        try:
+            self._sock.sendto(header + payload, out.rtp_addr)
+        except OSError:
+            self.send_errors += 1
+            return
+        out.packets += 1
+        out.octets += len(payload)
+
+    def _send_mix(self, mix: _Output, tick: int) -> None:
+        frames = self._mix_pcm
+        if mix.next_tick is None:
+            mix.next_tick = mix.report_tick = tick
+        if frames:
+            assert self._encoder is not None
+            packet = self._encoder.encode(mix_pcm(frames, FRAME_BYTES))
+            frames.clear()
+            self._send(mix, tick, packet, mix.marker)
+            mix.marker = False
+        else:
+            if self._silence_fill:
+                self._send(mix, tick, OPUS_SILENCE, False)
+            mix.marker = True
+        mix.next_tick = tick + 1
+
+    def _report(self, out: _Output, tick: int) -> None:
+        out.report_tick = tick + _REPORT_SLOTS
+        self._send_rtcp(out, self._sender_report(out, tick))
+
+    def _sender_report(self, out: _Output, tick: int) -> bytes:
+        """SR + SDES CNAME: the wall-clock time of slot ``tick`` and its RTP timestamp, on the shared timeline."""
+        anchor_wall, anchor_tick = self._anchor or (time.time(), tick)
+        wall = anchor_wall + (tick - anchor_tick) * _SLOT_SECONDS + _NTP_EPOCH_OFFSET
+        report = build_sender_report(
+            out.ssrc,
+            ntp_timestamp=int(wall * (1 << 32)) & 0xFFFF_FFFF_FFFF_FFFF,
+            rtp_timestamp=(out.ts_base + tick * FRAME_SAMPLES) & 0xFFFF_FFFF,
+            packet_count=out.packets & 0xFFFF_FFFF,
+            octet_count=out.octets & 0xFFFF_FFFF,
+        )
+        return report + SourceDescription((SdesChunk(out.ssrc, ((SDES_CNAME, out.cname),)),)).serialize()
+
+    def _say_goodbye(self, outputs: list[_Output]) -> None:
+        try:
+            for out in outputs:
+                tick = out.next_tick if out.next_tick is not None else (self._anchor[1] if self._anchor else 0)
+                self._send_rtcp(out, self._sender_report(out, tick) + build_bye((out.ssrc,)))
+        finally:
+            self._sock.close()
+
+    def _send_rtcp(self, out: _Output, packet: bytes) -> None:
+        try:
+            self._sock.sendto(packet, out.rtcp_addr)
+        except OSError:
+            self.send_errors += 1
+
+    # opening streams -------------------------------------------------------------------------------------------------
+
+    def _open_speaker(self, key: SpeakerKey, user: SinkUser, frame: VoiceFrame) -> _Output | None:
+        """A speaker's first frame: open their stream, or remember that they are not forwarded."""
+        if not self.per_user or (self._selected is not None and frame.user_id not in self._selected):
+            self._outputs[key] = None
+            return None
+        ident = frame.user_id if frame.user_id is not None else frame.ssrc
+        return self._open_user(key, user, ident)
+
+    def _open_user(self, key: SpeakerKey, user: SinkUser, ident: int) -> _Output:
+        port = self._allocate(user, self._port_for(user, ident) if self._port_for is not None else None)
+        name = self._file_name(key, user, ident)
+        out = self._open_output(user, port, name, name[:-4])
+        self._outputs[key] = out
+        self._streams[key] = out.info
+        if self._on_stream is not None:
+            try:
+                self._on_stream(user, out.info.sdp_path)
+            except Exception:
+                log.exception("RTPForwardSink on_stream callback raised for %s", key)
+        return out
+
+    def _open_output(self, user: SinkUser, port: int, file_name: str, name: str) -> _Output:
+        ssrc = random.getrandbits(32)
+        text = opus_sdp(
+            self._host,
+            port,
+            payload_type=self.payload_type,
+            session_name=f"discord-voicerecv {name}",
+            session_id=ssrc,
+        )
+        path = self._sdp_dir / file_name
+        try:
+            path.write_text(text, encoding="utf-8", newline="")
+        except OSError as exc:
+            raise SinkError(str(path), exc.strerror or str(exc)) from exc
+        info = ForwardedStream(user, self._host, port, ssrc, text, path)
+        return _Output(info, self._sockaddr(port), self._sockaddr(port + 1))
+
+    def _sockaddr(self, port: int) -> tuple[str, int]:
+        return (self._host, port)
+
+    def _allocate(self, user: SinkUser, port: int | None) -> int:
+        """The RTP port of a new stream: ``port`` when given and free, else the next free even pair."""
+        if port is not None:
+            _check_port(port)
+            if port in self._ports:
+                raise ValueError(f"RTP port {port} is already used by another stream")
+        else:
+            while self._next_port in self._ports:
+                self._next_port += 2
+            port = self._next_port
+            _check_port(port)
+        self._ports.add(port)
+        return port
+
+    def _file_name(self, key: SpeakerKey, user: SinkUser, ident: int) -> str:
+        if isinstance(key, str):
+            stem = f"unknown-{ident}"
+        else:
+            display = getattr(user, "display_name", None)
+            safe = _UNSAFE.sub("_", display).strip("._")[:80] if isinstance(display, str) else ""
+            stem = f"{safe}-{ident}" if safe else str(ident)
+        candidate, n = f"{stem}.sdp", 1
+        while candidate.casefold() in self._names or candidate == "mix.sdp":
+            n += 1
+            candidate = f"{stem}-{n}.sdp"
+        self._names.add(candidate.casefold())
+        return candidate
+
+
+def _check_port(port: int) -> None:
+    if not 0 < port < 65_535 or port % 2:
+        raise ValueError(f"RTP ports must be even (RTCP takes the odd port above), not {port}")
+
+
+def _as_user(user: int | Snowflake) -> tuple[int, SinkUser]:
+    """The id of a user given to ``users=``, and the object handed to ``on_stream`` and ``port_for``."""
+    import discord
+
+    if isinstance(user, (discord.Member, discord.User, discord.Object)):
+        return user.id, user
+    ident = user if isinstance(user, int) else user.id
+    return ident, discord.Object(id=ident)
+
+
+def _frame_samples(toc: int) -> int:
+    config = toc >> 3
+    if config < 12:
+        return (480, 960, 1920, 2880)[config & 3]
+    if config < 16:
+        return 480 << (config & 1)
+    return 120 << (config & 3)
+
+
+_TOC_SLOTS = tuple(max(1, -(-_frame_samples(toc) * (1 if toc & 3 == 0 else 2) // FRAME_SAMPLES)) for toc in range(256))
+"""Slots covered by a code 0, 1 or 2 Opus packet, by its first byte (RFC 6716 section 3.1)."""
+
+
+def _slots_of(packet: bytes) -> int:
+    """How many 20 ms slots an Opus packet fills (at least one, so a damaged packet still moves time on)."""
+    if not packet:
+        return 1
+    toc = packet[0]
+    if toc & 3 != 3:
+        return _TOC_SLOTS[toc]
+    count = packet[1] & 0x3F if len(packet) > 1 else 1
+    return max(1, -(-_frame_samples(toc) * count // FRAME_SAMPLES))

@@ -1,0 +1,161 @@
+"""ffmpeg records what RTPForwardSink forwards from a real discord.py bot, with no re-encoding, on time."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import discord
+import numpy as np
+
+from discord_voicerecv import RTPForwardSink, VoiceRecvClient
+from discord_voicerecv.testing import LocalDiscord
+from discord_voicerecv.testing.analysis import normalized_xcorr, read_wav
+from discord_voicerecv.testing.bots import new_client, running
+from discord_voicerecv.testing.clips import load_clip
+
+RATE = 48_000
+CLIPS = {"alice": "en_gb_female", "bob": "fr_female"}
+
+
+def _ffmpeg() -> str:
+    found = shutil.which("ffmpeg")
+    if found is not None:
+        return found
+    import imageio_ffmpeg
+
+    exe: str = imageio_ffmpeg.get_ffmpeg_exe()
+    return exe
+
+
+def _free_ports(pairs: int) -> int:
+    """An even port starting ``pairs`` consecutive free UDP port pairs on 127.0.0.1."""
+    for _ in range(200):
+        base = random.randrange(20_000, 60_000, 2)
+        socks = []
+        try:
+            for port in range(base, base + 2 * pairs):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return base
+    raise RuntimeError("no free UDP ports")
+
+
+def _bound_udp_ports() -> set[int]:
+    ports: set[int] = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        ports.update(int(line.split()[1].rsplit(":", 1)[1], 16) for line in lines)
+    return ports
+
+
+def _record(sdp: Path, outputs: list[Path]) -> subprocess.Popen[bytes]:
+    """ffmpeg reading the SDP and copying the Opus packets, untouched, into every output file."""
+    command = [_ffmpeg(), "-hide_banner", "-nostats", "-loglevel", "error"]
+    command += ["-protocol_whitelist", "file,udp,rtp", "-i", str(sdp)]
+    for out in outputs:
+        command += ["-map", "0:a", "-c:a", "copy", "-y", str(out)]
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _finish(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bool, int, str]:
+    """Wait for ffmpeg to end on the RTCP BYE; if it does not, stop it cleanly with ``q``."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+        return True, proc.returncode, err.decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        _, err = proc.communicate(b"q", timeout=10)
+        return False, proc.returncode, err.decode(errors="replace")
+
+
+def _decode(path: Path) -> np.ndarray:
+    wav = path.with_suffix(path.suffix + ".wav")
+    command = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(path), "-ar", str(RATE), str(wav)]
+    subprocess.run(command, check=True, timeout=30)
+    rate, _, samples = read_wav(wav)
+    assert rate == RATE
+    return samples
+
+
+async def test_ffmpeg_records_each_forwarded_speaker_and_the_mix_from_the_sdp(
+    local: LocalDiscord, tmp_path: Path
+) -> None:
+    speakers = {name: local.add_speaker(name=name, clip=clip) for name, clip in CLIPS.items()}
+    sink = RTPForwardSink(
+        base_port=_free_ports(3),
+        users=[speaker.user_id for speaker in speakers.values()],
+        mix=True,
+        sdp_dir=tmp_path / "sdp",
+    )
+    assert sink.mix_stream is not None
+    files = {name: [tmp_path / f"{name}.webm", tmp_path / f"{name}.ogg"] for name in speakers}
+    files["mix"] = [tmp_path / "mix.webm"]
+    sdps = {name: sink.streams[speaker.user_id].sdp_path for name, speaker in speakers.items()}
+    sdps["mix"] = sink.mix_stream.sdp_path
+    ports = {sink.mix_stream.port, *(stream.port for stream in sink.streams.values())}
+    procs = {name: _record(sdps[name], files[name]) for name in files}
+    try:
+        deadline = time.monotonic() + 10
+        while not ports <= _bound_udp_ports():
+            assert time.monotonic() < deadline, "ffmpeg did not open the SDP ports"
+            await asyncio.sleep(0.02)
+
+        recorder = new_client()
+        async with running(recorder, "recorder-token"):
+            channel = recorder.get_channel(local.voice_channel_id)
+            assert isinstance(channel, discord.VoiceChannel)
+            vc = await channel.connect(cls=VoiceRecvClient)
+            await asyncio.sleep(0.5)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            vc.listen(sink)
+            await asyncio.sleep(0.3)
+            for speaker in speakers.values():
+                speaker.speak()
+                await speaker.wait_idle()
+                await asyncio.sleep(0.3)
+            await asyncio.to_thread(vc.stop_listening)
+            listened = loop.time() - started
+            stats = vc.receive_stats()
+        ended = {name: await asyncio.to_thread(_finish, proc, 10) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    for name, (by_itself, code, err) in ended.items():
+        assert code == 0, f"ffmpeg for {name} failed: {err}"
+        assert by_itself, f"ffmpeg for {name} did not end on the RTCP BYE"
+    assert sink.send_errors == 0
+    assert stats["decrypt_failed"] == 0
+
+    mix = _decode(files["mix"][0])
+    assert abs(len(mix) / RATE - listened) <= 0.04, f"mix: {len(mix) / RATE:.3f}s of audio, listened {listened:.3f}s"
+    for name, speaker in speakers.items():
+        clip = load_clip(CLIPS[name])
+        first_audio = next(frame for frame in speaker.sent if not frame.silence)
+        expected = first_audio.sent_at - started
+        for path in files[name]:
+            samples = _decode(path)
+            assert len(samples) == len(mix), f"{path.name}: {len(samples)} samples, the mix has {len(mix)}"
+            score, lag = normalized_xcorr(samples, clip)
+            assert score >= 0.9, f"{path.name}: score {score:.3f}"
+            assert abs(lag / RATE - expected) <= 0.04, f"{path.name}: at {lag / RATE:.3f}s, sent at {expected:.3f}s"
+        score, lag = normalized_xcorr(mix, clip)
+        assert score >= 0.9, f"mix vs {name}: score {score:.3f}"
+        assert abs(lag / RATE - expected) <= 0.04, f"mix: {name} at {lag / RATE:.3f}s, sent at {expected:.3f}s"

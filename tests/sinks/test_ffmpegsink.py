@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import discord
+import numpy as np
+import pytest
+
+from discord_voicerecv.errors import SinkError
+from discord_voicerecv.ffmpeg import find_ffmpeg
+from discord_voicerecv.frames import FRAME_BYTES, FRAME_SAMPLES, VoiceFrame
+from discord_voicerecv.sinks import FFmpegSink, SinkUser
+
+ANN = discord.Object(id=11)
+BOB = discord.Object(id=22)
+UNKNOWN_SSRC = 999
+
+# (user, user_id, ticks): Ann talks, pauses and talks again; Bob starts at 5; an unmapped SSRC speaks at 12..14.
+SCRIPT: list[tuple[SinkUser, int | None, range]] = [
+    (ANN, 11, range(0, 10)),
+    (ANN, 11, range(20, 30)),
+    (BOB, 22, range(5, 15)),
+    (None, None, range(12, 15)),
+]
+TOTAL = 40
+
+
+def noise(seed: int, tick: int, scale: int = 12_000) -> bytes:
+    rng = np.random.default_rng(seed * 100_003 + tick)
+    return rng.integers(-scale, scale, FRAME_SAMPLES * 2).astype("<i2").tobytes()
+
+
+def frame(tick: int, user_id: int | None, pcm: bytes) -> VoiceFrame:
+    ssrc = user_id or UNKNOWN_SSRC
+    return VoiceFrame(ssrc, user_id, tick, pcm, None, tick, tick * FRAME_SAMPLES)
+
+
+def play(sink: FFmpegSink, total: int = TOTAL) -> dict[int | None, bytearray]:
+    expected: dict[int | None, bytearray] = {}
+    for tick in range(total):
+        for user, uid, ticks in SCRIPT:
+            if tick in ticks:
+                pcm = noise(uid or 0, tick)
+                track = expected.setdefault(uid, bytearray())
+                track += bytes(tick * FRAME_BYTES - len(track)) + pcm
+                sink.write(user, frame(tick, uid, pcm))
+        sink.advance(tick)
+    for track in expected.values():
+        track += bytes(total * FRAME_BYTES - len(track))
+    return expected
+
+
+def decode(path: Path) -> bytes:
+    result = subprocess.run(
+        [find_ffmpeg(), "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "2", "-ar", "48000", "pipe:1"],
+        capture_output=True,
+        check=True,
+    )
+    return result.stdout
+
+
+def saturated_sum(tracks: list[bytearray]) -> bytes:
+    total = sum(np.frombuffer(bytes(t), dtype="<i2").astype(np.int64) for t in tracks)
+    return np.clip(total, -32768, 32767).astype("<i2").tobytes()
+
+
+def fake_ffmpeg(path: Path, body: str) -> Path:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_flac_tracks_are_lossless_aligned_and_of_equal_length(tmp_path: Path) -> None:
+    sink = FFmpegSink(tmp_path, "flac")
+    expected = play(sink)
+    sink.cleanup()
+    assert {key: path.name for key, path in sink.files.items()} == {
+        11: "11.flac",
+        22: "22.flac",
+        f"ssrc:{UNKNOWN_SSRC}": f"unknown-{UNKNOWN_SSRC}.flac",
+    }
+    for key, path in sink.files.items():
+        uid = key if isinstance(key, int) else None
+        assert decode(path) == bytes(expected[uid]), path.name
+    assert sink.mix_path == tmp_path / "mix.flac"
+    assert decode(sink.mix_path) == saturated_sum(list(expected.values()))
+    assert sink.overflow == 0 and sink.dropped == 0
+
+
+def test_mp3_keeps_length_and_alignment(tmp_path: Path) -> None:
+    sink = FFmpegSink(tmp_path, "mp3", mix=False)
+    t = np.arange(TOTAL * FRAME_SAMPLES) / 48_000
+    tone = np.repeat((8000 * np.sin(2 * np.pi * 440 * t) * (t > 0.2)).astype("<i2"), 2).tobytes()
+    for tick in range(TOTAL):
+        sink.write(ANN, frame(tick, 11, tone[tick * FRAME_BYTES : (tick + 1) * FRAME_BYTES]))
+        sink.advance(tick)
+    sink.cleanup()
+    assert sink.mix_path is None
+    decoded = decode(sink.files[11])
+    # ffmpeg writes LAME's encoder delay and padding into the Xing/LAME header and its decoder trims them.
+    assert len(decoded) == len(tone)
+    a = np.frombuffer(decoded, dtype="<i2").astype(float)
+    b = np.frombuffer(tone, dtype="<i2").astype(float)
+    assert float(a @ b / np.sqrt((a @ a) * (b @ b))) >= 0.99
+
+
+def test_mix_only_and_per_user_only(tmp_path: Path) -> None:
+    mix_only = FFmpegSink(tmp_path / "mix", "flac", per_user=False)
+    expected = play(mix_only)
+    mix_only.cleanup()
+    assert dict(mix_only.files) == {}
+    assert mix_only.mix_path is not None
+    assert decode(mix_only.mix_path) == saturated_sum(list(expected.values()))
+    users_only = FFmpegSink(tmp_path / "users", "flac", mix=False, naming=lambda user, uid: f"speaker {uid}")
+    play(users_only)
+    users_only.cleanup()
+    assert sorted(p.name for p in (tmp_path / "users").iterdir()) == [
+        "speaker_11.flac",
+        "speaker_22.flac",
+        "speaker_None.flac",
+    ]
+    with pytest.raises(ValueError):
+        FFmpegSink(tmp_path, "flac", per_user=False, mix=False)
+    with pytest.raises(ValueError):
+        FFmpegSink(tmp_path, "../flac")
+
+
+def test_open_slot_and_late_frames_at_cleanup(tmp_path: Path) -> None:
+    sink = FFmpegSink(tmp_path, "flac")
+    sink.write(ANN, frame(0, 11, noise(1, 0)))
+    sink.advance(0)
+    sink.write(BOB, frame(1, 22, noise(2, 1)))
+    sink.write(ANN, frame(0, 11, noise(1, 0)))  # late
+    sink.cleanup()
+    sink.write(ANN, frame(2, 11, noise(1, 2)))  # after cleanup
+    assert sink.dropped == 2
+    lengths = {len(decode(p)) for p in [*sink.files.values(), sink.mix_path] if p is not None}
+    assert lengths == {2 * FRAME_BYTES}
+
+
+def test_audio_is_streamed_while_recording(tmp_path: Path) -> None:
+    sink = FFmpegSink(tmp_path, "flac", per_user=False)
+    for tick in range(150):
+        sink.write(ANN, frame(tick, 11, noise(1, tick)))
+        sink.advance(tick)
+    path = sink.mix_path
+    assert path is not None
+
+    def size() -> int:
+        return path.stat().st_size if path.exists() else 0
+
+    deadline = time.monotonic() + 5
+    while size() < 100_000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert size() >= 100_000, "ffmpeg should have encoded most of 3 s before the end"
+    sink.cleanup()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fake ffmpeg is a shell script")
+def test_ffmpeg_exiting_early_is_reported_with_its_stderr(tmp_path: Path) -> None:
+    tool = fake_ffmpeg(tmp_path / "ffmpeg", "echo 'Unknown encoder libnothing' >&2\nexit 1")
+    sink = FFmpegSink(tmp_path / "out", "flac", ffmpeg=tool)
+    deadline = time.monotonic() + 5
+    tick = 0
+    with pytest.raises(SinkError, match="Unknown encoder libnothing") as info:
+        while time.monotonic() < deadline:
+            sink.write(ANN, frame(tick, 11, noise(1, tick)))
+            sink.advance(tick)
+            tick += 1
+            time.sleep(0.005)
+    assert "status 1" in str(info.value)
+    with pytest.raises(SinkError, match="Unknown encoder libnothing"):
+        sink.cleanup()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fake ffmpeg is a shell script")
+def test_a_stalled_ffmpeg_never_blocks_the_sink(tmp_path: Path) -> None:
+    tool = fake_ffmpeg(tmp_path / "ffmpeg", "exec sleep 30")  # never reads its stdin
+    sink = FFmpegSink(tmp_path / "out", "flac", ffmpeg=tool, buffer_seconds=0.2, finish_timeout=0.5)
+    slowest = 0.0
+    for tick in range(500):  # 10 s of audio: far more than the pipe and the buffer hold
+        started = time.perf_counter()
+        sink.write(ANN, frame(tick, 11, noise(1, tick % 7)))
+        sink.advance(tick)
+        slowest = max(slowest, time.perf_counter() - started)
+    assert slowest < 0.1, f"a sink call took {slowest * 1000:.0f} ms"
+    assert sink.overflow > 0
+    started = time.monotonic()
+    with pytest.raises(SinkError, match="did not finish"):
+        sink.cleanup()
+    assert time.monotonic() - started < 3

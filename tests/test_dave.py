@@ -1,0 +1,473 @@
+"""The DAVE receive layer against real davey sessions grouped by the local Discord's MLS coordinator."""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+
+import davey
+import numpy as np
+import pytest
+
+from discord_voicerecv.dave import DaveFrameDecryptor, is_dave_frame
+from discord_voicerecv.errors import E2EEDecryptError
+from discord_voicerecv.frames import OPUS_SILENCE, VoiceFrame
+from discord_voicerecv.opus import OpusEncoder
+from discord_voicerecv.protocol.rtp import build_rtp_header
+from discord_voicerecv.protocol.transport import make_cipher
+from discord_voicerecv.reader import Receiver
+from discord_voicerecv.sinks.base import AudioSink, SinkUser
+from discord_voicerecv.testing.dave_group import DaveGroupCoordinator, Outbound
+from discord_voicerecv.testing.speakers import DaveClient
+
+CHANNEL = 4_242_000_111
+ALICE, BOB, CAROL = 1001, 2002, 3003
+AUDIO = davey.MediaType.audio
+OPUS = b"\x78" + bytes(range(1, 61))
+
+
+class Group:
+    """Members driven in-process by the coordinator through one FIFO; messages to a member can be parked."""
+
+    def __init__(self) -> None:
+        self.coordinator = DaveGroupCoordinator(CHANNEL)
+        self.members: dict[int, DaveClient] = {}
+        self.queue: deque[tuple[str, object]] = deque()
+        self.parked: dict[int, list[Outbound]] = {}
+        self.invalid: list[tuple[int, int]] = []
+
+    def join(self, user_id: int) -> DaveClient:
+        client = DaveClient(user_id, CHANNEL)
+        client.send_json = lambda op, data: self.queue.append(("up", (user_id, op, data)))
+        client.send_binary = lambda op, payload: self.queue.append(("up", (user_id, op, payload)))
+        self.members[user_id] = client
+        client.start(self.coordinator.protocol_version, send_key_package=False)
+        self._down(self.coordinator.member_joined(user_id))
+        client.send_key_package()
+        return client
+
+    def leave(self, user_id: int) -> None:
+        del self.members[user_id]
+        self._down(self.coordinator.member_left(user_id))
+
+    def park(self, user_id: int) -> None:
+        self.parked.setdefault(user_id, [])
+
+    def release(self, user_id: int) -> None:
+        for out in self.parked.pop(user_id, []):
+            self.queue.append(("down", out))
+        self.run()
+
+    def _down(self, outs: Iterable[Outbound]) -> None:
+        self.queue.extend(("down", out) for out in outs)
+
+    def run(self) -> None:
+        for _ in range(1000):
+            if not self.queue:
+                return
+            kind, item = self.queue.popleft()
+            if kind == "down":
+                assert isinstance(item, Outbound)
+                if item.user_id in self.parked:
+                    self.parked[item.user_id].append(item)
+                    continue
+                member = self.members.get(item.user_id)
+                if member is None:
+                    continue
+                if item.binary is not None:
+                    member.handle_binary(item.binary[0], item.binary[1:])
+                else:
+                    member.handle_json(item.opcode, item.json)
+            else:
+                user_id, op, data = item  # type: ignore[misc]
+                self._down(self._serve(user_id, op, data))
+        raise AssertionError("the group never settled")
+
+    def _serve(self, user_id: int, op: int, data: object) -> list[Outbound]:
+        coordinator = self.coordinator
+        if user_id not in self.members:
+            return []
+        if op == 26:
+            assert isinstance(data, bytes)
+            return coordinator.key_package(user_id, data)
+        if op == 28:
+            assert isinstance(data, bytes)
+            return coordinator.commit_welcome(user_id, data)
+        assert isinstance(data, dict)
+        if op == 23:
+            return coordinator.transition_ready(user_id, data["transition_id"])
+        assert op == 31
+        self.invalid.append((user_id, data["transition_id"]))
+        return coordinator.invalid_commit_welcome(user_id, data["transition_id"])
+
+    def session(self, user_id: int) -> davey.DaveSession:
+        session = self.members[user_id].session
+        assert session is not None
+        return session
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _pair() -> tuple[Group, DaveClient, DaveClient]:
+    group = Group()
+    alice = group.join(ALICE)
+    bob = group.join(BOB)
+    group.run()
+    assert alice.can_encrypt and bob.can_encrypt
+    return group, alice, bob
+
+
+def _decryptor(
+    group: Group, user_id: int, clock: Clock | None = None, **kwargs: object
+) -> tuple[DaveFrameDecryptor, dict[str, object]]:
+    """A decryptor reading ``user_id``'s session, with switchable version and downgrade flag."""
+    flags: dict[str, object] = {"version": 1, "downgraded": False, "recovered": []}
+    decryptor = DaveFrameDecryptor(
+        lambda: group.members[user_id].session,
+        lambda: int(flags["version"]),  # type: ignore[call-overload]
+        get_downgraded=lambda: bool(flags["downgraded"]),
+        on_recover=flags["recovered"].append,  # type: ignore[attr-defined]
+        clock=clock or Clock(),
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return decryptor, flags
+
+
+def _tampered(frame: bytes) -> bytes:
+    return bytes((frame[0] ^ 0x55,)) + frame[1:]
+
+
+def test_davey_error_messages_the_classifier_relies_on() -> None:
+    group, alice, bob = _pair()
+    frame = alice.encrypt(OPUS)
+    cases = {
+        "NoDecryptorForUser": (CAROL, frame),
+        "UnencryptedWhenPassthroughDisabled": (ALICE, OPUS),
+        "NoValidCryptorFound": (ALICE, _tampered(frame)),
+    }
+    for marker, (user_id, data) in cases.items():
+        with pytest.raises(ValueError, match=marker):
+            group.session(BOB).decrypt(user_id, AUDIO, data)
+
+
+def test_members_frames_decrypt_and_silence_passes_untouched() -> None:
+    group, alice, _ = _pair()
+    decryptor, _ = _decryptor(group, BOB)
+    frame = alice.encrypt(OPUS)
+    assert is_dave_frame(frame) and not is_dave_frame(OPUS)
+    assert decryptor.decrypt(ALICE, frame) == OPUS
+    assert decryptor.decrypt(ALICE, OPUS_SILENCE) == OPUS_SILENCE
+    assert decryptor.user_stats() == {ALICE: {"decrypted": 1}}
+    assert decryptor.privacy_code() == group.session(ALICE).voice_privacy_code is not None
+
+
+def test_a_sender_not_in_our_group_yet_is_held() -> None:
+    group, alice, _ = _pair()
+    decryptor, _ = _decryptor(group, BOB)
+    group.park(BOB)
+    group.join(CAROL)
+    group.run()
+    carol = group.members[CAROL]
+    assert carol.can_encrypt
+    frame = carol.encrypt(OPUS)
+    assert decryptor.decrypt(CAROL, frame) is None
+    group.release(BOB)
+    assert decryptor.decrypt(CAROL, frame) == OPUS
+    assert decryptor.user_stats()[CAROL] == {"held": 1, "decrypted": 1}
+
+
+def test_frames_of_a_new_epoch_that_beat_our_commit_are_held_then_decrypt() -> None:
+    group, alice, _ = _pair()
+    clock = Clock()
+    decryptor, _ = _decryptor(group, BOB, clock)
+    old_epoch = group.session(BOB).epoch
+    group.park(BOB)
+    group.join(CAROL)
+    group.run()
+    assert group.session(ALICE).epoch == old_epoch + 1 and group.session(BOB).epoch == old_epoch
+    frame = alice.encrypt(OPUS)
+    with pytest.raises(ValueError, match="NoValidCryptorFound"):
+        group.session(BOB).decrypt(ALICE, AUDIO, frame)
+    assert decryptor.decrypt(ALICE, frame) is None
+    clock.t += 0.04
+    assert decryptor.decrypt(ALICE, frame) is None
+    group.release(BOB)
+    assert decryptor.decrypt(ALICE, frame) == OPUS
+    assert "failed:auth" not in decryptor.user_stats()[ALICE]
+
+
+def test_a_tampered_frame_is_held_for_the_hold_window_then_dropped_as_auth() -> None:
+    group, alice, _ = _pair()
+    clock = Clock()
+    decryptor, flags = _decryptor(group, BOB, clock, hold=0.06)
+    bad = _tampered(alice.encrypt(OPUS))
+    assert decryptor.decrypt(ALICE, bad) is None
+    clock.t += 0.059
+    assert decryptor.decrypt(ALICE, bad) is None
+    clock.t += 0.002
+    with pytest.raises(E2EEDecryptError) as info:
+        decryptor.decrypt(ALICE, bad)
+    assert info.value.reason == "auth"
+    with pytest.raises(E2EEDecryptError):
+        decryptor.decrypt(ALICE, _tampered(alice.encrypt(OPUS)))
+    assert decryptor.decrypt(ALICE, alice.encrypt(OPUS)) == OPUS
+    assert decryptor.decrypt(ALICE, bad) is None, "a success ends the failure streak: a new one starts held"
+    assert decryptor.user_stats()[ALICE] == {"held": 3, "failed:auth": 2, "decrypted": 1}
+    assert flags["recovered"] == []
+
+
+def test_plaintext_passes_only_inside_a_passthrough_window() -> None:
+    group, alice, _ = _pair()
+    decryptor, flags = _decryptor(group, BOB)
+    with pytest.raises(E2EEDecryptError) as info:
+        decryptor.decrypt(ALICE, OPUS)
+    assert info.value.reason == "plaintext"
+    with pytest.raises(E2EEDecryptError):
+        decryptor.decrypt(CAROL, OPUS)
+    flags["downgraded"] = True
+    assert decryptor.decrypt(ALICE, OPUS) == OPUS
+    flags["downgraded"] = False
+    flags["version"] = 0
+    assert decryptor.decrypt(CAROL, OPUS) == OPUS
+    flags["version"] = 1
+    group.session(BOB).set_passthrough_mode(True, None)
+    assert decryptor.decrypt(ALICE, OPUS) == OPUS
+    group.session(BOB).set_passthrough_mode(False, 0)
+    with pytest.raises(E2EEDecryptError):
+        decryptor.decrypt(ALICE, OPUS)
+    stats = decryptor.user_stats()
+    assert stats[ALICE] == {"failed:plaintext": 2, "passthrough": 2}
+    assert stats[CAROL] == {"failed:plaintext": 1, "passthrough": 1}
+
+
+def test_no_session_means_no_dave_and_dave_frames_wait_for_one() -> None:
+    decryptor = DaveFrameDecryptor(lambda: None, lambda: 0)
+    assert decryptor.decrypt(ALICE, OPUS) == OPUS
+    group, alice, _ = _pair()
+    assert decryptor.decrypt(ALICE, alice.encrypt(OPUS)) is None
+    assert decryptor.privacy_code() is None
+
+
+def test_sustained_auth_failures_trigger_one_rate_limited_recovery() -> None:
+    group, alice, _ = _pair()
+    clock = Clock()
+    decryptor, flags = _decryptor(group, BOB, clock, hold=0.05, recover_after=10, recover_interval=5.0)
+    recovered: list[int] = flags["recovered"]  # type: ignore[assignment]
+
+    def fail(n: int) -> None:
+        for _ in range(n):
+            clock.t += 0.02
+            result = None
+            try:
+                result = decryptor.decrypt(ALICE, _tampered(alice.encrypt(OPUS)))
+            except E2EEDecryptError as exc:
+                assert exc.reason == "auth"
+            assert result is None
+
+    fail(3)
+    fail(10)
+    assert recovered == [ALICE] and decryptor.recoveries == 1
+    fail(100)
+    assert recovered == [ALICE], "at most one recovery per interval"
+    fail(200)
+    assert recovered == [ALICE, ALICE], "a sender still failing after the interval gets another one"
+    fail(300)
+    assert len(recovered) == 2, "the interval doubled: not 5 s again..."
+    fail(250)
+    assert len(recovered) == 3, "...but 10 s"
+    assert decryptor.decrypt(ALICE, alice.encrypt(OPUS)) == OPUS
+    assert decryptor.user_stats()[ALICE]["failed:auth"] > 700
+
+
+def test_no_recovery_while_the_sender_is_outside_our_group() -> None:
+    group, alice, _ = _pair()
+    clock = Clock()
+    decryptor, flags = _decryptor(group, BOB, clock, recover_after=3)
+    group.park(BOB)
+    group.leave(ALICE)
+    group.join(CAROL)
+    group.run()
+    group.release(BOB)
+    assert str(ALICE) not in group.session(BOB).get_user_ids()
+    for _ in range(20):
+        clock.t += 0.02
+        assert decryptor.decrypt(ALICE, _tampered(alice.encrypt(OPUS))) is None
+    assert flags["recovered"] == []
+
+
+def test_recovery_through_op31_brings_the_sender_back() -> None:
+    """What the client does on ``on_recover``: op31 + re-init; the coordinator re-adds us and audio decrypts."""
+    group, alice, bob = _pair()
+    group.join(CAROL)
+    group.run()
+    clock = Clock()
+    decryptor, flags = _decryptor(group, BOB, clock, recover_after=5)
+    group.session(BOB).reinit(1, BOB, CHANNEL)  # our MLS state is gone without the group knowing
+    group.session(BOB).set_external_sender(group.coordinator.external_sender)
+    assert decryptor.decrypt(ALICE, alice.encrypt(OPUS)) is None
+    bob.send_json(31, {"transition_id": 0})
+    bob.start(1)
+    group.run()
+    assert group.invalid == [(BOB, 0)]
+    assert decryptor.decrypt(ALICE, alice.encrypt(OPUS)) == OPUS
+    assert decryptor.decrypt(CAROL, group.members[CAROL].encrypt(OPUS)) == OPUS
+
+
+def test_one_session_used_from_two_threads_never_raises_anything_unexpected() -> None:
+    """The socket thread decrypts while the event loop thread commits, re-initialises and toggles passthrough.
+
+    davey holds the GIL for every call, so the two threads' calls are serialised: no "already borrowed", no
+    partially applied commit, every frame that decrypts is exactly what was sent. Each frame is decrypted once
+    (fresh nonces), so every call reaches davey.
+    """
+    group, alice, bob = _pair()
+    decryptor, _ = _decryptor(group, BOB, hold=0.0, recover_after=1_000_000)
+    frames: deque[tuple[bytes, bytes]] = deque()
+    outcomes: dict[str, int] = {}
+    unexpected: list[BaseException] = []
+    stop = threading.Event()
+
+    def socket_thread() -> None:
+        while not stop.is_set() or frames:
+            try:
+                plain, frame = frames.popleft()
+            except IndexError:
+                time.sleep(0)
+                continue
+            try:
+                out = decryptor.decrypt(ALICE, frame)
+            except E2EEDecryptError as exc:
+                key = "failed:" + exc.reason
+            except BaseException as exc:  # noqa: BLE001 - anything else is the finding
+                unexpected.append(exc)
+                continue
+            else:
+                key = "held" if out is None else "ok" if out == plain else "garbage"
+            outcomes[key] = outcomes.get(key, 0) + 1
+
+    def encrypt_batch(n: int) -> None:
+        for k in range(400):
+            payload = bytes((0x78, n & 0xFF, k & 0xFF)) + OPUS[3:]
+            frames.append((payload, alice.encrypt(payload)))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    thread = threading.Thread(target=socket_thread)
+    thread.start()
+    n = 0
+    try:
+        deadline = time.monotonic() + 0.4
+        while time.monotonic() < deadline:
+            n += 1
+            encrypt_batch(n)
+            group.join(CAROL) if n % 2 else group.leave(CAROL)
+            group.run()
+            session = group.session(BOB)
+            session.set_passthrough_mode(True, None)
+            session.set_passthrough_mode(False, 0)
+            if n % 5 == 0:
+                bob.start(1)
+                group.run()
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert unexpected == []
+    assert outcomes.get("garbage", 0) == 0
+    assert outcomes.get("ok", 0) > 500 and n >= 5, (outcomes, n)
+
+
+# The receiver with the real decryptor ---------------------------------------------------------------------------
+
+MODE = "aead_aes256_gcm_rtpsize"
+KEY = bytes(range(32))
+SSRC = 0xABCD
+
+
+class Sink(AudioSink):
+    def __init__(self) -> None:
+        self.frames: list[VoiceFrame] = []
+
+    def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        self.frames.append(frame)
+
+    def advance(self, tick: int) -> None:
+        pass
+
+    def cleanup(self) -> None:
+        pass
+
+
+def _tone(frames: int) -> list[bytes]:
+    encoder = OpusEncoder()
+    out = []
+    for k in range(frames):
+        t = np.arange(k * 960, (k + 1) * 960) / 48000.0
+        mono = (8000 * np.sin(2 * math.pi * 330 * t)).astype("<i2")
+        out.append(encoder.encode(np.repeat(mono, 2).tobytes()))
+    return out
+
+
+def test_receiver_never_decodes_a_failed_frame_and_keeps_the_rest_in_time() -> None:
+    group, alice, _ = _pair()
+    clock = Clock()
+    decryptor, flags = _decryptor(group, BOB, clock, hold=0.06, recover_after=10)
+    sink = Sink()
+    receiver = Receiver(sink, decryptor=decryptor, clock=clock, playout_delay=0.1)
+    receiver.set_transport(MODE, KEY)
+    receiver.start(threaded=False)
+    receiver.map_ssrc(SSRC, ALICE)
+    cipher = make_cipher(MODE, KEY)
+    opus = _tone(60)
+    tampered = {5, *range(30, 45)}
+    sent: dict[int, bytes] = {}
+    t0 = clock.t
+    for i, packet in enumerate(opus):
+        frame = alice.encrypt(packet)
+        if i in tampered:
+            frame = _tampered(frame)
+        sent[i] = frame
+        header = build_rtp_header(sequence=100 + i, timestamp=5000 + 960 * i, ssrc=SSRC)
+        arrival = t0 + 0.2 + 0.02 * i
+        receiver.pump(until=arrival)
+        clock.t = arrival
+        receiver.feed(cipher.encrypt_rtp(header, frame))
+    receiver.pump(until=clock.t + 0.5)
+    clock.t += 0.5
+    receiver.stop()
+    stats = receiver.stats()
+    by_sequence = {f.sequence: f for f in sink.frames}
+    for i, packet in enumerate(opus):
+        frame = by_sequence.get(100 + i)
+        if i in tampered:
+            assert frame is None or frame.concealed, f"tampered frame {i} was decoded"
+        else:
+            assert frame is not None and frame.opus == packet and not frame.concealed, f"frame {i} lost"
+    assert all(f.opus not in sent.values() for f in sink.frames if f.opus is not None)
+    assert stats["e2ee_failed:auth"] == len(tampered)
+    assert stats.by_user[ALICE]["e2ee_failed:auth"] == len(tampered)
+    assert stats["late"] == 0 and stats["e2ee_expired"] == 0
+    assert decryptor.user_stats()[ALICE]["failed:auth"] == len(tampered)
+    assert flags["recovered"] == [ALICE], "15 consecutive failures while in the group ask for a recovery"
+
+
+def test_a_duplicated_packet_is_not_an_authentication_failure() -> None:
+    """davey refuses a nonce twice (replay protection); a network duplicate must still not look like tampering."""
+    group, alice, _ = _pair()
+    decryptor, _ = _decryptor(group, BOB)
+    frame = alice.encrypt(OPUS)
+    assert decryptor.decrypt(ALICE, frame) == OPUS
+    with pytest.raises(ValueError, match="NoValidCryptorFound"):
+        group.session(BOB).decrypt(ALICE, AUDIO, frame)
+    assert decryptor.decrypt(ALICE, frame) == OPUS
+    assert decryptor.user_stats()[ALICE] == {"decrypted": 1, "duplicate": 1}
