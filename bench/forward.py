@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import random
 import socket
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -68,17 +67,17 @@ def speech(speakers: int, slots: int, talk: float, with_pcm: bool) -> list[list[
     pools = []
     for i in range(speakers):
         encoder = OpusEncoder()
-        pcm = list(clip_frames(names[i % len(names)], loop=False))
-        pools.append([(encoder.encode(frame), frame) for frame in pcm])
+        frames = list(clip_frames(names[i % len(names)], loop=False))
+        pools.append([(encoder.encode(frame), frame) for frame in frames])
     timeline: list[list[VoiceFrame]] = [[] for _ in range(slots)]
     for i in range(speakers):
         tick = 0
         while tick < slots:
             spurt = rng.randrange(50, 150)
             for k in range(tick, min(slots, tick + spurt)):
-                opus, pcm = pools[i][k % len(pools[i])]
+                packet, pcm = pools[i][k % len(pools[i])]
                 timeline[k].append(
-                    VoiceFrame(1000 + i, 100 + i, k, pcm if with_pcm else b"", opus, k & 0xFFFF, k * FRAME_SAMPLES)
+                    VoiceFrame(1000 + i, 100 + i, k, pcm if with_pcm else b"", packet, k & 0xFFFF, k * FRAME_SAMPLES)
                 )
             tick += spurt
             if talk < 1:
@@ -147,7 +146,7 @@ def measure(
         packets = packets_of(sink)
         sink.cleanup()
         runs.append((cpu, wall))
-    cpu, wall = statistics.median(runs)
+    cpu, wall = sorted(runs)[len(runs) // 2]
     return Result(name, packets, len(timeline), wall, cpu)
 
 

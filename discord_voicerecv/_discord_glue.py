@@ -9,11 +9,13 @@ silence.
 from __future__ import annotations
 
 import contextlib
+import logging
+import select
 import socket
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from discord.voice_state import VoiceConnectionState
+from discord.voice_state import SocketReader, VoiceConnectionState
 
 if TYPE_CHECKING:
     import davey
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = (
     "MIN_DISCORD_VERSION",
     "ReceivingConnectionState",
+    "WakeableSocketReader",
     "WebsocketHook",
     "add_socket_listener",
     "connection_state",
@@ -34,8 +37,9 @@ __all__ = (
     "remove_socket_listener",
     "send_udp",
     "transport_params",
-    "wake_socket_reader",
 )
+
+_log = logging.getLogger(__name__)
 
 MIN_DISCORD_VERSION = (2, 7, 1)
 
@@ -43,32 +47,79 @@ WebsocketHook = Callable[[Any, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 class ReceivingConnectionState(VoiceConnectionState):
-    """discord.py's connection state, waking its socket reader before the voice socket is closed.
+    """discord.py's connection state with a socket reader that a pause or a reconnect always wakes.
 
-    discord.py's reader thread waits in ``select()`` on the voice socket for up to 30 s. Without listeners it is
-    paused outside ``select()``; with ours registered it is inside it, and closing the socket (every reconnect)
-    does not wake it. It then sleeps on the dead socket, the new socket's IP discovery reply is never read, and
-    the reconnect stalls for up to 30 s or times out. Pausing the reader and shutting the socket down first wakes
-    it at once (the read then fails with ``EAGAIN``, which the reader ignores), so it picks up the new socket.
+    See :class:`WakeableSocketReader`: with discord.py's own reader, a listener kept registered across a reconnect
+    can leave the reader asleep on the closed socket, and discord.py's IP discovery on the new socket then waits up
+    to 30 s for a reply nobody reads.
     """
 
-    async def disconnect(self, *, force: bool = True, cleanup: bool = True, wait: bool = False) -> None:
-        if force or self.is_connected():
-            wake_socket_reader(self)
-        await super().disconnect(force=force, cleanup=cleanup, wait=wait)
-
-    async def soft_disconnect(self, **kwargs: Any) -> None:
-        wake_socket_reader(self)
-        await super().soft_disconnect(**kwargs)
+    def __init__(self, voice_client: discord.VoiceClient, *, hook: WebsocketHook | None = None) -> None:
+        super().__init__(voice_client, hook=hook)
+        original = self._socket_reader
+        original.stop()
+        self._socket_reader = WakeableSocketReader(self)
+        self._socket_reader.start()
 
 
-def wake_socket_reader(state: VoiceConnectionState) -> None:
-    """Pause discord.py's socket reader and make a ``select()`` on the current socket return."""
-    state._socket_reader.pause()
-    sock = state.socket
-    if isinstance(sock, socket.socket):
+class WakeableSocketReader(SocketReader):
+    """discord.py's socket reader thread, waiting on the voice socket *and* a wake-up socket.
+
+    discord.py's reader sleeps in ``select()`` on the voice socket for up to 30 s and is not woken by closing it.
+    While no listener is registered it is paused outside ``select()``, so plain discord.py never notices; with a
+    receive listener registered it is inside it at every reconnect. The kernel then keeps it waiting on the dead
+    socket (or re-polls a new socket that reused the descriptor number without waiting on it), the new socket's IP
+    discovery reply is never read, and the reconnect stalls until the timeout. Here ``pause()`` and ``stop()``
+    write to a socketpair the reader also waits on, so it always comes back to re-read ``state.socket``.
+    """
+
+    def __init__(self, state: VoiceConnectionState, *, start_paused: bool = True) -> None:
+        super().__init__(state, start_paused=start_paused)
+        self._wake_recv, self._wake_send = socket.socketpair()
+        self._wake_recv.setblocking(False)
+        self._wake_send.setblocking(False)
+
+    def pause(self) -> None:
+        super().pause()
+        self._wake()
+
+    def stop(self) -> None:
+        super().stop()
+        self._wake()
+
+    def _wake(self) -> None:
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RD)
+            self._wake_send.send(b"\0")
+
+    def _do_run(self) -> None:
+        try:
+            while not self._end.is_set():
+                if not self._running.is_set():
+                    self._running.wait()
+                    continue
+                sock = self.state.socket
+                try:
+                    readable, _, _ = select.select([sock, self._wake_recv], [], [], 30)
+                except (ValueError, TypeError, OSError):
+                    self._end.wait(0.01)
+                    continue
+                if self._wake_recv in readable:
+                    with contextlib.suppress(OSError):
+                        self._wake_recv.recv(4096)
+                if sock not in readable:
+                    continue
+                try:
+                    data = sock.recv(2048)
+                except OSError:
+                    continue
+                for callback in list(self._callbacks):
+                    try:
+                        callback(data)
+                    except Exception:
+                        _log.exception("voice socket listener %r raised", callback)
+        finally:
+            self._wake_recv.close()
+            self._wake_send.close()
 
 
 def make_connection_state(client: discord.VoiceClient, hook: WebsocketHook) -> VoiceConnectionState:

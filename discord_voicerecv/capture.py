@@ -146,7 +146,7 @@ def _read_rtpdump(f: BinaryIO, head: bytes) -> Iterator[CapturedDatagram]:
     if not line.startswith(_RTPDUMP_MAGIC) or not line.endswith(b"\n"):
         raise CaptureFormatError("rtpdump file without its '#!rtpplay1.0 address/port' line")
     host, _, port = line[len(_RTPDUMP_MAGIC) :].strip().decode("ascii", "replace").rpartition("/")
-    if not port.isdigit():
+    if not port.isdigit() or int(port) > 0xFFFF:
         raise CaptureFormatError(f"rtpdump address line {line!r} has no port")
     dst = (host.strip("[]"), int(port))
     sec, usec, _source, _port, _pad = _RTPDUMP_HEADER.unpack(_read_exact(f, _RTPDUMP_HEADER.size, "rtpdump header"))

@@ -209,7 +209,7 @@ class VoiceRecvClient(discord.VoiceClient):
         limited: LimitSink | None = None
         if max_duration is not None or max_bytes is not None:
             main = limited = LimitSink(main, max_duration=max_duration, max_bytes=max_bytes)
-        hub = SinkHub(main, started_at=time.time())
+        hub = SinkHub(main)
         with self._receiver_lock:
             if self._receiver is not None and self._receiver.is_running:
                 raise AlreadyListening("already listening; call stop_listening() first")
@@ -238,6 +238,7 @@ class VoiceRecvClient(discord.VoiceClient):
                 receiver.map_ssrc(ssrc, user_id)
             if limited is not None:
                 limited.on_limit = lambda reason: self._limit_reached(receiver, reason)
+            hub.started_at = time.time()
             receiver.start()
             self._receiver = receiver
             self._hub = hub
@@ -287,9 +288,10 @@ class VoiceRecvClient(discord.VoiceClient):
             hub.attach(stream)
             return stream
         self.listen(stream)
-        if self._hub is not None:
-            stream.started_at = self._hub.started_at
-        stream._on_close = lambda _: self.stop_listening()
+        receiver, hub = self._receiver, self._hub
+        if hub is not None:
+            stream.started_at = hub.started_at
+        stream._on_close = lambda _: self.stop_listening() if self._receiver is receiver else None
         return stream
 
     @property

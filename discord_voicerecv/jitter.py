@@ -143,13 +143,15 @@ class JitterBuffer:
 
         Returns the buffered :class:`JitterPacket`, or the :class:`Drop` reason when the packet is a duplicate,
         arrived after its turn, or was evicted at once by a full buffer. Every eviction, of this packet or an
-        older one, adds to :attr:`overflow`.
+        older one, adds to :attr:`overflow`. (The unwrapping of :meth:`unwrap_sequence` and
+        :meth:`unwrap_timestamp` is inlined: this runs once per received packet.)
         """
-        ext = self.unwrap_sequence(sequence)
+        highest = self.highest
+        raw = (sequence + self._seq_shift) & 0xFFFF
+        ext = raw if highest is None else highest + ((raw - highest + _SEQ_HALF) % _SEQ_MOD) - _SEQ_HALF
         if ext in self._packets:
             self.duplicates += 1
             return Drop.DUPLICATE
-        highest = self.highest
         if highest is not None and highest - ext > self.resync_distance:
             if not self._resync_candidate(sequence):
                 self.late += 1
@@ -166,8 +168,11 @@ class JitterBuffer:
                     return Drop.DUPLICATE
                 self.late += 1
                 return Drop.LATE
-        packet = JitterPacket(ext, self.unwrap_timestamp(timestamp), payload, arrival)
-        self._ts_ref = packet.timestamp
+        ts_ref = self._ts_ref
+        if ts_ref is not None:
+            timestamp = ts_ref + ((timestamp - ts_ref + _TS_HALF) % _TS_MOD) - _TS_HALF
+        packet = JitterPacket(ext, timestamp, payload, arrival)
+        self._ts_ref = timestamp
         keys = self._keys
         if not keys or ext > keys[-1]:
             keys.append(ext)

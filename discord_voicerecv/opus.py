@@ -186,7 +186,7 @@ class OpusDecoder:
     frames in order. Calls on one instance are serialised by a lock.
     """
 
-    __slots__ = ("__weakref__", "_buffer", "_lib", "_lock", "_state")
+    __slots__ = ("__weakref__", "_buffer", "_lib", "_lock", "_state", "_view")
 
     def __init__(self) -> None:
         self._lib = _load()
@@ -197,6 +197,7 @@ class OpusDecoder:
             raise OpusError(error.value, "opus_decoder_create")
         self._state = state
         self._buffer = (ctypes.c_int16 * (MAX_FRAME_SAMPLES * CHANNELS))()
+        self._view = memoryview(self._buffer).cast("B")
         self._lock = threading.Lock()
 
     def decode(self, packet: bytes | None, *, fec: bool = False, frame_samples: int = FRAME_SAMPLES) -> bytes:
@@ -233,7 +234,7 @@ class OpusDecoder:
             )
             if result < 0:
                 raise OpusError(result, "opus_decode")
-            return ctypes.string_at(self._buffer, result * CHANNELS * 2)
+            return self._view[: result * CHANNELS * 2].tobytes()
 
     def reset(self) -> None:
         """Forget the decoder's history (use after a stream restarts)."""

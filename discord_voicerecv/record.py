@@ -118,9 +118,14 @@ async def _record(args: argparse.Namespace, token: str, stderr: TextIO) -> dict[
     ensure_discord_opus()
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
+
+    def interrupt(signum: int) -> None:
+        interrupted.set()
+        loop.remove_signal_handler(signum)  # a second Ctrl-C interrupts at once
+
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, interrupted.set)
+            loop.add_signal_handler(signum, interrupt, signum)
     client = _Recorder()
     runner = asyncio.create_task(client.start(token), name="record: discord client")
     try:

@@ -36,6 +36,7 @@ REASONS = (
     "opus_error",
     "frames",
     "sink_queue_full",
+    "inbox_full",
     "sink_error",
     "internal_error",
 )
@@ -84,6 +85,7 @@ class StatsSnapshot(Mapping[str, int]):
             "late",
             "buffer_overflow",
             "ignored_payload_type",
+            "inbox_full",
         )
         total = sum(self._totals.get(name, 0) for name in drops)
         return total + sum(v for k, v in self._totals.items() if k.startswith(("malformed:", "e2ee_failed:")))

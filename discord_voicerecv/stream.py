@@ -214,7 +214,8 @@ class AudioStream(AudioSink):
         return self._ended or self._closed
 
     def close(self) -> None:
-        """Stop this stream: drop what is queued, detach it from the session, end the iteration.
+        """Stop this stream (from the event loop): drop what is queued, detach it from the session, end the
+        iteration.
 
         When the stream started the listening session itself (``listen_stream()`` while not listening), closing it
         also stops listening.

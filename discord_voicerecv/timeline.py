@@ -106,7 +106,7 @@ class Timeline:
         """
         gap = arrival - self._last_arrival
         self._last_arrival = arrival
-        arrival_slot = slot_at(self.t0, arrival)
+        arrival_slot = math.floor((arrival - self.t0) / FRAME_DURATION + 1e-9)  # slot_at, inlined: once per packet
         anchor_slot = self._anchor_slot
         if anchor_slot is None or (newest and gap > self.max_silence):
             return self._anchor(timestamp, max(arrival_slot, first_free), new_spurt=True)
@@ -130,7 +130,7 @@ class Timeline:
             self.last_slot = slot
         if slot < self._first_slot:
             self._first_slot = slot
-        return Placement(slot, self._spurt, False, moved)
+        return tuple.__new__(Placement, (slot, self._spurt, False, moved))
 
     def _anchor(self, timestamp: int, slot: int, *, new_spurt: bool) -> Placement:
         last = self.last_slot

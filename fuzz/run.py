@@ -131,10 +131,8 @@ def _run_random(target: str, runs: int, seed: int) -> Result:
     crashes = 0
     started = time.monotonic()
     for _ in range(runs):
-        if pool and rng.random() < 0.7:
-            data = _mutate(rng, rng.choice(pool))
-        else:
-            data = rng.randbytes(rng.randrange(0, 300))
+        mutate = pool and rng.random() < 0.7
+        data = _mutate(rng, rng.choice(pool)) if mutate else rng.randbytes(rng.randrange(0, 300))
         try:
             fn(data)
         except Exception:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 import davey
 import numpy as np
@@ -36,7 +37,7 @@ class Group:
     def __init__(self) -> None:
         self.coordinator = DaveGroupCoordinator(CHANNEL)
         self.members: dict[int, DaveClient] = {}
-        self.queue: deque[tuple[str, object]] = deque()
+        self.queue: deque[tuple[str, Any]] = deque()
         self.parked: dict[int, list[Outbound]] = {}
         self.invalid: list[tuple[int, int]] = []
 
@@ -83,7 +84,7 @@ class Group:
                 else:
                     member.handle_json(item.opcode, item.json)
             else:
-                user_id, op, data = item  # type: ignore[misc]
+                user_id, op, data = item
                 self._down(self._serve(user_id, op, data))
         raise AssertionError("the group never settled")
 
@@ -148,7 +149,7 @@ def _tampered(frame: bytes) -> bytes:
 
 
 def test_davey_error_messages_the_classifier_relies_on() -> None:
-    group, alice, bob = _pair()
+    group, alice, _bob = _pair()
     frame = alice.encrypt(OPUS)
     cases = {
         "NoDecryptorForUser": (CAROL, frame),
@@ -172,7 +173,7 @@ def test_members_frames_decrypt_and_silence_passes_untouched() -> None:
 
 
 def test_a_sender_not_in_our_group_yet_is_held() -> None:
-    group, alice, _ = _pair()
+    group, _alice, _ = _pair()
     decryptor, _ = _decryptor(group, BOB)
     group.park(BOB)
     group.join(CAROL)
@@ -191,6 +192,7 @@ def test_frames_of_a_new_epoch_that_beat_our_commit_are_held_then_decrypt() -> N
     clock = Clock()
     decryptor, _ = _decryptor(group, BOB, clock)
     old_epoch = group.session(BOB).epoch
+    assert old_epoch is not None
     group.park(BOB)
     group.join(CAROL)
     group.run()
@@ -227,7 +229,7 @@ def test_a_tampered_frame_is_held_for_the_hold_window_then_dropped_as_auth() -> 
 
 
 def test_plaintext_passes_only_inside_a_passthrough_window() -> None:
-    group, alice, _ = _pair()
+    group, _alice, _ = _pair()
     decryptor, flags = _decryptor(group, BOB)
     with pytest.raises(E2EEDecryptError) as info:
         decryptor.decrypt(ALICE, OPUS)
@@ -253,7 +255,7 @@ def test_plaintext_passes_only_inside_a_passthrough_window() -> None:
 def test_no_session_means_no_dave_and_dave_frames_wait_for_one() -> None:
     decryptor = DaveFrameDecryptor(lambda: None, lambda: 0)
     assert decryptor.decrypt(ALICE, OPUS) == OPUS
-    group, alice, _ = _pair()
+    _group, alice, _ = _pair()
     assert decryptor.decrypt(ALICE, alice.encrypt(OPUS)) is None
     assert decryptor.privacy_code() is None
 
@@ -311,7 +313,7 @@ def test_recovery_through_op31_brings_the_sender_back() -> None:
     group.join(CAROL)
     group.run()
     clock = Clock()
-    decryptor, flags = _decryptor(group, BOB, clock, recover_after=5)
+    decryptor, _flags = _decryptor(group, BOB, clock, recover_after=5)
     group.session(BOB).reinit(1, BOB, CHANNEL)  # our MLS state is gone without the group knowing
     group.session(BOB).set_external_sender(group.coordinator.external_sender)
     assert decryptor.decrypt(ALICE, alice.encrypt(OPUS)) is None
@@ -348,7 +350,7 @@ def test_one_session_used_from_two_threads_never_raises_anything_unexpected() ->
                 out = decryptor.decrypt(ALICE, frame)
             except E2EEDecryptError as exc:
                 key = "failed:" + exc.reason
-            except BaseException as exc:  # noqa: BLE001 - anything else is the finding
+            except BaseException as exc:
                 unexpected.append(exc)
                 continue
             else:
@@ -448,11 +450,11 @@ def test_receiver_never_decodes_a_failed_frame_and_keeps_the_rest_in_time() -> N
     stats = receiver.stats()
     by_sequence = {f.sequence: f for f in sink.frames}
     for i, packet in enumerate(opus):
-        frame = by_sequence.get(100 + i)
+        got = by_sequence.get(100 + i)
         if i in tampered:
-            assert frame is None or frame.concealed, f"tampered frame {i} was decoded"
+            assert got is None or got.concealed, f"tampered frame {i} was decoded"
         else:
-            assert frame is not None and frame.opus == packet and not frame.concealed, f"frame {i} lost"
+            assert got is not None and got.opus == packet and not got.concealed, f"frame {i} lost"
     assert all(f.opus not in sent.values() for f in sink.frames if f.opus is not None)
     assert stats["e2ee_failed:auth"] == len(tampered)
     assert stats.by_user[ALICE]["e2ee_failed:auth"] == len(tampered)

@@ -244,9 +244,10 @@ class FFmpegSink(AudioSink):
         Where the files go; created if missing. Files of the same name are overwritten.
     format:
         The file extension, which picks FFmpeg's muxer and its default codec: ``"flac"``, ``"mp3"``, ``"opus"``,
-        ``"ogg"`` (Vorbis), ``"m4a"`` (AAC), ``"webm"``, ``"mka"``, ``"wav"``... Formats that finalise their index
-        at the end (``m4a``) are unplayable if the process is killed; streamable ones (``flac``, ``mp3``,
-        ``opus``, ``ogg``) keep what was encoded.
+        ``"ogg"`` (Vorbis), ``"m4a"`` (AAC), ``"webm"``, ``"mka"``, ``"wav"``... The ffmpeg processes run in a
+        session of their own: if the bot's process dies, each one reads the end of its input and still finishes
+        its file. After a power loss, streamable formats (``flac``, ``mp3``, ``opus``, ``ogg``) keep what was
+        encoded, while ``m4a``, which writes its index last, does not.
     per_user:
         Write one file per speaker, named like :class:`WaveSink` names them.
     mix:

@@ -28,9 +28,9 @@ class MixSink(AudioSink):
 
     ``target`` gets exactly one frame per slot, in order and on the listening timeline: the saturated sum of the
     slot's speakers, or silence when nobody spoke, followed by ``target.advance(tick)``; then ``cleanup()`` at the
-    end. The frames have ``user_id=None`` and ``ssrc=MIX_SSRC``, and ``user`` is ``None``, so file sinks name the
-    track ``mix`` (``MixSink(FFmpegSink(out, "mp3", mix=False))`` writes ``mix.mp3``) and callbacks can tell it
-    apart. Errors of ``target`` propagate.
+    end. The frames have ``user_id=None``, ``ssrc=MIX_SSRC``, no Opus packet, and ``user`` is ``None``, so
+    :class:`FFmpegSink` names the track ``mix`` (``MixSink(FFmpegSink(out, "mp3", mix=False))`` writes
+    ``mix.mp3``) and callbacks can tell it apart. Errors of ``target`` propagate.
 
     Parameters
     ----------

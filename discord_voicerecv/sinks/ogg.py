@@ -176,7 +176,7 @@ class OggOpusSink(AudioSink):
         if self.closed:
             return
         self.closed = True
-        end = (self._slots + self._open) * FRAME_SAMPLES
+        end = (self._slots + 1 if self._open else self._slots) * FRAME_SAMPLES
         end = max([end, *(track.writer.flushed_samples for track in self._tracks.values())])
         error: SinkError | None = None
         for track in self._tracks.values():

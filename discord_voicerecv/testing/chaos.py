@@ -1,5 +1,9 @@
-"""Scheduled faults for a running local Discord: voice server moves, dropped voice websockets, SSRC changes and
-media outages, at random times around a mean interval.
+"""Faults for a running local Discord, and the tools to check a recording made under them.
+
+:class:`ChaosMonkey` schedules connection-level faults (voice server moves, dropped voice websockets, SSRC changes,
+media outages) at random times around a mean interval. :class:`RecordingSession` runs a real recording bot against
+a local Discord with simulated speakers, and :func:`account_frames` reconciles what each speaker sent, what the
+network dropped and what the recording holds.
 
 Packet-level faults (loss, reordering, spikes, damage) live in :class:`~discord_voicerecv.testing.link.LinkConditions`;
 this module adds the events that happen to a whole connection. Tests drive the same operations directly on
@@ -12,15 +16,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-if TYPE_CHECKING:
-    from .server import LocalDiscord
+import discord
 
-__all__ = ("ChaosEvent", "ChaosMonkey", "ChaosPlan")
+from ..frames import VoiceFrame
+from ..sinks.base import AudioSink, SinkUser
+from .link import LinkConditions
+
+if TYPE_CHECKING:
+    from ..client import VoiceRecvClient
+    from ..sinks import WaveSink
+    from ..stats import StatsSnapshot
+    from .server import LocalDiscord
+    from .speakers import SentFrame, SimulatedSpeaker
+
+__all__ = (
+    "ChaosEvent",
+    "ChaosMonkey",
+    "ChaosPlan",
+    "FrameAccount",
+    "FrameRecord",
+    "FrameTap",
+    "RecordingSession",
+    "SentMeta",
+    "SpeakerSpec",
+    "account_frames",
+    "alignment_error",
+)
 
 _log = logging.getLogger(__name__)
 
@@ -154,3 +182,284 @@ class ChaosMonkey:
             user_id = self._rng.choice(members)
             voice.blackout(user_id, self.plan.blackout_seconds)
             self._record("blackout", user_id)
+
+
+# -- recording under faults --------------------------------------------------------------------------------------
+
+
+class FrameRecord(NamedTuple):
+    """What a sink got for one speaker in one slot (no audio kept)."""
+
+    ssrc: int
+    user_id: int | None
+    tick: int
+    sequence: int
+    concealed: bool
+
+
+class FrameTap(AudioSink):
+    """A sink that keeps a :class:`FrameRecord` of every frame, to compare a recording with what was sent."""
+
+    wants_pcm = False
+
+    def __init__(self) -> None:
+        self.records: list[FrameRecord] = []
+
+    def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        self.records.append(FrameRecord(frame.ssrc, frame.user_id, frame.tick, frame.sequence, frame.concealed))
+
+    def of_user(self, user_id: int) -> list[FrameRecord]:
+        """The records of one speaker, in slot order."""
+        return [r for r in self.records if r.user_id == user_id]
+
+
+class SpeakerSpec(NamedTuple):
+    """A simulated speaker of a :class:`RecordingSession`: its clip and the conditions of its uplink."""
+
+    clip: str | None = None
+    uplink: LinkConditions | None = None
+
+
+class RecordingSession:
+    """A real discord.py bot recording a local Discord's voice channel, for tests that inject faults.
+
+    ``async with RecordingSession(directory, speakers=[...]) as session`` starts a :class:`LocalDiscord`, a bot
+    with :class:`~discord_voicerecv.VoiceRecvClient` in the voice channel and the simulated speakers, waits for the
+    DAVE group, and starts listening into a :class:`~discord_voicerecv.WaveSink` in ``directory`` plus a
+    :class:`FrameTap`. Make the speakers talk, inject faults through :attr:`local`, then :meth:`stop`.
+
+    Parameters
+    ----------
+    directory:
+        Where the WAV files go.
+    speakers:
+        The simulated speakers to add.
+    downlink:
+        Conditions on the bot's own downlink.
+    playout_delay:
+        Passed to ``listen()``.
+    history:
+        Frames (with their audio) each speaker keeps in ``sent``; :meth:`sent` keeps every frame's numbers.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        speakers: Sequence[SpeakerSpec] = (),
+        downlink: LinkConditions | None = None,
+        playout_delay: float = 0.1,
+        history: int = 6000,
+        dave: bool = True,
+    ) -> None:
+        from .server import LocalDiscord
+
+        self.directory = Path(directory)
+        self.local = LocalDiscord(dave=dave)
+        self.specs = tuple(speakers)
+        self.downlink = downlink
+        self.playout_delay = playout_delay
+        self.history = history
+        self.speakers: list[SimulatedSpeaker] = []
+        self.tap = FrameTap()
+        self.sink: WaveSink | None = None
+        self.vc: VoiceRecvClient | None = None
+        self.bot_id = 0
+        self.started = 0.0
+        """Event-loop time at ``listen()``: slot 0 of every track."""
+        self.stopped = 0.0
+        self.stats: StatsSnapshot | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._sent: dict[int, list[SentMeta]] = {}
+        self._collector: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> RecordingSession:
+        from ..client import VoiceRecvClient
+        from ..opus import ensure_discord_opus
+        from ..sinks import MultiSink, WaveSink
+        from .bots import new_client, running
+        from .patch import restore_discord, use_local_discord
+
+        ensure_discord_opus()
+        stack = self._stack
+        await stack.enter_async_context(self.local)
+        use_local_discord(self.local.url)
+        stack.callback(restore_discord)
+        client = await stack.enter_async_context(running(new_client(), "chaos-recorder"))
+        channel = client.get_channel(self.local.voice_channel_id)
+        assert isinstance(channel, discord.VoiceChannel)
+        self.vc = await channel.connect(cls=VoiceRecvClient)
+        self.bot_id = client.user.id if client.user else 0
+        if self.downlink is not None:
+            self.local.voice.set_link(self.bot_id, self.downlink)
+        for spec in self.specs:
+            self.speakers.append(self.local.add_speaker(clip=spec.clip, uplink=spec.uplink, history=self.history))
+        await self.local.voice.wait_dave_settled(timeout=10.0)
+        self.sink = WaveSink(self.directory)
+        self.started = asyncio.get_running_loop().time()
+        self.vc.listen(MultiSink(self.sink, self.tap), playout_delay=self.playout_delay)
+        self._collector = asyncio.get_running_loop().create_task(self._collect_forever(), name="sent collector")
+        return self
+
+    def sent(self, speaker: SimulatedSpeaker) -> list[SentMeta]:
+        """Every frame ``speaker`` sent since it joined, even those its ``sent`` history dropped already."""
+        self._collect()
+        return list(self._sent.get(speaker.user_id, ()))
+
+    def _collect(self) -> None:
+        for speaker in self.speakers:
+            kept = self._sent.setdefault(speaker.user_id, [])
+            last = kept[-1].index if kept else -1
+            kept.extend(SentMeta(f.index, f.sequence, f.spurt) for f in speaker.sent if f.index > last)
+
+    async def _collect_forever(self) -> None:
+        while True:
+            self._collect()
+            await asyncio.sleep(1.0)
+
+    async def stop(self) -> StatsSnapshot:
+        """Stop listening (files are complete afterwards) and return the receive counters."""
+        if self.stats is None:
+            assert self.vc is not None
+            receiver = self.vc._receiver
+            await asyncio.to_thread(self.vc.stop_listening)
+            self.stopped = asyncio.get_running_loop().time()
+            assert receiver is not None
+            self.stats = receiver.stats()
+        return self.stats
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self.vc is not None and self.stats is None:
+                await self.stop()
+        finally:
+            if self._collector is not None:
+                self._collector.cancel()
+            await self._stack.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class FrameAccount:
+    """One speaker's frames, reconciled between what the network did and what the recording holds.
+
+    Every frame the speaker sent is exactly one of: ``decoded`` (its packet was played), ``concealed`` (its slot
+    was filled by FEC or PLC) or ``absent`` (its slot holds silence). ``dropped`` frames never reached the bot
+    (the links dropped or damaged them); ``late`` frames did arrive but after their slot was played.
+    An absent frame is explained when it ends its talk spurt (``tail_absent``: no later frame of the spurt was
+    played, so there was nothing to conceal towards), lies beyond the concealment limit in a run of losses, or
+    when the next frame of its spurt was held back by the network (``held_successor``: it had not arrived when
+    the slot was played). ``unexplained_absent`` counts the rest: frames the receiver should have concealed.
+    """
+
+    sent: int
+    dropped: int
+    late: int
+    decoded: int
+    concealed: int
+    absent: int
+    decoded_but_dropped: int
+    tail_absent: int
+    held_successor: int
+    unexplained_absent: int
+
+    @property
+    def missing(self) -> int:
+        """Frames not played from their own packet."""
+        return self.concealed + self.absent
+
+
+@dataclass(frozen=True, slots=True)
+class SentMeta:
+    """What :func:`account_frames` needs of a ``SentFrame``, without its audio (for long sessions)."""
+
+    index: int
+    sequence: int
+    spurt: int
+
+
+def account_frames(
+    sent: Iterable[SentFrame | SentMeta],
+    records: Sequence[FrameRecord],
+    dropped: Iterable[int],
+    *,
+    held: Iterable[int] = (),
+    max_conceal: int = 5,
+) -> FrameAccount:
+    """Reconcile one speaker's sent frames (``speaker.sent`` or :meth:`RecordingSession.sent`) with the
+    :class:`FrameTap` records of its user.
+
+    ``dropped`` are the indices (``SentFrame.index``) of frames the network lost or damaged on the way, ``held``
+    those it held back (reordered); both come from the links' :class:`~discord_voicerecv.testing.LinkStats`.
+    """
+    sent = list(sent)
+    lost = set(dropped)
+    by_seq: dict[int, list[FrameRecord]] = {}
+    for record in records:
+        by_seq.setdefault(record.sequence & 0xFFFF, []).append(record)
+    status: list[str] = []
+    for frame in sent:
+        got = by_seq.get(frame.sequence & 0xFFFF, ())
+        if any(not r.concealed for r in got):
+            status.append("decoded")
+        elif got:
+            status.append("concealed")
+        else:
+            status.append("absent")
+    pairs = list(zip(sent, status, strict=True))
+    decoded_but_dropped = sum(1 for f, s in pairs if s == "decoded" and f.index in lost)
+    late = sum(1 for f, s in pairs if s != "decoded" and f.index not in lost)
+    last_decoded = {f.spurt: n for n, (f, s) in enumerate(pairs) if s == "decoded"}
+    held_back = set(held)
+    tail = held_successor = unexplained = 0
+    run = 0
+    for n, (frame, state) in enumerate(pairs):
+        if state == "decoded" or (n and sent[n - 1].spurt != frame.spurt):
+            run = 0
+        if state == "decoded":
+            continue
+        run += 1
+        if state != "absent":
+            continue
+        if n > last_decoded.get(frame.spurt, -1):
+            tail += 1
+        elif run <= max_conceal:
+            successor = next(k for k in range(n + 1, len(sent)) if status[k] == "decoded")
+            if sent[successor].index in held_back:
+                held_successor += 1
+            else:
+                unexplained += 1
+    return FrameAccount(
+        sent=len(sent),
+        dropped=sum(1 for f in sent if f.index in lost),
+        late=late,
+        decoded=status.count("decoded"),
+        concealed=status.count("concealed"),
+        absent=status.count("absent"),
+        decoded_but_dropped=decoded_but_dropped,
+        tail_absent=tail,
+        held_successor=held_successor,
+        unexplained_absent=unexplained,
+    )
+
+
+def alignment_error(
+    speaker: SimulatedSpeaker, track: str | os.PathLike[str], started: float, *, seconds: float = 2.0
+) -> tuple[float, float]:
+    """How far the end of ``speaker``'s track is from where its audio was sent: ``(seconds off, match score)``.
+
+    The reference is the last ``seconds`` of audio of the speaker's last talk spurt, expected at its sending time
+    relative to ``started`` (the event-loop time of ``listen()``); the track is searched half a second either side.
+    Positive means the recording plays it late. Needs numpy.
+    """
+    from .analysis import normalized_xcorr, read_wav
+
+    frames = [f for f in speaker.sent if f.pcm is not None]
+    frames = [f for f in frames if f.spurt == frames[-1].spurt][-max(1, round(seconds * 50)) :]
+    reference = b"".join(f.pcm for f in frames if f.pcm is not None)
+    expected = frames[0].sent_at - started
+    rate, _, samples = read_wav(track)
+    margin = rate // 2
+    first = max(0, round(expected * rate) - margin)
+    window = samples[first : first + len(reference) // 4 + 2 * margin]
+    score, lag = normalized_xcorr(window, reference)
+    return (first + lag) / rate - expected, score

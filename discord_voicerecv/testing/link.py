@@ -118,6 +118,8 @@ class LinkStats:
     """Zero-based positions (in offer order) of the packets delivered truncated or bit-flipped."""
     outages: int = 0
     """Outages started, at random or by :meth:`Link.blackout`."""
+    reordered_indices: list[int] = field(default_factory=list)
+    """Zero-based positions (in offer order) of the packets held back to be overtaken."""
 
 
 class Link:
@@ -199,6 +201,7 @@ class Link:
         delay = 0.0
         if cond.reorder and rng.random() < cond.reorder:
             stats.reordered += 1
+            stats.reordered_indices.append(index)
             delay += (rng.randint(1, 3) + 0.5) * FRAME_INTERVAL
         if cond.jitter_ms:
             stats.delayed += 1

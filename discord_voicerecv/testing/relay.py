@@ -134,6 +134,18 @@ class MediaRelay(asyncio.DatagramProtocol):
         """The peer of ``user_id``, if relayed."""
         return self._peers.get(user_id)
 
+    def send_raw(self, user_id: int, datagram: bytes) -> bool:
+        """Send ``datagram`` to ``user_id`` from the relay's socket, bypassing its downlink conditions.
+
+        discord.py connects its UDP socket to the voice server, so only datagrams from the server's address reach
+        it: this is how tests play an attacker who forges that address. Returns False when there is nowhere to send.
+        """
+        peer = self._peers.get(user_id)
+        if peer is None or peer.destination is None or self._transport is None:
+            return False
+        self._sendto(datagram, peer.destination)
+        return True
+
     def change_ssrc(self, user_id: int, ssrc: int) -> None:
         """Relay ``user_id``'s media under ``ssrc`` from now on (a client that restarted its stream)."""
         peer = self._peers[user_id]

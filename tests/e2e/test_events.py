@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from discord_voicerecv.limits import StopReason
 from discord_voicerecv.testing import LocalDiscord
 from discord_voicerecv.testing.analysis import read_wav
 from discord_voicerecv.testing.bots import new_client, running
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Events:
@@ -177,3 +180,32 @@ async def test_stop_when_alone_ignores_bots_and_disconnect_is_a_reason(local: Lo
         await events.wait("voice_listening_stopped", 2, timeout=5)
         assert vc.stop_reason is StopReason.DISCONNECTED
     assert stopped_after < 1.0
+
+
+async def test_speaking_log_example_logs_the_call_and_stops_when_everyone_left(
+    local: LocalDiscord, tmp_path: Path
+) -> None:
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from speaking_log import SpeakingLog
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    speaker = local.add_speaker(tone_hz=300.0, tone_seconds=0.5)
+    bot = SpeakingLog(local.voice_channel_id, tmp_path, guild_ready_timeout=0.1)
+    async with running(bot, "speaking-log"):
+        await local.wait_for_voice(local.bot_user_id("speaking-log"))
+        await local.voice.wait_dave_settled(timeout=10)
+        await speaker.speak()
+        await asyncio.sleep(0.4)
+        local.remove_speaker(speaker.user_id)
+        await asyncio.wait_for(bot.finished.wait(), 5)
+    events = [line.strip().split("  ", 1)[1] for line in bot.lines]
+    assert sum(e.startswith("recording #") for e in events) == 1
+    assert [e for e in events if not e.startswith("recording #")] == [
+        "Speaker 1 joined",
+        "Speaker 1 speaks",
+        "Speaker 1 is quiet",
+        "Speaker 1 left",
+        "recording stopped (alone)",
+    ]
+    assert (tmp_path / "mix.wav").exists() and (tmp_path / f"Speaker_1-{speaker.user_id}.wav").exists()

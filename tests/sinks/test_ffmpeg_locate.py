@@ -42,7 +42,9 @@ def test_explicit_command_name_is_searched_on_path(bare_env: Path) -> None:
     assert find_ffmpeg("ffmpeg6") == str(tool)
 
 
-def test_environment_variable_comes_before_path(bare_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_variable_comes_before_path(
+    bare_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env_tool = executable(tmp_path / "env-ffmpeg")
     executable(bare_env / "ffmpeg")
     monkeypatch.setenv(FFMPEG_ENV, str(env_tool))

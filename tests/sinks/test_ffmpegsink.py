@@ -13,7 +13,8 @@ import pytest
 from discord_voicerecv.errors import SinkError
 from discord_voicerecv.ffmpeg import find_ffmpeg
 from discord_voicerecv.frames import FRAME_BYTES, FRAME_SAMPLES, VoiceFrame
-from discord_voicerecv.sinks import FFmpegSink, SinkUser
+from discord_voicerecv.sinks import FFmpegSink, MixSink, SinkUser
+from discord_voicerecv.sinks.mix import MIX_SSRC
 
 ANN = discord.Object(id=11)
 BOB = discord.Object(id=22)
@@ -39,7 +40,7 @@ def frame(tick: int, user_id: int | None, pcm: bytes) -> VoiceFrame:
     return VoiceFrame(ssrc, user_id, tick, pcm, None, tick, tick * FRAME_SAMPLES)
 
 
-def play(sink: FFmpegSink, total: int = TOTAL) -> dict[int | None, bytearray]:
+def play(sink: FFmpegSink | MixSink, total: int = TOTAL) -> dict[int | None, bytearray]:
     expected: dict[int | None, bytearray] = {}
     for tick in range(total):
         for user, uid, ticks in SCRIPT:
@@ -193,3 +194,39 @@ def test_a_stalled_ffmpeg_never_blocks_the_sink(tmp_path: Path) -> None:
     with pytest.raises(SinkError, match="did not finish"):
         sink.cleanup()
     assert time.monotonic() - started < 3
+
+
+def test_mixed_track_of_chosen_speakers_through_mix_sink(tmp_path: Path) -> None:
+    target = FFmpegSink(tmp_path, "flac", mix=False)
+    sink = MixSink(target, include=lambda user, ident: ident != 22)
+    expected = play(sink)
+    sink.cleanup()
+    assert {key: path.name for key, path in target.files.items()} == {f"ssrc:{MIX_SSRC}": "mix.flac"}
+    assert decode(target.files[f"ssrc:{MIX_SSRC}"]) == saturated_sum([expected[11], expected[None]])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")
+def test_files_are_finished_even_when_the_bot_process_is_killed(tmp_path: Path) -> None:
+    script = f"""
+import os, signal, time
+from discord_voicerecv.frames import VoiceFrame
+from discord_voicerecv.sinks import FFmpegSink
+sink = FFmpegSink({str(tmp_path)!r}, "m4a", per_user=False)
+for tick in range(50):
+    sink.write(None, VoiceFrame(5, 5, tick, bytes(range(256)) * 15, None, tick, tick * 960))
+    sink.advance(tick)
+time.sleep(0.2)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    process = subprocess.run([sys.executable, "-c", script], timeout=20)
+    assert process.returncode == -9
+    path = tmp_path / "mix.m4a"
+    deadline = time.monotonic() + 10
+    length = -1
+    while time.monotonic() < deadline:  # the orphaned ffmpeg finishes the file once it sees the end of its input
+        try:
+            length = len(decode(path))
+            break
+        except subprocess.CalledProcessError:
+            time.sleep(0.1)
+    assert length == 50 * FRAME_BYTES

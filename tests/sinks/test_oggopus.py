@@ -55,8 +55,8 @@ def opus_frame(tick: int, user_id: int, packet: bytes | None) -> VoiceFrame:
 def audio_packets(path: Path) -> list[tuple[bytes, int]]:
     """The audio packets of a file with the sample each starts at."""
     packets = [packet for packet, _ in read_packets(path.read_bytes())[2:]]
-    starts = [0, *accumulate(packet_samples(p) for p in packets)]
-    return list(zip(packets, starts))
+    starts = [0, *accumulate(packet_samples(p) for p in packets)][:-1]
+    return list(zip(packets, starts, strict=True))
 
 
 class Script:
@@ -219,3 +219,12 @@ def test_build_page_refuses_what_does_not_fit() -> None:
         build_page(0, 0, 1, 0, [b"x"] * 256)
     with pytest.raises(ValueError):
         build_page(0, 0, 1, 0, [bytes(255 * 255)])
+
+
+def test_custom_names_are_made_safe_and_unique(tmp_path: Path) -> None:
+    sink = OggOpusSink(tmp_path, naming=lambda user, user_id: "Same/Name.OPUS")
+    packet = OpusEncoder().encode(next(iter(clip_frames("de_male"))))
+    sink.write(ANN, opus_frame(0, 11, packet))
+    sink.write(BOB, opus_frame(0, 22, packet))
+    sink.cleanup()
+    assert [path.name for path in sink.files.values()] == ["Same_Name.opus", "Same_Name-2.opus"]

@@ -1,0 +1,423 @@
+"""DAVE end to end: real discord.py bots and simulated DAVE speakers on the local Discord, recordings checked against
+what was sent.
+
+Each test records with a real :class:`VoiceRecvClient` and compares every speaker's track with its source: whole
+clips with :func:`normalized_xcorr`, and 20 ms frame by frame around group changes (:func:`lost_frames`) to count
+what a change costs. A :class:`Watch` samples the receiver's DAVE counters and the group's epoch every 20 ms, so a
+decryption failure can be placed in its epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import discord
+import numpy as np
+import pytest
+
+from discord_voicerecv import VoiceRecvClient, WaveSink
+from discord_voicerecv import _discord_glue as glue
+from discord_voicerecv.frames import VoiceFrame
+from discord_voicerecv.sinks.base import SinkUser
+from discord_voicerecv.sinks.callback import CallbackSink
+from discord_voicerecv.sinks.multi import MultiSink
+from discord_voicerecv.testing import LocalDiscord
+from discord_voicerecv.testing.analysis import normalized_xcorr, read_wav
+from discord_voicerecv.testing.bots import new_client, running
+from discord_voicerecv.testing.clips import load_clip
+from discord_voicerecv.testing.speakers import SentFrame
+
+RATE = 48_000
+FRAME = 960
+CHANGE_BUDGET = 0.2
+"""Seconds of audio a group change may cost a speaker who keeps talking through it."""
+_ACTIVE_RMS = 300.0
+_PRESENT = 0.5
+_WIDE = 1200
+_NARROW = 240
+
+
+# helpers ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    t: float
+    epoch: int
+    version: int
+    failed: int
+    recovered: bool
+
+
+@dataclass
+class Watch:
+    """Every 20 ms: the group's epoch and protocol version at the local Discord, and the receiver's DAVE drops."""
+
+    vc: VoiceRecvClient
+    local: LocalDiscord
+    samples: list[Sample] = field(default_factory=list)
+
+    async def run(self) -> None:
+        group = self.local.voice.dave_group
+        assert group is not None
+        while True:
+            stats = self.vc.receive_stats()
+            failed = sum(v for k, v in stats.items() if k.startswith("e2ee_failed:"))
+            session = glue.dave_session(self.vc)
+            self.samples.append(
+                Sample(time.monotonic(), group.epoch, group.protocol_version, failed, bool(session and session.ready))
+            )
+            await asyncio.sleep(0.02)
+
+    def changes(self) -> list[float]:
+        """Times the group's epoch or protocol version changed."""
+        out = []
+        for before, after in zip(self.samples, self.samples[1:], strict=False):
+            if (before.epoch, before.version) != (after.epoch, after.version):
+                out.append(after.t)
+        return out
+
+    def failures_per_epoch(self, start: float) -> list[tuple[int, int, int]]:
+        """``(epoch, failures in its first 200 ms, failures after)`` for every epoch seen after ``start``."""
+        changes = [start, *self.changes()]
+        out = []
+        for i, begin in enumerate(changes):
+            end = changes[i + 1] if i + 1 < len(changes) else float("inf")
+            inside = [s for s in self.samples if begin <= s.t < end]
+            if not inside:
+                continue
+            early = late = 0
+            previous = next((s.failed for s in reversed(self.samples) if s.t < begin), inside[0].failed)
+            for s in inside:
+                grew = s.failed - previous
+                previous = s.failed
+                if s.t - begin <= CHANGE_BUDGET + 0.02:
+                    early += grew
+                else:
+                    late += grew
+            out.append((inside[0].epoch, early, late))
+        return out
+
+
+@dataclass
+class Recording:
+    """What a listening session wrote: the WAV files and every frame handed to the sink (for its Opus payload)."""
+
+    sink: WaveSink
+    frames: list[tuple[int, VoiceFrame]] = field(default_factory=list)
+    started: float = 0.0
+
+    def track(self, user_id: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+        rate, _, samples = read_wav(self.sink.files[user_id])
+        assert rate == RATE
+        return np.asarray(samples.astype(np.float64).mean(axis=1))
+
+    def opus_of(self, user_id: int) -> list[bytes]:
+        return [f.opus for uid, f in self.frames if uid == user_id and f.opus is not None and not f.concealed]
+
+
+def start_recording(vc: VoiceRecvClient, directory: Path) -> Recording:
+    recording = Recording(WaveSink(directory))
+
+    def collect(user: SinkUser, frame: VoiceFrame) -> None:
+        recording.frames.append((frame.user_id or 0, frame))
+
+    recording.started = time.monotonic()
+    vc.listen(MultiSink(recording.sink, CallbackSink(collect, wants_pcm=False)))
+    return recording
+
+
+def lost_frames(
+    track: np.ndarray[Any, np.dtype[np.float64]],
+    sent: Iterable[SentFrame],
+    started: float,
+    *,
+    within: tuple[float, float] | None = None,
+) -> tuple[int, int]:
+    """``(lost, checked)``: the speaker's audible 20 ms frames (sent inside ``within``, monotonic seconds) that the
+    recording (listening since ``started``) does not reproduce where they were due.
+
+    The first second of audio locates the speaker in the track (cross-correlation within half a second of its send
+    time: a looping clip repeats itself). Each frame is then due at its
+    send time's offset from there, give or take 5 ms, and counts as present when the recording there correlates
+    with its PCM at 0.5 or more. The receiver anchors every new talk spurt on a 20 ms slot, so after a gap the
+    audio may sit up to a slot away: a frame found within 25 ms at 0.9 or more, with the next frame confirming
+    the same shift, moves the expected position there.
+    """
+    frames = [f for f in sent if f.pcm is not None]
+    assert frames, "the speaker sent no audio"
+    origin = frames[0].sent_at
+    head = b"".join(f.pcm or b"" for f in frames[:50])
+    first = max(0, round((origin - started - 0.5) * RATE))
+    _, lag = normalized_xcorr(track[first : first + RATE + len(head) // 4], head)
+    lag += first
+    audible = []
+    for frame in frames:
+        pcm = np.frombuffer(frame.pcm or b"", dtype="<i2").astype(np.float64).reshape(-1, 2).mean(axis=1)
+        if np.sqrt(np.mean(pcm * pcm)) >= _ACTIVE_RMS:
+            audible.append((frame, pcm, lag + round((frame.sent_at - origin) * RATE)))
+    offset = 0
+    lost = checked = 0
+    for i, (frame, pcm, due) in enumerate(audible):
+        near = _match(track, pcm, due + offset, _NARROW)
+        if near is None:
+            continue
+        present = near[0] >= _PRESENT
+        if present:
+            offset += near[1]
+        else:
+            wide = _match(track, pcm, due + offset, _WIDE)
+            following = audible[i + 1] if i + 1 < len(audible) else None
+            if wide is not None and wide[0] >= 0.9 and following is not None:
+                confirm = _match(track, following[1], following[2] + offset + wide[1], _NARROW // 5)
+                if confirm is not None and confirm[0] >= 0.9:
+                    offset += wide[1]
+                    present = True
+        if within is None or within[0] <= frame.sent_at < within[1]:
+            checked += 1
+            lost += not present
+    return lost, checked
+
+
+def _match(
+    track: np.ndarray[Any, np.dtype[np.float64]], pcm: np.ndarray[Any, np.dtype[np.float64]], due: int, search: int
+) -> tuple[float, int] | None:
+    """Best normalised correlation of ``pcm`` with the track within ``search`` samples of ``due``, and its shift."""
+    lo, hi = due - search, due + FRAME + search
+    if lo < 0 or hi > track.size:
+        return None
+    window = track[lo:hi]
+    products = np.correlate(window, pcm, mode="valid")
+    energy = np.convolve(window * window, np.ones(FRAME), mode="valid")
+    scores = products / np.sqrt(np.maximum(energy, 1e-9) * float(np.dot(pcm, pcm)))
+    k = int(np.argmax(scores))
+    return float(scores[k]), k - search
+
+
+def voice_channel(client: discord.Client, local: LocalDiscord) -> discord.VoiceChannel:
+    channel = client.get_channel(local.voice_channel_id)
+    assert isinstance(channel, discord.VoiceChannel)
+    return channel
+
+
+async def watching(vc: VoiceRecvClient, local: LocalDiscord) -> tuple[Watch, asyncio.Task[None]]:
+    watch = Watch(vc, local)
+    return watch, asyncio.get_running_loop().create_task(watch.run())
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def recorder(local: LocalDiscord) -> AsyncIterator[tuple[discord.Client, VoiceRecvClient]]:
+    client = new_client()
+    async with running(client, "dave-recorder"):
+        vc = await voice_channel(client, local).connect(cls=VoiceRecvClient)
+        yield client, vc
+
+
+# tests --------------------------------------------------------------------------------------------------------
+
+
+async def test_three_speakers_two_simulated_and_a_discord_py_player_are_each_recorded_faithfully(
+    local: LocalDiscord, recorder: tuple[discord.Client, VoiceRecvClient], tmp_path: Path
+) -> None:
+    _, vc = recorder
+    player = new_client()
+    clip = load_clip("en_us_male")
+    async with running(player, "dave-player"):
+        pvc: discord.VoiceClient = await voice_channel(player, local).connect()
+        assert type(pvc) is discord.VoiceClient
+        alice = local.add_speaker(clip="en_gb_female")
+        bob = local.add_speaker(clip="de_male")
+        await local.voice.wait_dave_settled()
+        watch, task = await watching(vc, local)
+        recording = start_recording(vc, tmp_path)
+        done = asyncio.Event()
+        pvc.play(discord.PCMAudio(io.BytesIO(clip)), after=lambda _: player.loop.call_soon_threadsafe(done.set))
+        alice.speak()
+        await asyncio.sleep(0.3)
+        bob.speak()
+        await asyncio.gather(alice.wait_idle(), bob.wait_idle(), asyncio.wait_for(done.wait(), 15))
+        await asyncio.sleep(0.25)
+        await asyncio.to_thread(vc.stop_listening)
+        task.cancel()
+        assert vc.voice_privacy_code and vc.voice_privacy_code == pvc.voice_privacy_code
+        player_id = player.user.id if player.user else 0
+        stats, dave = vc.receive_stats(), vc.dave_stats
+
+    scores = {}
+    for user_id, source in ((alice.user_id, "en_gb_female"), (bob.user_id, "de_male"), (player_id, "en_us_male")):
+        scores[user_id], _ = normalized_xcorr(recording.track(user_id), load_clip(source))
+    per_epoch = watch.failures_per_epoch(recording.started)
+    print(f"scores {scores}; DAVE failures per epoch (epoch, first 200 ms, after) {per_epoch}")
+    assert all(score >= 0.9 for score in scores.values()), scores
+    assert all(late == 0 for _, _, late in per_epoch), per_epoch
+    assert stats["decrypt_failed"] == 0
+    for user_id in scores:
+        assert dave[user_id]["decrypted"] > 100 and "failed:auth" not in dave[user_id], dave[user_id]
+    sent = {f.opus for s in (alice, bob) for f in s.sent}
+    assert set(recording.opus_of(alice.user_id)) | set(recording.opus_of(bob.user_id)) <= sent
+
+
+async def test_joins_leaves_and_a_downgrade_and_back_cost_a_continuous_speaker_at_most_200_ms_each(
+    local: LocalDiscord, recorder: tuple[discord.Client, VoiceRecvClient], tmp_path: Path
+) -> None:
+    _, vc = recorder
+    alice = local.add_speaker(clip="en_gb_female")
+    bob = local.add_speaker(clip="de_male")
+    await local.voice.wait_dave_settled()
+    watch, task = await watching(vc, local)
+    recording = start_recording(vc, tmp_path)
+    alice.start()
+    bob.start()
+    marks: dict[str, float] = {}
+    await asyncio.sleep(0.7)
+    marks["join"] = time.monotonic()
+    carol = local.add_speaker(clip="fr_female")
+    carol.start()
+    await local.voice.wait_dave_settled()
+    await asyncio.sleep(0.5)
+    marks["leave"] = time.monotonic()
+    local.remove_speaker(bob.user_id)
+    await local.voice.wait_dave_settled()
+    await asyncio.sleep(0.5)
+    marks["downgrade"] = time.monotonic()
+    local.voice.downgrade_dave()
+    await wait_until(lambda: glue.dave_protocol_version(vc) == 0 and local.voice.dave_settled())
+    await asyncio.sleep(0.5)
+    marks["upgrade"] = time.monotonic()
+    local.voice.upgrade_dave()
+    await wait_until(lambda: glue.dave_protocol_version(vc) == 1 and local.voice.dave_settled())
+    await asyncio.sleep(0.6)
+    alice.stop()
+    carol.stop()
+    await asyncio.gather(alice.wait_idle(), carol.wait_idle())
+    await asyncio.sleep(0.2)
+    await asyncio.to_thread(vc.stop_listening)
+    task.cancel()
+    stats, dave = vc.receive_stats(), vc.dave_stats
+
+    track = recording.track(alice.user_id)
+    losses = {}
+    for name, at in marks.items():
+        losses[name] = lost_frames(track, alice.sent, recording.started, within=(at - 0.5, at + 0.8))
+    total = lost_frames(track, alice.sent, recording.started)
+    per_epoch = watch.failures_per_epoch(recording.started)
+    print(f"alice frames lost around each change (lost, checked): {losses}; overall {total}")
+    print(f"DAVE failures per epoch (epoch, first 200 ms, after): {per_epoch}; stats {dict(stats)}")
+    for name, (lost, checked) in losses.items():
+        assert checked > 30 and lost * 0.02 <= CHANGE_BUDGET, (name, lost, checked)
+    assert all(late == 0 for _, _, late in per_epoch), per_epoch
+    assert len(watch.changes()) >= 4
+    carol_lost, carol_checked = lost_frames(recording.track(carol.user_id), carol.sent, recording.started)
+    assert carol_lost * 0.02 <= CHANGE_BUDGET * 3, (carol_lost, carol_checked)
+    assert dave[alice.user_id]["passthrough"] > 10, "downgraded frames came through as plaintext"
+    assert stats["decrypt_failed"] == 0
+
+
+async def test_padding_and_plaintext_frames_pass_only_inside_passthrough(
+    local: LocalDiscord, recorder: tuple[discord.Client, VoiceRecvClient], tmp_path: Path
+) -> None:
+    _, vc = recorder
+    alice = local.add_speaker(clip="en_gb_female", padding_every=3)
+    bob = local.add_speaker(tone_hz=300, tone_seconds=0.6, plaintext_every=1)
+    await local.voice.wait_dave_settled()
+    recording = start_recording(vc, tmp_path)
+    alice.start()
+    await bob.speak()
+    dave_phase = len(bob.audio_frames())
+    local.voice.downgrade_dave()
+    await wait_until(lambda: glue.dave_downgraded(vc) and local.voice.dave_settled())
+    passthrough_start = time.monotonic()
+    await bob.speak("fr_female")
+    alice.stop()
+    await alice.wait_idle()
+    await asyncio.sleep(0.2)
+    await asyncio.to_thread(vc.stop_listening)
+    stats, dave = vc.receive_stats(), vc.dave_stats
+
+    bob_frames = bob.audio_frames()
+    assert not any(f.dave_encrypted for f in bob_frames)
+    assert stats["e2ee_failed:plaintext"] == dave_phase
+    assert stats["by_user"][bob.user_id]["e2ee_failed:plaintext"] == dave_phase
+    assert dave[bob.user_id]["failed:plaintext"] == dave_phase
+    bob_track = recording.track(bob.user_id)
+    in_passthrough = [f for f in bob.sent if f.sent_at >= passthrough_start]
+    score, lag = normalized_xcorr(bob_track, load_clip("fr_female"))
+    assert score >= 0.9 and lag / RATE >= passthrough_start - recording.started - 0.05
+    lost, checked = lost_frames(bob_track, in_passthrough, recording.started)
+    assert checked > 50 and lost == 0, (lost, checked)
+    assert set(recording.opus_of(bob.user_id)) <= {f.opus for f in in_passthrough}
+    assert sum(f.padded for f in alice.sent) > 50
+    alice_score, _ = normalized_xcorr(recording.track(alice.user_id), load_clip("en_gb_female"))
+    assert alice_score >= 0.9 and stats.get("malformed:padding", 0) == 0
+    assert lost_frames(recording.track(alice.user_id), alice.sent, recording.started)[0] <= 10
+
+
+async def test_tampered_frames_are_dropped_and_sustained_tampering_recovers_through_op31(
+    local: LocalDiscord, recorder: tuple[discord.Client, VoiceRecvClient], tmp_path: Path
+) -> None:
+    client, vc = recorder
+    alice = local.add_speaker(clip="en_gb_female")
+    bob = local.add_speaker(clip="de_male")
+    await local.voice.wait_dave_settled()
+    recording = start_recording(vc, tmp_path)
+    alice.start()
+    bob.start()
+    await asyncio.sleep(0.6)
+    alice.tamper_dave = True
+    tamper_start = time.monotonic()
+    await wait_until(lambda: local.voice.dave_invalid_reports, timeout=3)
+    op31_at = time.monotonic()
+    await wait_until(lambda: bool((s := glue.dave_session(vc)) and s.ready and str(alice.user_id) in s.get_user_ids()))
+    rejoined_at = time.monotonic()
+    await asyncio.sleep(0.3)
+    alice.tamper_dave = False
+    tamper_end = time.monotonic()
+    await asyncio.sleep(1.0)
+    alice.stop()
+    bob.stop()
+    await asyncio.gather(alice.wait_idle(), bob.wait_idle())
+    await asyncio.sleep(0.2)
+    await asyncio.to_thread(vc.stop_listening)
+    stats, dave = vc.receive_stats(), vc.dave_stats
+    recorder_id = client.user.id if client.user else 0
+
+    tampered = [f for f in alice.sent if f.tampered]
+    failed = stats["by_user"][alice.user_id].get("e2ee_failed:auth", 0)
+    expired = stats["by_user"][alice.user_id].get("e2ee_expired", 0)
+    print(
+        f"tampered {len(tampered)}, dropped as auth {failed}, expired while re-joining {expired}; "
+        f"op31 {op31_at - tamper_start:.3f} s after tampering began, re-joined {rejoined_at - op31_at:.3f} s later"
+    )
+    assert local.voice.dave_invalid_reports[0][0] == recorder_id
+    assert vc.dave_recoveries == 1
+    assert failed > 10 and failed + expired <= len(tampered)
+    assert {f.opus for _, f in recording.frames if f.user_id == alice.user_id and f.opus} <= {
+        f.opus for f in alice.sent if not f.tampered
+    }, "a tampered frame reached the sink"
+    track = recording.track(alice.user_id)
+    after_lost, after_checked = lost_frames(
+        track, alice.sent, recording.started, within=(tamper_end + CHANGE_BUDGET, tamper_end + 0.9)
+    )
+    assert after_checked > 20 and after_lost == 0, (after_lost, after_checked)
+    before_lost, _ = lost_frames(track, alice.sent, recording.started, within=(recording.started + 0.3, tamper_start))
+    assert before_lost == 0
+    bob_lost, bob_checked = lost_frames(recording.track(bob.user_id), bob.sent, recording.started)
+    print(f"bob, not tampering, lost {bob_lost} of {bob_checked} frames across the re-join")
+    import pickle
+    with open("/tmp/dexp/tamper.pkl", "wb") as fh:
+        pickle.dump((recording.track(bob.user_id), bob.sent, (tamper_start, op31_at, rejoined_at, tamper_end), recording.started, dict(stats)), fh)
+    assert bob_lost * 0.02 <= CHANGE_BUDGET
+    assert dave[bob.user_id].get("failed:auth", 0) == 0
