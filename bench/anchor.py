@@ -155,10 +155,11 @@ def run_paced(mode: str, key: bytes, ssrc_users: dict[int, int], slots: list[lis
     callback = reader.callback
     t0 = time.monotonic()
     for k, slot in enumerate(slots):
-        delay = t0 + 0.02 * k + 0.004 - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        for datagram in slot:
+        for i, datagram in enumerate(slot):
+            # the benchmark's arrival schedule (stream.arrival_offset): speaker i of n at 1 + 18 * i / n ms
+            delay = t0 + 0.02 * k + 0.001 + 0.018 * i / len(slot) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
             callback(datagram)
     time.sleep(0.14)
     reader.packet_router.stop()

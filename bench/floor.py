@@ -132,15 +132,15 @@ class Floor:
             process(slot)
         return self.decoded
 
-    def run_paced(self, *, start: float | None = None) -> int:
-        """Each slot's packets when their 20 ms slot comes, in a thread that sleeps in between (socket-like)."""
+    def run_paced(self) -> int:
+        """Each datagram at its arrival time (:meth:`Stream.schedule`), handled at once like a socket callback."""
         process = self.process
-        t0 = time.monotonic() if start is None else start
-        for k, slot in enumerate(self.stream.slots):
-            delay = t0 + 0.02 * k - time.monotonic()
+        t0 = time.monotonic()
+        for at, datagram in self.stream.schedule():
+            delay = t0 + at - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            process(slot)
+            process([datagram])
         return self.decoded
 
 

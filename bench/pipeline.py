@@ -117,17 +117,17 @@ class Pipeline:
         return self.stream.packets
 
     def run_paced(self) -> int:
-        """Threaded: this thread feeds each slot's packets at real time, the playout and sink threads do the rest."""
+        """Threaded: this thread feeds each datagram at its arrival time (:meth:`Stream.schedule`), as discord.py's
+        socket thread would; the receiver's playout and sink threads do the rest."""
         receiver = self._receiver(time.monotonic)
         receiver.start(threaded=True)
         feed = receiver.feed
         t0 = time.monotonic()
-        for k, slot in enumerate(self.stream.slots):
-            delay = t0 + _SLOT * k + _ARRIVAL - time.monotonic()
+        for at, datagram in self.stream.schedule():
+            delay = t0 + at - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            for datagram in slot:
-                feed(datagram)
+            feed(datagram)
         time.sleep(receiver.playout_delay + 2 * _SLOT)
         receiver.stop()
         self._check(receiver, paced=True)

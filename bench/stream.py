@@ -22,7 +22,16 @@ from discord_voicerecv.testing.clips import clip_frames, list_clips
 
 from davegroup import DaveGroup
 
-__all__ = ("XCHACHA", "AESGCM", "Speech", "Stream", "encode_speech", "build_stream", "write_packets")
+__all__ = (
+    "AESGCM",
+    "XCHACHA",
+    "Speech",
+    "Stream",
+    "arrival_offset",
+    "build_stream",
+    "encode_speech",
+    "write_packets",
+)
 
 XCHACHA = "aead_xchacha20_poly1305_rtpsize"
 AESGCM = "aead_aes256_gcm_rtpsize"
@@ -68,6 +77,24 @@ class Stream:
     def datagrams(self) -> Iterator[bytes]:
         for slot in self.slots:
             yield from slot
+
+    def schedule(self) -> list[tuple[float, bytes]]:
+        """Arrival time (seconds from the start) of every datagram when paced at real time.
+
+        Speakers' clocks are independent, so each one's packets arrive at its own phase of the 20 ms slot:
+        speaker ``i`` of ``n`` at ``1 ms + 18 ms * i / n`` into it. A receiver is woken once per packet, as a
+        socket thread is.
+        """
+        out = []
+        for k, slot in enumerate(self.slots):
+            n = len(slot)
+            out += [(0.02 * k + arrival_offset(i, n), datagram) for i, datagram in enumerate(slot)]
+        return out
+
+
+def arrival_offset(index: int, count: int) -> float:
+    """Where in its slot speaker ``index`` of ``count`` has its packets arrive (see :meth:`Stream.schedule`)."""
+    return 0.001 + 0.018 * index / max(1, count)
 
 
 def encode_speech(speakers: int, seconds: float, *, dave_receivers: int = 0, bitrate: int = _BITRATE) -> Speech:

@@ -44,14 +44,17 @@ class _UserCounters:
     """What happened to one sender's frames, its current run of authentication failures, and its latest frames.
 
     ``recent`` maps the last few decrypted frames to their plaintext: davey rejects a nonce it has seen (replay
-    protection), so a duplicated packet would otherwise count as an authentication failure.
+    protection), so a duplicated packet would otherwise count as an authentication failure. ``waited`` holds the
+    frames put off because we had no key for the sender at all (we were not in its group yet): one that then fails
+    authentication belongs to an epoch we never had, and is dropped at once instead of being held again.
     """
 
-    __slots__ = ("consecutive", "counts", "next_recovery", "recent", "recovery_interval", "streak_start")
+    __slots__ = ("consecutive", "counts", "next_recovery", "recent", "recovery_interval", "streak_start", "waited")
 
     def __init__(self, recovery_interval: float) -> None:
         self.counts: dict[str, int] = {}
         self.recent: dict[bytes, bytes] = {}
+        self.waited: dict[bytes, None] = {}
         self.streak_start: float | None = None
         self.consecutive = 0
         self.next_recovery = 0.0
@@ -167,10 +170,10 @@ class DaveFrameDecryptor:
         try:
             plain = bytes(session.decrypt(user_id, self._media_audio, frame))
         except ValueError as exc:
-            return self._failed(session, user_id, encrypted, exc)
+            return self._failed(session, user_id, frame, encrypted, exc)
         except RuntimeError as exc:
             _log.debug("davey raised %r for user %s; holding the frame", exc, user_id)
-            return self._auth_failed(session, user_id, exc, transient=True)
+            return self._auth_failed(session, user_id, frame, exc, transient=True)
         state = self._succeeded(user_id, "decrypted" if encrypted else "passthrough")
         if encrypted:
             recent = state.recent
@@ -213,22 +216,31 @@ class DaveFrameDecryptor:
         state.recovery_interval = self._recover_interval
         return state
 
-    def _failed(self, session: davey.DaveSession, user_id: int, encrypted: bool, exc: ValueError) -> bytes | None:
+    def _failed(
+        self, session: davey.DaveSession, user_id: int, frame: bytes, encrypted: bool, exc: ValueError
+    ) -> bytes | None:
         message = str(exc)
         if _PLAINTEXT in message or not encrypted:
             self._count(user_id, "failed:plaintext")
             raise E2EEDecryptError("plaintext", message) from exc
         if _NO_DECRYPTOR in message or (_NO_CRYPTOR not in message and not _in_group(session, user_id)):
-            self._count(user_id, "held")
+            state = self._count(user_id, "held")
+            state.waited[frame] = None
+            if len(state.waited) > _RECENT_FRAMES:
+                del state.waited[next(iter(state.waited))]
             return None
-        return self._auth_failed(session, user_id, exc, transient=False)
+        return self._auth_failed(session, user_id, frame, exc, transient=False)
 
     def _auth_failed(
-        self, session: davey.DaveSession, user_id: int, exc: Exception, *, transient: bool
+        self, session: davey.DaveSession, user_id: int, frame: bytes, exc: Exception, *, transient: bool
     ) -> bytes | None:
         now = self._clock()
         with self._lock:
             state = self._state(user_id)
+            if not transient and frame in state.waited:
+                del state.waited[frame]
+                state.add("failed:auth")
+                raise E2EEDecryptError("auth", "from an epoch before we joined: " + str(exc)) from exc
             if state.streak_start is None:
                 state.streak_start = now
             hold = self._commit_hold if transient or _awaiting_commit(session, self._status_awaiting) else self._hold

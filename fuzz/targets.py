@@ -261,6 +261,7 @@ _MAPPED = {1: 101, 2: 102, 3: 103}
 _SSRCS = (1, 2, 3, 4, 5)
 _FINAL = (
     "not_listening",
+    "inbox_full",
     "ip_discovery",
     "rtcp",
     "decrypt_failed",

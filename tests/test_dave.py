@@ -187,6 +187,28 @@ def test_a_sender_not_in_our_group_yet_is_held() -> None:
     assert decryptor.user_stats()[CAROL] == {"held": 1, "decrypted": 1}
 
 
+def test_a_frame_from_an_epoch_before_we_joined_is_dropped_without_a_second_hold() -> None:
+    """Held while we had no key for its sender, then undecryptable with the keys our welcome gave: drop it now."""
+    group = Group()
+    alice = group.join(ALICE)
+    group.join(CAROL)
+    group.run()
+    group.park(BOB)
+    group.join(BOB)
+    decryptor, flags = _decryptor(group, BOB, hold=10.0)
+    old_epoch_frame = alice.encrypt(OPUS)
+    assert decryptor.decrypt(ALICE, old_epoch_frame) is None
+    group.run()
+    group.release(BOB)
+    assert group.members[BOB].can_encrypt
+    with pytest.raises(E2EEDecryptError) as info:
+        decryptor.decrypt(ALICE, old_epoch_frame)
+    assert info.value.reason == "auth" and "before we joined" in str(info.value)
+    assert decryptor.decrypt(ALICE, alice.encrypt(OPUS)) == OPUS
+    assert decryptor.user_stats()[ALICE] == {"held": 1, "failed:auth": 1, "decrypted": 1}
+    assert flags["recovered"] == []
+
+
 def test_frames_of_a_new_epoch_that_beat_our_commit_are_held_then_decrypt() -> None:
     group, alice, _ = _pair()
     clock = Clock()

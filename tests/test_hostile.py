@@ -163,8 +163,9 @@ async def test_flood_of_spoofed_datagrams_during_a_recording(tmp_path: Path) -> 
         expected[kinds[name][1]] += count
     flood_seen = stats["packets"] - legit_delivered
     assert sum(sent.values()) - kernel_drops <= flood_seen <= sum(sent.values())
+    unsorted = kernel_drops + stats["inbox_full"]  # dropped unread: socket buffer full, or the receiver's inbox
     for counter, count in expected.items():
-        assert count - kernel_drops <= stats[counter] <= count + (legit_delivered if counter == "decrypt_failed" else 0)
+        assert count - unsorted <= stats[counter] <= count + (legit_delivered if counter == "decrypt_failed" else 0)
     assert stats["internal_error"] == 0
 
     for speaker, clip in zip(speakers, clips, strict=True):

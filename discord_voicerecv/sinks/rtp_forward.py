@@ -39,7 +39,6 @@ _REPORT_SLOTS = 50
 """Slots between two RTCP sender reports of a stream (1 s)."""
 _SLOT_SECONDS = FRAME_SAMPLES / 48_000
 _NTP_EPOCH_OFFSET = 2_208_988_800
-_MIX_KEY = "mix"
 _UNSAFE = re.compile(r"[^\w.-]+")
 
 
@@ -240,7 +239,7 @@ class RTPForwardSink(AudioSink):
             if mix is not False:
                 from ..opus import OpusEncoder
 
-                port = self._allocate(None, None if mix is True else int(mix))
+                port = self._allocate(None if mix is True else int(mix))
                 self._mix = self._open_output(None, port, "mix.sdp", "mix")
                 self._encoder = OpusEncoder(bitrate=96_000, fec=False, expected_loss_pct=0)
             self.wants_pcm = self._mix is not None
@@ -427,7 +426,7 @@ class RTPForwardSink(AudioSink):
         return self._open_user(key, user, ident)
 
     def _open_user(self, key: SpeakerKey, user: SinkUser, ident: int) -> _Output:
-        port = self._allocate(user, self._port_for(user, ident) if self._port_for is not None else None)
+        port = self._allocate(self._port_for(user, ident) if self._port_for is not None else None)
         name = self._file_name(key, user, ident)
         out = self._open_output(user, port, name, name[:-4])
         self._outputs[key] = out
@@ -459,7 +458,7 @@ class RTPForwardSink(AudioSink):
     def _sockaddr(self, port: int) -> tuple[str, int]:
         return (self._host, port)
 
-    def _allocate(self, user: SinkUser, port: int | None) -> int:
+    def _allocate(self, port: int | None) -> int:
         """The RTP port of a new stream: ``port`` when given and free, else the next free even pair."""
         if port is not None:
             _check_port(port)

@@ -448,15 +448,17 @@ def alignment_error(
     """How far the end of ``speaker``'s track is from where its audio was sent: ``(seconds off, match score)``.
 
     The reference is the last ``seconds`` of audio of the speaker's last talk spurt, expected at its sending time
-    relative to ``started`` (the event-loop time of ``listen()``); the track is searched half a second either side.
-    Positive means the recording plays it late. Needs numpy.
+    relative to ``started`` (the event-loop time of ``listen()``; the median over the frames, so one late wake-up
+    of the sender does not move it); the track is searched half a second either side. Positive means the
+    recording plays it late. Needs numpy.
     """
     from .analysis import normalized_xcorr, read_wav
 
     frames = [f for f in speaker.sent if f.pcm is not None]
     frames = [f for f in frames if f.spurt == frames[-1].spurt][-max(1, round(seconds * 50)) :]
     reference = b"".join(f.pcm for f in frames if f.pcm is not None)
-    expected = frames[0].sent_at - started
+    offsets = sorted(f.sent_at - n * 0.02 for n, f in enumerate(frames))
+    expected = offsets[len(offsets) // 2] - started
     rate, _, samples = read_wav(track)
     margin = rate // 2
     first = max(0, round(expected * rate) - margin)

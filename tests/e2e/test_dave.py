@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import discord
 import numpy as np
@@ -39,8 +39,10 @@ CHANGE_BUDGET = 0.2
 """Seconds of audio a group change may cost a speaker who keeps talking through it."""
 _ACTIVE_RMS = 300.0
 _PRESENT = 0.5
-_WIDE = 1200
 _NARROW = 240
+_CONFIRM = 48
+_BEHIND = 1200
+_AHEAD = 14_400
 
 
 # helpers ------------------------------------------------------------------------------------------------------
@@ -133,22 +135,34 @@ def start_recording(vc: VoiceRecvClient, directory: Path) -> Recording:
     return recording
 
 
+class Loss(NamedTuple):
+    """What :func:`lost_frames` found."""
+
+    lost: int
+    """Audible frames the recording does not reproduce."""
+    checked: int
+    """Audible frames looked for."""
+    shift: float
+    """Seconds the speaker's audio ended up later than where it started (0 when it stayed in place)."""
+
+
 def lost_frames(
     track: np.ndarray[Any, np.dtype[np.float64]],
     sent: Iterable[SentFrame],
     started: float,
     *,
     within: tuple[float, float] | None = None,
-) -> tuple[int, int]:
-    """``(lost, checked)``: the speaker's audible 20 ms frames (sent inside ``within``, monotonic seconds) that the
-    recording (listening since ``started``) does not reproduce where they were due.
+) -> Loss:
+    """The speaker's audible 20 ms frames (sent inside ``within``, monotonic seconds) that the recording (listening
+    since ``started``) does not reproduce.
 
     The first second of audio locates the speaker in the track (cross-correlation within half a second of its send
-    time: a looping clip repeats itself). Each frame is then due at its
-    send time's offset from there, give or take 5 ms, and counts as present when the recording there correlates
-    with its PCM at 0.5 or more. The receiver anchors every new talk spurt on a 20 ms slot, so after a gap the
-    audio may sit up to a slot away: a frame found within 25 ms at 0.9 or more, with the next frame confirming
-    the same shift, moves the expected position there.
+    time: a looping clip repeats itself). Each frame is then due at its send time's offset from there, give or
+    take 5 ms, and counts as present when the recording there correlates with its PCM at 0.5 or more. The receiver
+    may place audio elsewhere: a new talk spurt is anchored on a 20 ms slot, and a frame that arrives (or is
+    decrypted) after its slot was played moves the rest of its spurt later. So a frame not found in place is
+    looked for from 25 ms earlier to 300 ms later; found there at 0.9 or more, with the next two frames
+    confirming the same shift, it is present and later frames are expected at the new place.
     """
     frames = [f for f in sent if f.pcm is not None]
     assert frames, "the speaker sent no audio"
@@ -162,34 +176,47 @@ def lost_frames(
         pcm = np.frombuffer(frame.pcm or b"", dtype="<i2").astype(np.float64).reshape(-1, 2).mean(axis=1)
         if np.sqrt(np.mean(pcm * pcm)) >= _ACTIVE_RMS:
             audible.append((frame, pcm, lag + round((frame.sent_at - origin) * RATE)))
-    offset = 0
+    offset = base = None
     lost = checked = 0
+    shift = 0
     for i, (frame, pcm, due) in enumerate(audible):
-        near = _match(track, pcm, due + offset, _NARROW)
+        expected = due + (offset or 0)
+        near = _match(track, pcm, expected, _NARROW, _NARROW)
         if near is None:
             continue
         present = near[0] >= _PRESENT
+        moved = near[1]
+        if not present:
+            far = _match(track, pcm, expected, _BEHIND, _AHEAD)
+            if (
+                far is not None
+                and far[0] >= 0.9
+                and all(
+                    (m := _match(track, p, d + (offset or 0) + far[1], _CONFIRM, _CONFIRM)) is not None and m[0] >= 0.9
+                    for _, p, d in audible[i + 1 : i + 3]
+                )
+            ):
+                present, moved = True, far[1]
         if present:
-            offset += near[1]
-        else:
-            wide = _match(track, pcm, due + offset, _WIDE)
-            following = audible[i + 1] if i + 1 < len(audible) else None
-            if wide is not None and wide[0] >= 0.9 and following is not None:
-                confirm = _match(track, following[1], following[2] + offset + wide[1], _NARROW // 5)
-                if confirm is not None and confirm[0] >= 0.9:
-                    offset += wide[1]
-                    present = True
+            offset = (offset or 0) + moved
+            base = offset if base is None else base
+            shift = max(shift, offset - base)
         if within is None or within[0] <= frame.sent_at < within[1]:
             checked += 1
             lost += not present
-    return lost, checked
+    return Loss(lost, checked, shift / RATE)
 
 
 def _match(
-    track: np.ndarray[Any, np.dtype[np.float64]], pcm: np.ndarray[Any, np.dtype[np.float64]], due: int, search: int
+    track: np.ndarray[Any, np.dtype[np.float64]],
+    pcm: np.ndarray[Any, np.dtype[np.float64]],
+    due: int,
+    before: int,
+    after: int,
 ) -> tuple[float, int] | None:
-    """Best normalised correlation of ``pcm`` with the track within ``search`` samples of ``due``, and its shift."""
-    lo, hi = due - search, due + FRAME + search
+    """Best normalised correlation of ``pcm`` with the track from ``before`` samples before ``due`` to ``after``
+    samples after it, and the shift where it is."""
+    lo, hi = due - before, due + FRAME + after
     if lo < 0 or hi > track.size:
         return None
     window = track[lo:hi]
@@ -197,7 +224,7 @@ def _match(
     energy = np.convolve(window * window, np.ones(FRAME), mode="valid")
     scores = products / np.sqrt(np.maximum(energy, 1e-9) * float(np.dot(pcm, pcm)))
     k = int(np.argmax(scores))
-    return float(scores[k]), k - search
+    return float(scores[k]), k - before
 
 
 def voice_channel(client: discord.Client, local: LocalDiscord) -> discord.VoiceChannel:
@@ -309,19 +336,21 @@ async def test_joins_leaves_and_a_downgrade_and_back_cost_a_continuous_speaker_a
     stats, dave = vc.receive_stats(), vc.dave_stats
 
     track = recording.track(alice.user_id)
-    losses = {}
-    for name, at in marks.items():
-        losses[name] = lost_frames(track, alice.sent, recording.started, within=(at - 0.5, at + 0.8))
+    losses = {
+        name: lost_frames(track, alice.sent, recording.started, within=(at - 0.2, at + 0.45))
+        for name, at in marks.items()
+    }
     total = lost_frames(track, alice.sent, recording.started)
     per_epoch = watch.failures_per_epoch(recording.started)
-    print(f"alice frames lost around each change (lost, checked): {losses}; overall {total}")
-    print(f"DAVE failures per epoch (epoch, first 200 ms, after): {per_epoch}; stats {dict(stats)}")
-    for name, (lost, checked) in losses.items():
-        assert checked > 30 and lost * 0.02 <= CHANGE_BUDGET, (name, lost, checked)
+    print(f"alice around each change: {losses}; overall {total}")
+    print(f"DAVE failures per epoch (epoch, first 200 ms, after): {per_epoch}")
+    for name, loss in losses.items():
+        assert loss.checked > 15 and loss.lost * 0.02 <= CHANGE_BUDGET, (name, loss)
+    assert total.lost * 0.02 <= CHANGE_BUDGET * len(marks) and total.shift <= CHANGE_BUDGET, total
     assert all(late == 0 for _, _, late in per_epoch), per_epoch
     assert len(watch.changes()) >= 4
-    carol_lost, carol_checked = lost_frames(recording.track(carol.user_id), carol.sent, recording.started)
-    assert carol_lost * 0.02 <= CHANGE_BUDGET * 3, (carol_lost, carol_checked)
+    carol_loss = lost_frames(recording.track(carol.user_id), carol.sent, recording.started)
+    assert carol_loss.lost * 0.02 <= CHANGE_BUDGET * 3, carol_loss
     assert dave[alice.user_id]["passthrough"] > 10, "downgraded frames came through as plaintext"
     assert stats["decrypt_failed"] == 0
 
@@ -356,13 +385,14 @@ async def test_padding_and_plaintext_frames_pass_only_inside_passthrough(
     in_passthrough = [f for f in bob.sent if f.sent_at >= passthrough_start]
     score, lag = normalized_xcorr(bob_track, load_clip("fr_female"))
     assert score >= 0.9 and lag / RATE >= passthrough_start - recording.started - 0.05
-    lost, checked = lost_frames(bob_track, in_passthrough, recording.started)
-    assert checked > 50 and lost == 0, (lost, checked)
+    passthrough = lost_frames(bob_track, in_passthrough, recording.started)
+    print(f"bob: {dave_phase} plaintext frames under DAVE, all dropped; under passthrough {passthrough}")
+    assert passthrough.checked > 50 and passthrough.lost == 0, passthrough
     assert set(recording.opus_of(bob.user_id)) <= {f.opus for f in in_passthrough}
     assert sum(f.padded for f in alice.sent) > 50
     alice_score, _ = normalized_xcorr(recording.track(alice.user_id), load_clip("en_gb_female"))
     assert alice_score >= 0.9 and stats.get("malformed:padding", 0) == 0
-    assert lost_frames(recording.track(alice.user_id), alice.sent, recording.started)[0] <= 10
+    assert lost_frames(recording.track(alice.user_id), alice.sent, recording.started).lost * 0.02 <= CHANGE_BUDGET
 
 
 async def test_tampered_frames_are_dropped_and_sustained_tampering_recovers_through_op31(
@@ -408,16 +438,12 @@ async def test_tampered_frames_are_dropped_and_sustained_tampering_recovers_thro
         f.opus for f in alice.sent if not f.tampered
     }, "a tampered frame reached the sink"
     track = recording.track(alice.user_id)
-    after_lost, after_checked = lost_frames(
-        track, alice.sent, recording.started, within=(tamper_end + CHANGE_BUDGET, tamper_end + 0.9)
-    )
-    assert after_checked > 20 and after_lost == 0, (after_lost, after_checked)
-    before_lost, _ = lost_frames(track, alice.sent, recording.started, within=(recording.started + 0.3, tamper_start))
-    assert before_lost == 0
-    bob_lost, bob_checked = lost_frames(recording.track(bob.user_id), bob.sent, recording.started)
-    print(f"bob, not tampering, lost {bob_lost} of {bob_checked} frames across the re-join")
-    import pickle
-    with open("/tmp/dexp/tamper.pkl", "wb") as fh:
-        pickle.dump((recording.track(bob.user_id), bob.sent, (tamper_start, op31_at, rejoined_at, tamper_end), recording.started, dict(stats)), fh)
-    assert bob_lost * 0.02 <= CHANGE_BUDGET
-    assert dave[bob.user_id].get("failed:auth", 0) == 0
+    resumed = lost_frames(track, alice.sent, recording.started, within=(tamper_end + CHANGE_BUDGET, tamper_end + 0.9))
+    assert resumed.checked > 20 and resumed.lost == 0, resumed
+    before = lost_frames(track, alice.sent, recording.started, within=(recording.started + 0.3, tamper_start))
+    assert before.lost == 0, before
+    bob_loss = lost_frames(recording.track(bob.user_id), bob.sent, recording.started)
+    bob_failed = dave[bob.user_id].get("failed:auth", 0)
+    print(f"alice after tampering {resumed}; bob, not tampering, across the re-join {bob_loss}, {bob_failed} failed")
+    assert bob_loss.lost * 0.02 <= CHANGE_BUDGET, bob_loss
+    assert bob_failed <= 3, "only frames of the epoch we were out of may fail"

@@ -65,7 +65,7 @@ def _bound_udp_ports() -> set[int]:
 
 def _record(sdp: Path, outputs: list[Path]) -> subprocess.Popen[bytes]:
     """ffmpeg reading the SDP and copying the Opus packets, untouched, into every output file."""
-    command = [_ffmpeg(), "-hide_banner", "-nostats", "-loglevel", "error"]
+    command = [_ffmpeg(), "-hide_banner", "-nostats", "-loglevel", "warning"]
     command += ["-protocol_whitelist", "file,udp,rtp", "-i", str(sdp)]
     for out in outputs:
         command += ["-map", "0:a", "-c:a", "copy", "-y", str(out)]
@@ -154,7 +154,7 @@ async def test_ffmpeg_records_each_forwarded_speaker_and_the_mix_from_the_sdp(
             samples = _decode(path)
             assert len(samples) == len(mix), f"{path.name}: {len(samples)} samples, the mix has {len(mix)}"
             score, lag = normalized_xcorr(samples, clip)
-            assert score >= 0.9, f"{path.name}: score {score:.3f}"
+            assert score >= 0.9, f"{path.name}: score {score:.3f}; ffmpeg said: {ended[name][2]}"
             assert abs(lag / RATE - expected) <= 0.04, f"{path.name}: at {lag / RATE:.3f}s, sent at {expected:.3f}s"
         score, lag = normalized_xcorr(mix, clip)
         assert score >= 0.9, f"mix vs {name}: score {score:.3f}"
@@ -204,4 +204,4 @@ async def test_on_stream_starts_ffmpeg_for_a_new_speaker_with_opus_only_forwardi
     score, lag = normalized_xcorr(samples, clip[round(skip * RATE) * 4 :])
     missing = skip - lag / RATE
     assert missing <= 0.4, f"the first {missing:.3f}s of speech are missing"
-    assert score >= 0.9, f"score {score:.3f}"
+    assert score >= 0.9, f"score {score:.3f}; ffmpeg said: {err}"
