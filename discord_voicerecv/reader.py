@@ -116,7 +116,8 @@ class _Stream:
         self.user_id = user_id
         self.tally = tally
         self.jitter = JitterBuffer(DEFAULT_CAPACITY)
-        self.timeline = Timeline(t0, max_silence=max_silence)
+        # Origin half a slot early: a frame lands in the slot nearest its arrival, so tracks align within 10 ms.
+        self.timeline = Timeline(t0 - FRAME_DURATION / 2, max_silence=max_silence)
         self.decoder: opus.OpusDecoder | None = None
         self.active = False
         self.bye = False

@@ -353,7 +353,7 @@ def test_two_speakers_are_aligned_by_arrival_across_spurts() -> None:
     schedule = _stream(a, h, range(60), start=10)
     late_b = _stream(b, h, range(30), start=20, spread=0.005, seed=5)
     late_b[0] = (late_b[0][0] + 0.035, late_b[0][1])  # B's first packet is delayed into slot 21
-    schedule += [(t + 0.011, pkt) for t, pkt in late_b]
+    schedule += [(t + 0.001, pkt) for t, pkt in late_b]
     h.feed_all(schedule)
     h.finish(h.at(100))
     ticks_a = [f.tick for f in h.sink.frames(SSRC_A)]
