@@ -96,12 +96,16 @@ class _VoiceClient:
         pass
 
 
-def _peak_rss_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return float(line.split()[1]) / 1024
     return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    return _status_mb("VmHWM:")
 
 
 def _reset_peak() -> None:
@@ -133,6 +137,7 @@ def run_manual(mode: str, key: bytes, ssrc_users: dict[int, int], slots: list[li
     callback = reader.callback
     sink = router.sink
     _reset_peak()
+    before = _status_mb("VmRSS:")
     c0, w0 = time.process_time(), time.perf_counter()
     for slot in slots:
         for datagram in slot:
@@ -142,12 +147,20 @@ def run_manual(mode: str, key: bytes, ssrc_users: dict[int, int], slots: list[li
             if data is not None:
                 sink.write(data.source, data)
     cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-    return {"cpu": cpu, "wall": wall, "packets": sum(map(len, slots)), "frames": counter[0], "rss": _peak_rss_mb()}
+    return {
+        "cpu": cpu,
+        "wall": wall,
+        "packets": sum(map(len, slots)),
+        "frames": counter[0],
+        "rss": _peak_rss_mb(),
+        "rss_before": before,
+    }
 
 
 def run_paced(mode: str, key: bytes, ssrc_users: dict[int, int], slots: list[list[bytes]]) -> dict[str, Any]:
     reader, counter = _build(mode, key, ssrc_users)
     _reset_peak()
+    before = _status_mb("VmRSS:")
     c0, w0 = time.process_time(), time.perf_counter()
     reader.speaking_timer.start()
     reader.event_router.start()
@@ -167,7 +180,14 @@ def run_paced(mode: str, key: bytes, ssrc_users: dict[int, int], slots: list[lis
     reader.speaking_timer.stop()
     reader.packet_router.join(1.0)
     cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-    return {"cpu": cpu, "wall": wall, "packets": sum(map(len, slots)), "frames": counter[0], "rss": _peak_rss_mb()}
+    return {
+        "cpu": cpu,
+        "wall": wall,
+        "packets": sum(map(len, slots)),
+        "frames": counter[0],
+        "rss": _peak_rss_mb(),
+        "rss_before": before,
+    }
 
 
 def main() -> None:

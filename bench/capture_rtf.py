@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from measure import rss_mb
+from stream import XCHACHA, Speech
+
 from discord_voicerecv.capture import CapturedDatagram, write_pcap
 from discord_voicerecv.decode import decode_capture
 from discord_voicerecv.protocol.rtp import EXTENSION_PROFILE_ONE_BYTE, build_extension_body, build_rtp_header
 from discord_voicerecv.protocol.transport import make_cipher
-
-from measure import rss_mb
-from stream import XCHACHA, Speech
 
 __all__ = ("capture_rtf",)
 
@@ -56,10 +56,10 @@ class _Sampler(threading.Thread):
         self.mix = mix
         self.interval = interval
         self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             try:
                 size = self.mix.stat().st_size
             except OSError:
@@ -67,7 +67,7 @@ class _Sampler(threading.Thread):
             self.samples.append((rss_mb(), size))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 

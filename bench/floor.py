@@ -17,11 +17,10 @@ from typing import Any
 import davey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nacl._sodium import ffi, lib
-
-from discord_voicerecv.opus import libopus_path
-
 from stream import AESGCM as AESGCM_MODE
 from stream import XCHACHA, Stream
+
+from discord_voicerecv.opus import libopus_path
 
 __all__ = ("Floor",)
 

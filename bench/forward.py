@@ -5,7 +5,8 @@ the sink's own work per packet (building the RTP header, the ``sendto`` system c
 the RTCP reports), with no waiting for the network or the playout clock. Every stream has a bound receiver on
 loopback, as it would with ffmpeg listening, so the kernel delivers the datagrams instead of answering with ICMP.
 
-Run: ``python bench/forward.py [--speakers 5] [--seconds 60] [--repeats 5]``. Exits 1 when forwarding costs more
+Run from the repository with the package installed (``make setup``, or ``PYTHONPATH=.``):
+``python bench/forward.py [--speakers 5] [--seconds 60] [--repeats 5]``. Exits 1 when forwarding costs more
 than the budget (10 us per packet).
 """
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ("Run", "Sample", "median", "reset_peak_rss", "peak_rss_mb", "rss_mb", "timed")
+__all__ = ("Run", "Sample", "median", "peak_rss_mb", "reset_peak_rss", "rss_mb", "timed")
 
 
 def _status_kb(field_name: str) -> float:

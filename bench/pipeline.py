@@ -9,14 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import davey
+from stream import Stream
 
 from discord_voicerecv.dave import DaveFrameDecryptor
 from discord_voicerecv.frames import VoiceFrame
 from discord_voicerecv.reader import Receiver
 from discord_voicerecv.sinks.base import AudioSink, SinkUser
 from discord_voicerecv.sinks.wave import WaveSink
-
-from stream import Stream
 
 __all__ = ("CountingSink", "OpusOnlySink", "Pipeline", "make_sink")
 

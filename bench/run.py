@@ -25,14 +25,14 @@ sys.path.insert(0, str(_HERE))
 if str(_HERE.parent) not in sys.path:
     sys.path.insert(1, str(_HERE.parent))
 
-from discord_voicerecv.opus import libopus_path  # noqa: E402
-
 from capture_rtf import capture_rtf  # noqa: E402
 from floor import Floor, run_threads  # noqa: E402
 from measure import Run, Sample, median, timed  # noqa: E402
 from pipeline import Pipeline  # noqa: E402
 from scale import scale_manual, scale_threaded  # noqa: E402
 from stream import AESGCM, XCHACHA, Speech, Stream, build_stream, encode_speech, write_packets  # noqa: E402
+
+from discord_voicerecv.opus import libopus_path  # noqa: E402
 
 ANCHOR_PACKAGE = "discord-ext-voice-recv==0.5.2a179"
 ANCHOR_VENV = _HERE / ".venv-anchor"
@@ -101,7 +101,14 @@ def anchor_run(python: Path, packets: Path, how: str) -> Sample:
     if out.returncode != 0:
         raise RuntimeError(f"anchor failed: {out.stderr[-2000:]}")
     result = json.loads(out.stdout)
-    return Sample(result["cpu"], result["wall"], result["packets"], 0.0, result["rss"], {"frames": result["frames"]})
+    return Sample(
+        result["cpu"],
+        result["wall"],
+        result["packets"],
+        result["rss_before"],
+        result["rss"],
+        {"frames": result["frames"]},
+    )
 
 
 # -- passes ---------------------------------------------------------------------------------------------------------
@@ -158,7 +165,9 @@ def throughput_variants(streams: dict[tuple[str, bool], Stream], speech: Speech,
         tag = f"{'xchacha' if mode == XCHACHA else 'aes-gcm'}{' +DAVE' if dave else ''}"
         floor_name = f"floor          {tag}"
         variants.append(Variant(floor_name, tag, lambda s=stream: floor_pass(s, speech)))
-        variants.append(Variant(f"ours noop-sink {tag}", tag, lambda s=stream: ours_pass(s, speech, "noop"), floor_name))
+        variants.append(
+            Variant(f"ours noop-sink {tag}", tag, lambda s=stream: ours_pass(s, speech, "noop"), floor_name)
+        )
         if mode == XCHACHA:
             variants.append(
                 Variant(f"ours WaveSink  {tag}", tag, lambda s=stream: ours_pass(s, speech, "wave"), floor_name)
@@ -212,7 +221,10 @@ def cores_variants(stream: Stream) -> list[Variant]:
 
 def print_table(variants: list[Variant], anchor_rows: dict[str, str]) -> None:
     by_name = {v.name: v for v in variants}
-    header = f"{'variant':<36} {'us/pkt':>8} {'pkt/s/core':>11} {'x floor':>8} {'anchor/ours':>12} {'peak RSS MB':>12}"
+    header = (
+        f"{'variant':<36} {'us/pkt':>8} {'pkt/s/core':>11} {'x floor':>8} {'anchor/ours':>12} "
+        f"{'peak RSS MB':>12} {'RSS +MB':>8}"
+    )
     print(header)
     print("-" * len(header))
     group = None
@@ -225,7 +237,10 @@ def print_table(variants: list[Variant], anchor_rows: dict[str, str]) -> None:
         anchor = ""
         if v.name in anchor_rows and anchor_rows[v.name] in by_name:
             anchor = f"{by_name[anchor_rows[v.name]].result.cpu_us / us:12.2f}"
-        print(f"{v.name:<36} {us:8.1f} {1e6 / us:11.0f} {ratio} {anchor:>12} {v.result.rss_peak:12.1f}")
+        print(
+            f"{v.name:<36} {us:8.1f} {1e6 / us:11.0f} {ratio} {anchor:>12} {v.result.rss_peak:12.1f} "
+            f"{v.result.rss_growth:8.1f}"
+        )
 
 
 def overhead_line(variants: list[Variant], ours: str, anchor: str, floor: str) -> str | None:
@@ -235,7 +250,8 @@ def overhead_line(variants: list[Variant], ours: str, anchor: str, floor: str) -
     f = by_name[floor].result.cpu_us
     o = by_name[ours].result.cpu_us - f
     a = by_name[anchor].result.cpu_us - f
-    return f"  overhead above the floor: ours {o:.1f} us, ext-voice-recv {a:.1f} us ({a / max(o, 0.1):.1f}x)"
+    ratio = f"{a / o:.1f}x" if o > 0.5 else "ours is at the floor"
+    return f"overhead above the floor: ours {o:.1f} us, ext-voice-recv {a:.1f} us ({ratio})"
 
 
 def main() -> int:
@@ -272,9 +288,8 @@ def main() -> int:
         f"{args.speakers + dave_runs} in {time.perf_counter() - t:.1f} s",
         file=sys.stderr,
     )
-    streams = {
-        (mode, dave): build_stream(speech, mode, dave=dave) for mode in (XCHACHA, AESGCM) for dave in (False, True)
-    }
+    daves = (False, True) if speech.dave_frames is not None else (False,)
+    streams = {(mode, dave): build_stream(speech, mode, dave=dave) for mode in (XCHACHA, AESGCM) for dave in daves}
     sample_stream = streams[(XCHACHA, False)]
     mean_size = sum(len(d) for d in sample_stream.datagrams()) / sample_stream.packets
     report: dict[str, Any] = {"speakers": args.speakers, "mean_datagram_bytes": mean_size}
@@ -301,11 +316,11 @@ def main() -> int:
         interleave(cores, args.reps, "cores")
 
     print()
-    print(
-        f"{args.speakers} speakers of 64 kbit/s stereo Opus speech, {mean_size:.0f}-byte datagrams; "
-        f"process CPU per packet, median of {args.reps} (paced: {args.paced_reps}) interleaved passes"
-    )
     if all_variants:
+        print(
+            f"{args.speakers} speakers of 64 kbit/s stereo Opus speech, {mean_size:.0f}-byte datagrams; "
+            f"process CPU per packet, median of {args.reps} (paced: {args.paced_reps}) interleaved passes"
+        )
         print()
         print_table(all_variants, anchor_rows)
         for ours, anch, fl in (
@@ -314,7 +329,7 @@ def main() -> int:
         ):
             line = overhead_line(all_variants, ours, anch, fl)
             if line:
-                print(f"{ours.strip()}:" + line[1:])
+                print(f"{ours.strip()}: {line}")
     if cores:
         by = {v.name.strip(): v.result for v in cores}
         print()
@@ -356,11 +371,10 @@ def main() -> int:
             f"audio second; RSS {result['rss_start']:.0f} MB, drift {result['rss_drift']:+.1f} MB while decoding"
         )
     if args.json:
-        report["samples"] = {
-            v.name.strip(): [s.__dict__ for s in v.result.samples] for v in [*all_variants, *cores]
-        }
+        report["samples"] = {v.name.strip(): [s.__dict__ for s in v.result.samples] for v in [*all_variants, *cores]}
         args.json.write_text(json.dumps(report, indent=1, default=str))
     return 0
+
 
 if __name__ == "__main__":
     try:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from discord_voicerecv.reader import Receiver
-
 from measure import peak_rss_mb, reset_peak_rss, rss_mb
 from pipeline import CountingSink
 from stream import Stream
+
+from discord_voicerecv.reader import Receiver
 
 __all__ = ("scale_manual", "scale_threaded")
 

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from davegroup import DaveGroup
+
 from discord_voicerecv.opus import OpusEncoder
 from discord_voicerecv.protocol.rtp import EXTENSION_PROFILE_ONE_BYTE, build_extension_body, build_rtp_header
 from discord_voicerecv.protocol.transport import make_cipher
 from discord_voicerecv.testing.clips import clip_frames, list_clips
-
-from davegroup import DaveGroup
 
 __all__ = (
     "AESGCM",

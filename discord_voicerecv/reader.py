@@ -531,7 +531,7 @@ class Receiver:
             if pending:
                 self._retry_pending(user_id, now)
                 pending = self._pending.get(user_id)
-            item = _Held(ssrc, sequence, timestamp, payload, arrival)
+            item = tuple.__new__(_Held, (ssrc, sequence, timestamp, payload, arrival))
             if pending:
                 self._queue_pending(user_id, item)
                 return
@@ -588,7 +588,8 @@ class Receiver:
         if stream is None:
             tally = self._stats.tally(ssrc, user_id)
             stream = self._streams[ssrc] = _Stream(ssrc, user_id, self._t0, self._max_silence, arrival, tally)
-        stream.last_arrival = max(stream.last_arrival, arrival)
+        if arrival > stream.last_arrival:
+            stream.last_arrival = arrival
         stats = self._stats
         jitter = stream.jitter
         overflow = jitter.overflow

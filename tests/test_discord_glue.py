@@ -6,12 +6,14 @@ import asyncio
 import inspect
 import socket
 import threading
+import time
+import types
 from typing import Any
 
 import discord
 import pytest
 from discord.gateway import DiscordVoiceWebSocket
-from discord.voice_state import VoiceConnectionState
+from discord.voice_state import SocketReader, VoiceConnectionState
 
 from discord_voicerecv import _discord_glue as glue
 from discord_voicerecv.client import VoiceRecvClient
@@ -104,3 +106,96 @@ def test_recv_client_offers_aes_gcm_first_and_keeps_discord_modes() -> None:
 def test_sender_looks_encrypt_methods_up_by_mode_name() -> None:
     src = inspect.getsource(discord.VoiceClient)
     assert "_encrypt_" in src and "getattr(self, '_encrypt_' + self.mode)" in src
+
+
+def test_dave_state_the_client_reads_exists(state: VoiceConnectionState) -> None:
+    holder: Any = _Holder(state)
+    assert state.dave_downgraded is False and glue.dave_downgraded(holder) is False
+    state.dave_downgraded = True
+    assert glue.dave_downgraded(holder) is True
+    execute = inspect.getsource(VoiceConnectionState._execute_transition)
+    assert "self.dave_downgraded = True" in execute and "self.dave_downgraded = False" in execute
+
+
+def test_discord_py_still_leaves_passthrough_open_after_an_upgrade() -> None:
+    """The client bounds it to UPGRADE_PASSTHROUGH seconds; when this fails, discord.py changed and the fix may go."""
+    execute = inspect.getsource(VoiceConnectionState._execute_transition)
+    assert "set_passthrough_mode(True, 10)" in execute
+
+
+class _FakeVoiceWebSocket:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+
+    async def send_as_json(self, data: Any) -> None:
+        self.sent.append(("json", data))
+
+    async def send_binary(self, opcode: int, data: bytes) -> None:
+        self.sent.append(("binary", opcode))
+
+
+def test_recover_dave_session_sends_op31_then_a_fresh_key_package() -> None:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    ws = _FakeVoiceWebSocket()
+    voice_client = types.SimpleNamespace(
+        ws=ws, user=types.SimpleNamespace(id=1234), channel=types.SimpleNamespace(id=99)
+    )
+    state = VoiceConnectionState(voice_client, hook=None)  # type: ignore[arg-type]
+    try:
+        state.dave_protocol_version = 1
+        holder: Any = _Holder(state)
+        loop.run_until_complete(glue.recover_dave_session(holder, 7))
+        assert ws.sent == [("json", {"op": 31, "d": {"transition_id": 7}}), ("binary", 26)]
+        assert state.dave_session is not None and not state.dave_session.ready
+    finally:
+        state._socket_reader.stop()
+        loop.close()
+
+
+def test_socket_reader_internals_the_wakeable_reader_relies_on(state: VoiceConnectionState) -> None:
+    init = inspect.getsource(VoiceConnectionState.__init__)
+    assert "self._socket_reader = SocketReader(self)" in init and "self._socket_reader.start()" in init
+    assert "self._do_run()" in inspect.getsource(SocketReader.run)
+    assert "select.select([self.state.socket], [], [], 30)" in inspect.getsource(SocketReader._do_run)
+    assert "start_paused" in inspect.signature(SocketReader.__init__).parameters
+    reader = state._socket_reader
+    for name in ("state", "_callbacks", "_running", "_end", "_idle_paused"):
+        assert hasattr(reader, name), name
+
+
+def test_the_reader_follows_a_new_socket_after_a_reconnect() -> None:
+    """What discord.py does on a reconnect while a listener is registered: pause the reader, close the socket, make
+    a new one (usually on the same descriptor number) and resume. discord.py's own reader keeps sleeping in select()
+    on the closed socket for up to 30 s; ours must read the new socket at once (its IP discovery reply)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    state = glue.ReceivingConnectionState(object(), hook=None)  # type: ignore[arg-type]
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    got: list[bytes] = []
+    arrived = threading.Event()
+    try:
+        assert isinstance(state._socket_reader, glue.WakeableSocketReader)
+        state._create_socket()
+        old = state.socket
+        old.bind(("127.0.0.1", 0))
+        state.add_socket_listener(lambda data: (got.append(data), arrived.set()))
+        time.sleep(0.1)
+        state._socket_reader.pause()
+        old.close()
+        state._create_socket()
+        state.socket.bind(("127.0.0.1", 0))
+        peer.sendto(b"ip discovery reply", state.socket.getsockname())
+        assert arrived.wait(2), "the reader is still asleep on the closed socket"
+        assert got == [b"ip discovery reply"]
+        reader = state._socket_reader
+        reader.stop()
+        reader.join(2)
+        assert not reader.is_alive()
+    finally:
+        state._socket_reader.stop()
+        peer.close()
+        if state.socket:
+            state.socket.close()
+        loop.close()

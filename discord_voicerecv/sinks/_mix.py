@@ -17,7 +17,7 @@ _MAX_FRAMES = 32_767
 
 
 class _Masks:
-    __slots__ = ("all_ones", "bias_over", "flip", "lane_one", "low16", "low31")
+    __slots__ = ("all_ones", "bias_over", "flip", "lane_one", "low16", "low31", "range_bits", "range_mask")
 
     def __init__(self, nbytes: int) -> None:
         lanes = nbytes // 4
@@ -27,6 +27,8 @@ class _Masks:
         self.low31 = _replicate(0x7FFF_FFFF, lanes)
         self.all_ones = _replicate(0xFFFF_FFFF, lanes)
         self.bias_over = _replicate((1 << 31) - 65_536, lanes)
+        self.range_mask = _replicate(0xFFFF_0000, lanes)
+        self.range_bits = _replicate(0x8000_0000, lanes)
 
 
 def _replicate(value: int, lanes: int) -> int:
@@ -46,6 +48,9 @@ def _ge_bias(nbytes: int, count: int) -> int:
 def _clip_lanes(total: int, count: int, nbytes: int, m: _Masks) -> int:
     """Map lane sums of offset-binary samples back to one clipped offset-binary sample per lane."""
     shifted = total + _ge_bias(nbytes, count)
+    if shifted & m.range_mask == m.range_bits:
+        # No lane left the int16 range (a lane holds 2**31 + sum + 32768): the usual case, nothing to clip.
+        return shifted & m.low16
     ge = ((shifted >> 31) & m.lane_one) * 0xFFFF_FFFF
     lifted = shifted & m.low31 & ge
     over = (((lifted + m.bias_over) >> 31) & m.lane_one) * 0xFFFF_FFFF
@@ -65,13 +70,16 @@ def mix_pcm(frames: Sequence[bytes], nbytes: int) -> bytes:
     if count > _MAX_FRAMES:
         raise ValueError(f"cannot mix more than {_MAX_FRAMES} frames at once")
     m = _masks(nbytes)
+    flip, low16 = m.flip, m.low16
     even = 0
-    odd = 0
+    total = 0
     for frame in frames:
         # XOR with 0x8000 turns two's complement samples into offset binary (sample + 32768), all non-negative.
-        value = int.from_bytes(frame, "little") ^ m.flip
-        even += value & m.low16
-        odd += (value >> 16) & m.low16
+        value = int.from_bytes(frame, "little") ^ flip
+        even += value & low16
+        total += value
+    # The odd samples' sum, each lane shifted up 16 bits, is what the even lanes leave of the whole sum.
+    odd = (total - even) >> 16
     even = _clip_lanes(even, count, nbytes, m)
     odd = _clip_lanes(odd, count, nbytes, m)
     return ((even | (odd << 16)) ^ m.flip).to_bytes(nbytes, "little")

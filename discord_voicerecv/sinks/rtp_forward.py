@@ -39,6 +39,9 @@ _REPORT_SLOTS = 50
 """Slots between two RTCP sender reports of a stream (1 s)."""
 _SLOT_SECONDS = FRAME_SAMPLES / 48_000
 _NTP_EPOCH_OFFSET = 2_208_988_800
+_MIX_LOOKAHEAD = 312
+"""Samples by which libopus delays its output at 48 kHz (2.5 ms + 4 ms): slot ``n`` of the mix starts that far
+into packet ``n``."""
 _UNSAFE = re.compile(r"[^\w.-]+")
 
 
@@ -73,6 +76,7 @@ class _Output:
         "next_tick",
         "octets",
         "packets",
+        "report_offset",
         "report_tick",
         "rtcp_addr",
         "rtp_addr",
@@ -96,6 +100,8 @@ class _Output:
         self.packets = 0
         self.octets = 0
         self.report_tick = 0
+        self.report_offset = 0
+        """Samples from the start of a slot's packet to where that slot's audio starts (the encoder delay)."""
 
 
 class RTPForwardSink(AudioSink):
@@ -129,7 +135,8 @@ class RTPForwardSink(AudioSink):
         Where the ``.sdp`` files go; by default a temporary directory removed by :meth:`cleanup`.
     mix:
         Also send the forwarded speakers mixed into one stream (decoded, mixed per slot and encoded once with
-        libopus): ``True`` for the next port pair, or the RTP port to use. Its SDP is ``mix.sdp``.
+        libopus): ``True`` for the next port pair, or the RTP port to use. Its SDP is ``mix.sdp``. The encoder's
+        look-ahead delays the mix by 6.5 ms against the speaker streams; its sender reports account for it.
     per_user:
         Send one stream per speaker. ``False`` with ``mix`` sends only the mix.
     silence:
@@ -241,6 +248,7 @@ class RTPForwardSink(AudioSink):
 
                 port = self._allocate(None if mix is True else int(mix))
                 self._mix = self._open_output(None, port, "mix.sdp", "mix")
+                self._mix.report_offset = _MIX_LOOKAHEAD
                 self._encoder = OpusEncoder(bitrate=96_000, fec=False, expected_loss_pct=0)
             self.wants_pcm = self._mix is not None
             self._selected: set[int] | None = None
@@ -395,7 +403,7 @@ class RTPForwardSink(AudioSink):
         report = build_sender_report(
             out.ssrc,
             ntp_timestamp=int(wall * (1 << 32)) & 0xFFFF_FFFF_FFFF_FFFF,
-            rtp_timestamp=(out.ts_base + tick * FRAME_SAMPLES) & 0xFFFF_FFFF,
+            rtp_timestamp=(out.ts_base + tick * FRAME_SAMPLES + out.report_offset) & 0xFFFF_FFFF,
             packet_count=out.packets & 0xFFFF_FFFF,
             octet_count=out.octets & 0xFFFF_FFFF,
         )

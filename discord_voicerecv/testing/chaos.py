@@ -240,6 +240,8 @@ class RecordingSession:
         Passed to ``listen()``.
     history:
         Frames (with their audio) each speaker keeps in ``sent``; :meth:`sent` keeps every frame's numbers.
+    dave:
+        Run DAVE end-to-end encryption in the call.
     """
 
     def __init__(
@@ -282,22 +284,27 @@ class RecordingSession:
 
         ensure_discord_opus()
         stack = self._stack
-        await stack.enter_async_context(self.local)
-        use_local_discord(self.local.url)
-        stack.callback(restore_discord)
-        client = await stack.enter_async_context(running(new_client(), "chaos-recorder"))
-        channel = client.get_channel(self.local.voice_channel_id)
-        assert isinstance(channel, discord.VoiceChannel)
-        self.vc = await channel.connect(cls=VoiceRecvClient)
-        self.bot_id = client.user.id if client.user else 0
-        if self.downlink is not None:
-            self.local.voice.set_link(self.bot_id, self.downlink)
-        for spec in self.specs:
-            self.speakers.append(self.local.add_speaker(clip=spec.clip, uplink=spec.uplink, history=self.history))
-        await self.local.voice.wait_dave_settled(timeout=10.0)
-        self.sink = WaveSink(self.directory)
-        self.started = asyncio.get_running_loop().time()
-        self.vc.listen(MultiSink(self.sink, self.tap), playout_delay=self.playout_delay)
+        try:
+            await stack.enter_async_context(self.local)
+            use_local_discord(self.local.url)
+            stack.callback(restore_discord)
+            client = await stack.enter_async_context(running(new_client(), "chaos-recorder"))
+            channel = client.get_channel(self.local.voice_channel_id)
+            assert isinstance(channel, discord.VoiceChannel)
+            self.vc = await channel.connect(cls=VoiceRecvClient)
+            self.bot_id = client.user.id if client.user else 0
+            if self.downlink is not None:
+                self.local.voice.set_link(self.bot_id, self.downlink)
+            for spec in self.specs:
+                speaker = self.local.add_speaker(clip=spec.clip, uplink=spec.uplink, history=self.history)
+                self.speakers.append(speaker)
+            await self.local.voice.wait_dave_settled(timeout=10.0)
+            self.sink = WaveSink(self.directory)
+            self.started = asyncio.get_running_loop().time()
+            self.vc.listen(MultiSink(self.sink, self.tap), playout_delay=self.playout_delay)
+        except BaseException:
+            await stack.aclose()
+            raise
         self._collector = asyncio.get_running_loop().create_task(self._collect_forever(), name="sent collector")
         return self
 

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -191,3 +197,26 @@ async def test_chaos_monkey_moves_the_server_changes_ssrcs_and_silences_paths() 
         assert sum(s.uplink.stats.outages for s in speakers) == sum(e.kind == "blackout" for e in monkey.events)
         times: list[Any] = [event.time for event in monkey.events]
         assert times == sorted(times)
+
+
+async def test_local_discord_command_runs_the_scheduled_faults() -> None:
+    root = Path(__file__).resolve().parents[2]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "discord_voicerecv", "local-discord", "--speakers", "1", "--loss", "5",
+        "--spike", "1", "--move-every", "0.2", "--ssrc-change-every", "0.2", "--seed", "3", "-v",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+        assert line["url"].startswith("http://127.0.0.1:")
+        await asyncio.sleep(1.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    log = err.decode()
+    assert proc.returncode == 0, log
+    assert "chaos: move" in log and "chaos: ssrc_change" in log

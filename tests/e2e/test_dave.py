@@ -23,6 +23,7 @@ import pytest
 
 from discord_voicerecv import VoiceRecvClient, WaveSink
 from discord_voicerecv import _discord_glue as glue
+from discord_voicerecv import client as client_module
 from discord_voicerecv.frames import VoiceFrame
 from discord_voicerecv.sinks.base import SinkUser
 from discord_voicerecv.sinks.callback import CallbackSink
@@ -157,54 +158,55 @@ def lost_frames(
     since ``started``) does not reproduce.
 
     The first second of audio locates the speaker in the track (cross-correlation within half a second of its send
-    time: a looping clip repeats itself). Each frame is then due at its send time's offset from there, give or
-    take 5 ms, and counts as present when the recording there correlates with its PCM at 0.5 or more. The receiver
-    may place audio elsewhere: a new talk spurt is anchored on a 20 ms slot, and a frame that arrives (or is
-    decrypted) after its slot was played moves the rest of its spurt later. So a frame not found in place is
-    looked for from 25 ms earlier to 300 ms later; found there at 0.9 or more, with the next two frames
-    confirming the same shift, it is present and later frames are expected at the new place.
+    time: a looping clip repeats itself). Each frame is then due at its RTP timestamp's offset from there (the
+    speaker's timestamps follow the wall clock), give or take 5 ms, and counts as present when the recording there
+    correlates with its PCM at 0.5 or more. The receiver may place audio elsewhere: a new talk spurt is anchored
+    on a 20 ms slot, and a frame that arrives (or is decrypted) after its slot was played moves the rest of its
+    spurt later. So a frame not found in place is looked for from 25 ms earlier to 300 ms later; found there at
+    0.9 or more, with the next two frames confirming the same shift, it is present and later frames are expected
+    at the new place.
     """
     frames = [f for f in sent if f.pcm is not None]
     assert frames, "the speaker sent no audio"
-    origin = frames[0].sent_at
     head = b"".join(f.pcm or b"" for f in frames[:50])
-    first = max(0, round((origin - started - 0.5) * RATE))
+    first = max(0, round((frames[0].sent_at - started - 0.5) * RATE))
     _, lag = normalized_xcorr(track[first : first + RATE + len(head) // 4], head)
     lag += first
     audible = []
     for frame in frames:
         pcm = np.frombuffer(frame.pcm or b"", dtype="<i2").astype(np.float64).reshape(-1, 2).mean(axis=1)
         if np.sqrt(np.mean(pcm * pcm)) >= _ACTIVE_RMS:
-            audible.append((frame, pcm, lag + round((frame.sent_at - origin) * RATE)))
-    offset = base = None
+            audible.append((frame, pcm, lag + ((frame.timestamp - frames[0].timestamp) & 0xFFFFFFFF)))
+    offset = shift = 0
     lost = checked = 0
-    shift = 0
     for i, (frame, pcm, due) in enumerate(audible):
-        expected = due + (offset or 0)
-        near = _match(track, pcm, expected, _NARROW, _NARROW)
+        near = _match(track, pcm, due + offset, _NARROW, _NARROW)
         if near is None:
             continue
         present = near[0] >= _PRESENT
-        moved = near[1]
         if not present:
-            far = _match(track, pcm, expected, _BEHIND, _AHEAD)
+            far = _match(track, pcm, due + offset, _BEHIND, _AHEAD)
+            following = audible[i + 1 : i + 3]
             if (
                 far is not None
                 and far[0] >= 0.9
-                and all(
-                    (m := _match(track, p, d + (offset or 0) + far[1], _CONFIRM, _CONFIRM)) is not None and m[0] >= 0.9
-                    for _, p, d in audible[i + 1 : i + 3]
-                )
+                and following
+                and all(_confirms(track, p, d + offset + far[1]) for _, p, d in following)
             ):
-                present, moved = True, far[1]
-        if present:
-            offset = (offset or 0) + moved
-            base = offset if base is None else base
-            shift = max(shift, offset - base)
+                present = True
+                offset += far[1]
+                shift = max(shift, offset)
         if within is None or within[0] <= frame.sent_at < within[1]:
             checked += 1
             lost += not present
     return Loss(lost, checked, shift / RATE)
+
+
+def _confirms(
+    track: np.ndarray[Any, np.dtype[np.float64]], pcm: np.ndarray[Any, np.dtype[np.float64]], due: int
+) -> bool:
+    found = _match(track, pcm, due, _CONFIRM, _CONFIRM)
+    return found is not None and found[0] >= 0.9
 
 
 def _match(
@@ -288,7 +290,7 @@ async def test_three_speakers_two_simulated_and_a_discord_py_player_are_each_rec
         scores[user_id], _ = normalized_xcorr(recording.track(user_id), load_clip(source))
     per_epoch = watch.failures_per_epoch(recording.started)
     print(f"scores {scores}; DAVE failures per epoch (epoch, first 200 ms, after) {per_epoch}")
-    assert all(score >= 0.9 for score in scores.values()), scores
+    assert all(score >= 0.9 for score in scores.values()), (scores, {k: v for k, v in stats.items() if v})
     assert all(late == 0 for _, _, late in per_epoch), per_epoch
     assert stats["decrypt_failed"] == 0
     for user_id in scores:
@@ -356,8 +358,14 @@ async def test_joins_leaves_and_a_downgrade_and_back_cost_a_continuous_speaker_a
 
 
 async def test_padding_and_plaintext_frames_pass_only_inside_passthrough(
-    local: LocalDiscord, recorder: tuple[discord.Client, VoiceRecvClient], tmp_path: Path
+    local: LocalDiscord,
+    recorder: tuple[discord.Client, VoiceRecvClient],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Bob sends every frame in clear: dropped under DAVE, recorded during a downgrade, dropped again once the
+    upgrade's transition expiry is over (0 s here instead of 10, to see it end)."""
+    monkeypatch.setattr(client_module, "UPGRADE_PASSTHROUGH", 0)
     _, vc = recorder
     alice = local.add_speaker(clip="en_gb_female", padding_every=3)
     bob = local.add_speaker(tone_hz=300, tone_seconds=0.6, plaintext_every=1)
@@ -373,21 +381,31 @@ async def test_padding_and_plaintext_frames_pass_only_inside_passthrough(
     alice.stop()
     await alice.wait_idle()
     await asyncio.sleep(0.2)
-    await asyncio.to_thread(vc.stop_listening)
     stats, dave = vc.receive_stats(), vc.dave_stats
+    upgraded_at = time.monotonic()
+    local.voice.upgrade_dave()
+    await wait_until(lambda: not glue.dave_downgraded(vc) and local.voice.dave_settled())
+    session = glue.dave_session(vc)
+    assert session is not None and not session.can_passthrough(bob.user_id)
+    upgraded_start = len(bob.audio_frames())
+    await bob.speak()
+    await asyncio.sleep(0.2)
+    await asyncio.to_thread(vc.stop_listening)
+    final = vc.receive_stats()
 
+    assert final["e2ee_failed:plaintext"] - stats["e2ee_failed:plaintext"] == len(bob.audio_frames()) - upgraded_start
     bob_frames = bob.audio_frames()
     assert not any(f.dave_encrypted for f in bob_frames)
     assert stats["e2ee_failed:plaintext"] == dave_phase
     assert stats["by_user"][bob.user_id]["e2ee_failed:plaintext"] == dave_phase
     assert dave[bob.user_id]["failed:plaintext"] == dave_phase
     bob_track = recording.track(bob.user_id)
-    in_passthrough = [f for f in bob.sent if f.sent_at >= passthrough_start]
+    in_passthrough = [f for f in bob.sent if passthrough_start <= f.sent_at < upgraded_at]
     score, lag = normalized_xcorr(bob_track, load_clip("fr_female"))
     assert score >= 0.9 and lag / RATE >= passthrough_start - recording.started - 0.05
     passthrough = lost_frames(bob_track, in_passthrough, recording.started)
     print(f"bob: {dave_phase} plaintext frames under DAVE, all dropped; under passthrough {passthrough}")
-    assert passthrough.checked > 50 and passthrough.lost == 0, passthrough
+    assert passthrough.checked > 50 and passthrough.lost == 0, (passthrough, stats["by_user"][bob.user_id])
     assert set(recording.opus_of(bob.user_id)) <= {f.opus for f in in_passthrough}
     assert sum(f.padded for f in alice.sent) > 50
     alice_score, _ = normalized_xcorr(recording.track(alice.user_id), load_clip("en_gb_female"))

@@ -13,7 +13,8 @@ from pathlib import Path
 import discord
 import numpy as np
 
-from discord_voicerecv import RTPForwardSink, SinkUser, VoiceRecvClient
+from discord_voicerecv import MultiSink, RTPForwardSink, SinkUser, VoiceRecvClient, WaveSink
+from discord_voicerecv.sinks.rtp_forward import _MIX_LOOKAHEAD
 from discord_voicerecv.testing import LocalDiscord
 from discord_voicerecv.testing.analysis import normalized_xcorr, read_wav
 from discord_voicerecv.testing.bots import new_client, running
@@ -102,6 +103,7 @@ async def test_ffmpeg_records_each_forwarded_speaker_and_the_mix_from_the_sdp(
         sdp_dir=tmp_path / "sdp",
     )
     assert sink.mix_stream is not None
+    heard = WaveSink(tmp_path / "heard")
     files = {name: [tmp_path / f"{name}.webm", tmp_path / f"{name}.ogg"] for name in speakers}
     files["mix"] = [tmp_path / "mix.webm"]
     sdps = {name: sink.streams[speaker.user_id].sdp_path for name, speaker in speakers.items()}
@@ -122,7 +124,7 @@ async def test_ffmpeg_records_each_forwarded_speaker_and_the_mix_from_the_sdp(
             await asyncio.sleep(0.5)
             loop = asyncio.get_running_loop()
             started = loop.time()
-            vc.listen(sink)
+            vc.listen(MultiSink(sink, heard))
             await asyncio.sleep(0.3)
             for speaker in speakers.values():
                 speaker.speak()
@@ -146,6 +148,8 @@ async def test_ffmpeg_records_each_forwarded_speaker_and_the_mix_from_the_sdp(
 
     mix = _decode(files["mix"][0])
     assert abs(len(mix) / RATE - listened) <= 0.04, f"mix: {len(mix) / RATE:.3f}s of audio, listened {listened:.3f}s"
+    assert heard.mix_path is not None
+    _same_as_heard(mix, heard.mix_path, "mix", min_score=0.95, delay=_MIX_LOOKAHEAD)
     for name, speaker in speakers.items():
         clip = load_clip(CLIPS[name])
         first_audio = next(frame for frame in speaker.sent if not frame.silence)
@@ -153,12 +157,28 @@ async def test_ffmpeg_records_each_forwarded_speaker_and_the_mix_from_the_sdp(
         for path in files[name]:
             samples = _decode(path)
             assert len(samples) == len(mix), f"{path.name}: {len(samples)} samples, the mix has {len(mix)}"
+            _same_as_heard(samples, heard.files[speaker.user_id], path.name, min_score=0.99)
             score, lag = normalized_xcorr(samples, clip)
-            assert score >= 0.9, f"{path.name}: score {score:.3f}; ffmpeg said: {ended[name][2]}"
+            assert score >= 0.9, f"{path.name}: score {score:.3f}; {_heard_vs_clip(heard, speaker.user_id, clip)}"
             assert abs(lag / RATE - expected) <= 0.04, f"{path.name}: at {lag / RATE:.3f}s, sent at {expected:.3f}s"
         score, lag = normalized_xcorr(mix, clip)
         assert score >= 0.9, f"mix vs {name}: score {score:.3f}"
         assert abs(lag / RATE - expected) <= 0.04, f"mix: {name} at {lag / RATE:.3f}s, sent at {expected:.3f}s"
+
+
+def _same_as_heard(recorded: np.ndarray, heard: Path, label: str, *, min_score: float, delay: int = 0) -> None:
+    """``recorded`` holds what the bot heard (the WaveSink track of the same session), ``delay`` samples later."""
+    _, _, reference = read_wav(heard)
+    margin = RATE // 100
+    score, lag = normalized_xcorr(recorded, reference[margin:-margin])
+    assert score >= min_score, f"{label}: {score:.4f} against what the bot heard"
+    off = lag - margin - delay
+    assert abs(off) <= RATE // 1000, f"{label}: {off / RATE * 1000:.1f} ms off what the bot heard"
+
+
+def _heard_vs_clip(heard: WaveSink, user_id: int, clip: bytes) -> str:
+    _, _, samples = read_wav(heard.files[user_id])
+    return f"the bot's own WaveSink track of this speaker scores {normalized_xcorr(samples, clip)[0]:.3f}"
 
 
 async def test_on_stream_starts_ffmpeg_for_a_new_speaker_with_opus_only_forwarding(

@@ -20,7 +20,7 @@ from discord_voicerecv.protocol.rtcp import Bye, SenderReport, SourceDescription
 from discord_voicerecv.protocol.rtp import RtpHeader, parse_rtp_header
 from discord_voicerecv.sdp import opus_sdp
 from discord_voicerecv.sinks import RTPForwardSink, SinkUser
-from discord_voicerecv.sinks.rtp_forward import _slots_of
+from discord_voicerecv.sinks.rtp_forward import _MIX_LOOKAHEAD, _slots_of
 
 NTP_EPOCH_OFFSET = 2_208_988_800
 
@@ -305,6 +305,30 @@ def test_mix_is_encoded_once_per_slot_on_its_own_port(pairs: list[PortPair], tmp
     samples = struct.unpack(f"<{len(last) // 2}h", last)
     peak = max(abs(s) for s in samples[len(samples) // 2 :])
     assert 12_000 < peak < 20_000, f"two 8000 tones mixed should peak near 16000, got {peak}"
+
+
+def test_mix_sender_reports_account_for_the_encoder_delay(pairs: list[PortPair]) -> None:
+    sink = RTPForwardSink(base_port=pairs[0].port, mix=True, users=[1], bye_delay=0)
+    click = bytearray(FRAME_BYTES * 5)
+    click[FRAME_BYTES * 2 : FRAME_BYTES * 2 + 4] = struct.pack("<hh", 30_000, 30_000)
+    encoder = opus.OpusEncoder()
+    for tick in range(5):
+        pcm = bytes(click[tick * FRAME_BYTES : (tick + 1) * FRAME_BYTES])
+        sink.write(None, opus_frame(tick, 1, encoder.encode(pcm), pcm=pcm))
+        sink.advance(tick)
+    mixed, reports = pairs[0].packets(), [parse_rtcp(data) for data in pairs[0].reports()]
+    speaker_reports = [parse_rtcp(data) for data in pairs[1].reports()]
+    sink.cleanup()
+    decoder = opus.OpusDecoder()
+    pcm = b"".join(decoder.decode(body) for _, body in mixed)
+    left = struct.unpack(f"<{len(pcm) // 2}h", pcm)[::2]
+    peak = max(range(len(left)), key=lambda i: abs(left[i]))
+    assert abs(peak - (2 * FRAME_SAMPLES + _MIX_LOOKAHEAD)) <= 8, f"the click comes out at sample {peak}"
+    mix_sr, user_sr = reports[0][0], speaker_reports[0][0]
+    assert isinstance(mix_sr, SenderReport) and isinstance(user_sr, SenderReport)
+    assert mix_sr.ntp_timestamp == user_sr.ntp_timestamp
+    assert (mix_sr.rtp_timestamp - mixed[0][0].timestamp) & 0xFFFF_FFFF == _MIX_LOOKAHEAD
+    assert (user_sr.rtp_timestamp - pairs[1].packets()[0][0].timestamp) & 0xFFFF_FFFF == 0
 
 
 def test_mix_only_and_mix_on_chosen_port(pairs: list[PortPair]) -> None:
