@@ -34,14 +34,12 @@ class DaveGroup:
         self.coordinator = DaveGroupCoordinator(_CHANNEL)
         self.clients: dict[int, DaveClient] = {}
         self._queue: deque[Any] = deque()
-        for user_id in user_ids:
-            client = DaveClient(user_id, _CHANNEL)
-            client.send_binary = lambda op, payload, uid=user_id: self._queue.append(("bin", uid, op, payload))
-            client.send_json = lambda op, data, uid=user_id: self._queue.append(("json", uid, op, data))
-            self.clients[user_id] = client
-            client.start(self.coordinator.protocol_version, send_key_package=False)
-            self._route(self.coordinator.member_joined(user_id))
-            client.send_key_package()
+        # The first two members create the group; everyone else joins in one later commit. A member keeps a
+        # cryptor per epoch it lived through and decrypts slower the more it has, so few epochs keep every
+        # receiving member equally fast (one join per epoch would make a run's cost depend on its member).
+        for batch in (user_ids[:2], user_ids[2:]):
+            for user_id in batch:
+                self._join(user_id)
             self._drain()
         leaves = self.coordinator.leaves()
         missing = [uid for uid in user_ids if uid not in leaves]
@@ -50,6 +48,19 @@ class DaveGroup:
         for client in self.clients.values():
             if client.session is None or not client.session.ready:
                 raise RuntimeError(f"DAVE session of {client.user_id} is not ready")
+
+    def _join(self, user_id: int) -> None:
+        client = DaveClient(user_id, _CHANNEL)
+        client.send_binary = lambda op, payload: self._queue.append(("bin", user_id, op, payload))
+        client.send_json = lambda op, data: self._queue.append(("json", user_id, op, data))
+        self.clients[user_id] = client
+        client.start(self.coordinator.protocol_version, send_key_package=False)
+        self._route(self.coordinator.member_joined(user_id))
+        client.send_key_package()
+
+    @property
+    def epoch(self) -> int:
+        return self.coordinator.epoch
 
     def session(self, user_id: int) -> davey.DaveSession:
         """The davey session of member ``user_id``."""

@@ -74,6 +74,7 @@ class VoiceRecvClient(discord.VoiceClient):
         self._voice_members: set[int] = set()
         self._dave: DaveFrameDecryptor | None = None
         self._dave_transition_id = 0
+        self._dave_recovery: asyncio.Task[None] | None = None
         super().__init__(client, channel)
 
     # discord.py integration -----------------------------------------------------------------------------------
@@ -365,6 +366,7 @@ class VoiceRecvClient(discord.VoiceClient):
             return
         _log.info("DAVE: re-joining the group after repeated failures for user %s", user_id)
         task = self.loop.create_task(glue.recover_dave_session(self, self._dave_transition_id), name="dave recovery")
+        self._dave_recovery = task
         task.add_done_callback(_log_task_error)
 
     # internals -----------------------------------------------------------------------------------------------------

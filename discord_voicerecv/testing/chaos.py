@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -297,6 +298,7 @@ class RecordingSession:
                 self.local.voice.set_link(self.bot_id, self.downlink)
             for spec in self.specs:
                 speaker = self.local.add_speaker(clip=spec.clip, uplink=spec.uplink, history=self.history)
+                speaker.uplink.record_delivery_times()
                 self.speakers.append(speaker)
             await self.local.voice.wait_dave_settled(timeout=10.0)
             self.sink = WaveSink(self.directory)
@@ -307,6 +309,22 @@ class RecordingSession:
             raise
         self._collector = asyncio.get_running_loop().create_task(self._collect_forever(), name="sent collector")
         return self
+
+    def slot_deadline(self, slot: int) -> float:
+        """Event-loop time at which the receiver plays out ``slot`` (its end plus the playout delay)."""
+        return self.started + 0.02 * (slot + 1) + self.playout_delay
+
+    def account(self, speaker: SimulatedSpeaker) -> FrameAccount:
+        """:func:`account_frames` for one speaker, with its uplink's drops and delivery times."""
+        stats = speaker.uplink.stats
+        return account_frames(
+            self.sent(speaker),
+            self.tap.of_user(speaker.user_id),
+            [*stats.dropped_indices, *stats.damaged_indices],
+            held=stats.reordered_indices,
+            arrivals=stats.delivered_at,
+            deadline=self.slot_deadline,
+        )
 
     def sent(self, speaker: SimulatedSpeaker) -> list[SentMeta]:
         """Every frame ``speaker`` sent since it joined, even those its ``sent`` history dropped already."""
@@ -354,8 +372,9 @@ class FrameAccount:
     (the links dropped or damaged them); ``late`` frames did arrive but after their slot was played.
     An absent frame is explained when it ends its talk spurt (``tail_absent``: no later frame of the spurt was
     played, so there was nothing to conceal towards), lies beyond the concealment limit in a run of losses, or
-    when the next frame of its spurt was held back by the network (``held_successor``: it had not arrived when
-    the slot was played). ``unexplained_absent`` counts the rest: frames the receiver should have concealed.
+    when the next played frame of its spurt had not arrived yet when the slot was played (``late_successor``:
+    held back by the network, or sent late by a stalled sender). ``unexplained_absent`` counts the rest: frames
+    the receiver should have concealed.
     """
 
     sent: int
@@ -366,7 +385,7 @@ class FrameAccount:
     absent: int
     decoded_but_dropped: int
     tail_absent: int
-    held_successor: int
+    late_successor: int
     unexplained_absent: int
 
     @property
@@ -390,6 +409,9 @@ def account_frames(
     dropped: Iterable[int],
     *,
     held: Iterable[int] = (),
+    arrivals: Mapping[int, float] | None = None,
+    deadline: Callable[[int], float] | None = None,
+    tolerance: float = 0.025,
     max_conceal: int = 5,
 ) -> FrameAccount:
     """Reconcile one speaker's sent frames (``speaker.sent`` or :meth:`RecordingSession.sent`) with the
@@ -397,6 +419,10 @@ def account_frames(
 
     ``dropped`` are the indices (``SentFrame.index``) of frames the network lost or damaged on the way, ``held``
     those it held back (reordered); both come from the links' :class:`~discord_voicerecv.testing.LinkStats`.
+    With ``arrivals`` (when each frame left the network, :attr:`LinkStats.delivered_at`) and ``deadline`` (when
+    a slot is played, :meth:`RecordingSession.slot_deadline`), an absent frame's successor counts as late when it
+    arrived less than ``tolerance`` seconds before the absent frame's slot was due (the receiver plays slots in
+    pairs, so a slot may go up to one slot after its deadline); without them, when it was held back.
     """
     sent = list(sent)
     lost = set(dropped)
@@ -417,7 +443,8 @@ def account_frames(
     late = sum(1 for f, s in pairs if s != "decoded" and f.index not in lost)
     last_decoded = {f.spurt: n for n, (f, s) in enumerate(pairs) if s == "decoded"}
     held_back = set(held)
-    tail = held_successor = unexplained = 0
+    decoded_tick = {r.sequence & 0xFFFF: r.tick for r in records if not r.concealed}
+    tail = late_successor = unexplained = 0
     run = 0
     for n, (frame, state) in enumerate(pairs):
         if state == "decoded" or (n and sent[n - 1].spurt != frame.spurt):
@@ -430,9 +457,16 @@ def account_frames(
         if n > last_decoded.get(frame.spurt, -1):
             tail += 1
         elif run <= max_conceal:
-            successor = next(k for k in range(n + 1, len(sent)) if status[k] == "decoded")
-            if sent[successor].index in held_back:
-                held_successor += 1
+            k = next(k for k in range(n + 1, len(sent)) if status[k] == "decoded")
+            successor = sent[k]
+            if arrivals is not None and deadline is not None:
+                arrived = arrivals.get(successor.index, math.inf)
+                slot = decoded_tick[successor.sequence & 0xFFFF] - (k - n)
+                successor_late = arrived > deadline(slot) - tolerance
+            else:
+                successor_late = successor.index in held_back
+            if successor_late:
+                late_successor += 1
             else:
                 unexplained += 1
     return FrameAccount(
@@ -444,7 +478,7 @@ def account_frames(
         absent=status.count("absent"),
         decoded_but_dropped=decoded_but_dropped,
         tail_absent=tail,
-        held_successor=held_successor,
+        late_successor=late_successor,
         unexplained_absent=unexplained,
     )
 
@@ -459,16 +493,20 @@ def alignment_error(
     of the sender does not move it); the track is searched half a second either side. Positive means the
     recording plays it late. Needs numpy.
     """
-    from .analysis import normalized_xcorr, read_wav
+    import wave
+
+    from .analysis import normalized_xcorr, pcm_to_array
 
     frames = [f for f in speaker.sent if f.pcm is not None]
     frames = [f for f in frames if f.spurt == frames[-1].spurt][-max(1, round(seconds * 50)) :]
     reference = b"".join(f.pcm for f in frames if f.pcm is not None)
     offsets = sorted(f.sent_at - n * 0.02 for n, f in enumerate(frames))
     expected = offsets[len(offsets) // 2] - started
-    rate, _, samples = read_wav(track)
-    margin = rate // 2
-    first = max(0, round(expected * rate) - margin)
-    window = samples[first : first + len(reference) // 4 + 2 * margin]
+    with wave.open(os.fspath(track), "rb") as wav:
+        rate = wav.getframerate()
+        margin = rate // 2
+        first = min(max(0, round(expected * rate) - margin), wav.getnframes())
+        wav.setpos(first)
+        window = pcm_to_array(wav.readframes(len(reference) // 4 + 2 * margin), wav.getnchannels())
     score, lag = normalized_xcorr(window, reference)
     return (first + lag) / rate - expected, score

@@ -120,6 +120,9 @@ class LinkStats:
     """Outages started, at random or by :meth:`Link.blackout`."""
     reordered_indices: list[int] = field(default_factory=list)
     """Zero-based positions (in offer order) of the packets held back to be overtaken."""
+    delivered_at: dict[int, float] | None = None
+    """Clock time each packet (by offer position) first left the link, once :meth:`Link.record_delivery_times`
+    was called (``None`` before: it grows with every packet)."""
 
 
 class Link:
@@ -179,7 +182,7 @@ class Link:
         stats.offered += 1
         cond = self.conditions
         if cond.is_perfect and self._outage_until == -math.inf:
-            self._emit(packet)
+            self._emit(packet, index)
             return
         rng = self._rng
         if self._in_outage(cond, rng):
@@ -214,9 +217,14 @@ class Link:
             copies = 2
         for _ in range(copies):
             if delay > 0.0:
-                self._later(delay, packet)
+                self._later(delay, packet, index)
             else:
-                self._emit(packet)
+                self._emit(packet, index)
+
+    def record_delivery_times(self) -> None:
+        """Keep, from now on, when each packet left the link (:attr:`LinkStats.delivered_at`)."""
+        if self.stats.delivered_at is None:
+            self.stats.delivered_at = {}
 
     def blackout(self, seconds: float) -> None:
         """Go silent now for ``seconds``: every packet offered meanwhile is dropped (and counted)."""
@@ -279,17 +287,20 @@ class Link:
         """Datagrams held back and not delivered yet."""
         return len(self._handles)
 
-    def _later(self, delay: float, packet: bytes) -> None:
+    def _later(self, delay: float, packet: bytes, index: int) -> None:
         loop = self._loop if self._loop is not None else asyncio.get_running_loop()
         handle: asyncio.TimerHandle
 
         def fire() -> None:
             self._handles.discard(handle)
-            self._emit(packet)
+            self._emit(packet, index)
 
         handle = loop.call_later(delay, fire)
         self._handles.add(handle)
 
-    def _emit(self, packet: bytes) -> None:
-        self.stats.delivered += 1
+    def _emit(self, packet: bytes, index: int) -> None:
+        stats = self.stats
+        stats.delivered += 1
+        if stats.delivered_at is not None:
+            stats.delivered_at.setdefault(index, self._now())
         self._deliver(packet)

@@ -8,18 +8,17 @@ end must still line up with what was sent within 20 ms.
 from __future__ import annotations
 
 import asyncio
+import wave
 from pathlib import Path
 
 import pytest
 
-from discord_voicerecv.testing.analysis import read_wav
 from discord_voicerecv.testing.chaos import (
     ChaosMonkey,
     ChaosPlan,
     FrameAccount,
     RecordingSession,
     SpeakerSpec,
-    account_frames,
     alignment_error,
 )
 from discord_voicerecv.testing.link import LinkConditions
@@ -58,13 +57,13 @@ def _check_alignment(session: RecordingSession) -> list[float]:
 
 def _accounts(session: RecordingSession) -> list[FrameAccount]:
     """Each speaker's frames reconciled with the recording (perfect uplinks: nothing dropped before the relay)."""
-    return [account_frames(session.sent(s), session.tap.of_user(s.user_id), ()) for s in session.speakers]
+    return [session.account(speaker) for speaker in session.speakers]
 
 
 def _missing_seconds(session: RecordingSession) -> list[float]:
     out = []
     for speaker in session.speakers:
-        account = account_frames(session.sent(speaker), session.tap.of_user(speaker.user_id), ())
+        account = session.account(speaker)
         assert account.decoded_but_dropped == 0
         out.append(account.missing * FRAME)
     return out
@@ -129,9 +128,7 @@ async def test_udp_path_silent_for_a_second(tmp_path: Path) -> None:
         session.local.voice.blackout(session.bot_id, 1.0)
         await _finish(session, 3.5)
         link = session.local.voice.link_stats(session.bot_id)
-    missing = [
-        account_frames(session.sent(speaker), session.tap.of_user(speaker.user_id), ()) for speaker in session.speakers
-    ]
+    missing = _accounts(session)
     assert link.outages == 1 and 80 <= link.outage_dropped <= 110
     assert sum(account.absent + account.concealed for account in missing) == link.outage_dropped
     _check_alignment(session)
@@ -163,9 +160,7 @@ async def test_delay_spikes_beyond_the_playout_delay_keep_alignment(tmp_path: Pa
     session = await _spiky_recording(tmp_path, spike_ms=250)
     stats = session.stats
     assert stats is not None
-    accounts = [
-        account_frames(session.sent(speaker), session.tap.of_user(speaker.user_id), ()) for speaker in session.speakers
-    ]
+    accounts = _accounts(session)
     assert sum(account.late for account in accounts) <= stats["late"]
     _check_alignment(session)
 
@@ -183,9 +178,7 @@ async def test_truncated_and_bit_flipped_packets_are_counted_and_concealed(tmp_p
     refused += sum(v for k, v in stats.items() if k.startswith("malformed:"))
     assert damaged > 0 and refused == damaged
     assert stats["internal_error"] == 0
-    accounts = [
-        account_frames(session.sent(speaker), session.tap.of_user(speaker.user_id), ()) for speaker in session.speakers
-    ]
+    accounts = _accounts(session)
     assert sum(account.missing for account in accounts) == damaged
     _check_alignment(session)
 
@@ -210,7 +203,11 @@ async def test_recording_through_three_minutes_of_scheduled_faults(tmp_path: Pat
     assert stats["internal_error"] == 0
     sink = session.sink
     assert sink is not None
-    lengths = {read_wav(p)[2].shape[0] for p in [*sink.files.values(), sink.mix_path] if p is not None}
+    lengths = set()
+    for path in [*sink.files.values(), sink.mix_path]:
+        assert path is not None
+        with wave.open(str(path), "rb") as wav:
+            lengths.add(wav.getnframes())
     assert len(lengths) == 1 and len(sink.files) == 3
     errors = _check_alignment(session)
     print(

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import wave
 from pathlib import Path
 
 import pytest
 
 from discord_voicerecv.frames import FRAME_BYTES
-from discord_voicerecv.testing.analysis import read_wav
-from discord_voicerecv.testing.chaos import RecordingSession, SpeakerSpec, account_frames, alignment_error
+from discord_voicerecv.testing.chaos import RecordingSession, SpeakerSpec, alignment_error
 from discord_voicerecv.testing.clips import load_clip
 from discord_voicerecv.testing.link import LinkConditions
 
@@ -25,6 +25,11 @@ NETWORK = LinkConditions(loss=0.10, reorder=0.05, duplicate=0.01, jitter_ms=60)
 VOICES = (("en_gb_female", 0.6), ("de_male", 0.9), ("fr_female", 1.3))
 """Clip and pause between talk spurts of each speaker."""
 MAX_ALIGNMENT_ERROR = 0.020
+
+
+def _frames(path: Path) -> int:
+    with wave.open(str(path), "rb") as wav:
+        return wav.getnframes()
 
 
 async def _record(tmp_path: Path, seconds: float, seed: int) -> None:
@@ -40,7 +45,7 @@ async def _record(tmp_path: Path, seconds: float, seed: int) -> None:
         sink = session.sink
         assert sink is not None
 
-        lengths = {read_wav(path)[2].shape[0] for path in [*sink.files.values(), sink.mix_path] if path is not None}
+        lengths = {_frames(path) for path in [*sink.files.values(), sink.mix_path] if path is not None}
         assert len(lengths) == 1, f"per-user and mixed files differ in length: {lengths}"
         assert stats["decrypt_failed"] == 0 and stats["internal_error"] == 0
         assert not any(k.startswith("e2ee_failed") for k, v in stats.items() if v)
@@ -48,15 +53,14 @@ async def _record(tmp_path: Path, seconds: float, seed: int) -> None:
         report = []
         for speaker in session.speakers:
             link = speaker.uplink.stats
-            records = session.tap.of_user(speaker.user_id)
-            account = account_frames(session.sent(speaker), records, link.dropped_indices, held=link.reordered_indices)
+            account = session.account(speaker)
             counters = stats.by_user[speaker.user_id]
             error, score = alignment_error(speaker, sink.files[speaker.user_id], session.started)
             report.append(
                 f"{speaker.name}: sent {account.sent}, link dropped {link.dropped} duplicated {link.duplicated} "
                 f"reordered {link.reordered}; decoded {account.decoded}, concealed {account.concealed} "
                 f"(fec {counters.get('fec', 0)} plc {counters.get('plc', 0)}), absent {account.absent} "
-                f"(tail {account.tail_absent}, held successor {account.held_successor}), "
+                f"(tail {account.tail_absent}, late successor {account.late_successor}), "
                 f"late {account.late}/{counters.get('late', 0)}, "
                 f"duplicate {counters.get('duplicate', 0)}; alignment {error * 1000:+.1f} ms (score {score:.2f})"
             )
