@@ -579,11 +579,25 @@ class Receiver:
                 return
             pending.popleft()
             if frame:
-                self._buffer(item.ssrc, user_id, item.sequence, item.timestamp, frame, item.arrival)
+                self._buffer(item.ssrc, user_id, item.sequence, item.timestamp, frame, item.arrival, replayed=True)
         self._pending.pop(user_id, None)
 
-    def _buffer(self, ssrc: int, user_id: int, sequence: int, timestamp: int, frame: bytes, arrival: float) -> None:
-        """File a plain Opus frame into its stream's jitter buffer at its timeline slot. Locked."""
+    def _buffer(
+        self,
+        ssrc: int,
+        user_id: int,
+        sequence: int,
+        timestamp: int,
+        frame: bytes,
+        arrival: float,
+        *,
+        replayed: bool = False,
+    ) -> None:
+        """File a plain Opus frame into its stream's jitter buffer at its timeline slot. Locked.
+
+        ``replayed`` frames come out of the DAVE hold: one that is late by then is lost alone, never pushing the
+        rest of its spurt later (it arrived in time; only its key came late).
+        """
         stream = self._streams.get(ssrc)
         if stream is None:
             tally = self._stats.tally(ssrc, user_id)
@@ -600,9 +614,16 @@ class Receiver:
             if packet is not Drop.OVERFLOW:
                 stats.incr(packet.value, ssrc=ssrc, user_id=user_id)
             return
-        placement = stream.timeline.place(
-            packet.timestamp, arrival, first_free=self._next_slot, newest=packet.sequence == jitter.highest
+        timeline = stream.timeline
+        shifts = timeline.shifts
+        placement = timeline.place(
+            packet.timestamp,
+            arrival,
+            first_free=self._next_slot,
+            newest=packet.sequence == jitter.highest and not replayed,
         )
+        if timeline.shifts != shifts:
+            stats.incr("late_shift", ssrc=ssrc, user_id=user_id)
         if placement is None:
             jitter.remove(packet)
             stats.incr("late", ssrc=ssrc, user_id=user_id)

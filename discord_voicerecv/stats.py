@@ -28,6 +28,7 @@ REASONS = (
     "e2ee_expired",
     "duplicate",
     "late",
+    "late_shift",
     "buffer_overflow",
     "decoded",
     "fec",

@@ -64,6 +64,7 @@ class Timeline:
         "_spurt",
         "last_slot",
         "max_silence",
+        "shifts",
         "t0",
     )
 
@@ -79,6 +80,8 @@ class Timeline:
         self._first_slot = 0
         self.last_slot: int | None = None
         """Latest slot given to any frame of this stream."""
+        self.shifts = 0
+        """Times a late newest frame pushed the rest of its spurt later (the network delay grew mid-spurt)."""
 
     @property
     def spurt(self) -> int:
@@ -116,6 +119,7 @@ class Timeline:
         if slot < first_free or slot < self._floor:
             if not newest:
                 return None
+            self.shifts += 1
             return self._anchor(timestamp, first_free, new_spurt=False)
         moved = 0
         if slot > arrival_slot:

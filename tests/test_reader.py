@@ -524,6 +524,27 @@ def test_e2ee_frames_are_held_until_the_decryptor_is_ready() -> None:
     assert frames[12].tick == 22 and frames[12].concealed
 
 
+def test_frames_released_late_from_the_e2ee_hold_are_lost_alone_without_shifting_the_spurt() -> None:
+    dave = ToyDave()
+    dave.ready.add(USER_A)
+    h = Harness(decryptor=dave)
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    speaker = Speaker(SSRC_A)
+    schedule = [(h.at(10 + i) + 0.002, speaker.packet(i, ToyDave.seal(USER_A, speaker.packets[i]))) for i in range(40)]
+    h.feed_all(schedule[:15])
+    dave.ready.discard(USER_A)  # an epoch change: the key for frames 15..24 comes 200 ms late
+    h.feed_all(schedule[15:25])
+    dave.ready.add(USER_A)
+    h.feed_all(schedule[25:])
+    h.finish(h.at(80))
+    by_tick = {f.tick: f for f in h.sink.frames()}
+    stats = h.stats()
+    assert stats["late_shift"] == 0
+    assert stats["late"] > 0, "frames whose slot was played while they waited for their key are lost"
+    for i in range(25, 40):
+        assert by_tick[10 + i].opus == speaker.packets[i], f"frame {i} must keep its slot"
+
+
 def test_e2ee_frames_that_never_decrypt_expire() -> None:
     dave = ToyDave()
     h = Harness(decryptor=dave)
