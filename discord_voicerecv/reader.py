@@ -2,14 +2,15 @@
 
 ``feed()`` takes each datagram on the socket thread. Processing it classifies, authenticates and decrypts it,
 removes the DAVE layer and files the Opus frame into its stream's jitter buffer at the timeline slot it belongs to.
-A playout thread ticks every 20 ms on absolute deadlines, takes each stream's frame for the slot that is due,
+A playout thread plays out 20 ms slots on absolute deadlines, takes each stream's frame for every slot due,
 decodes it (with FEC or concealment for losses inside a talk spurt) and hands the slot to a sink thread through a
 bounded queue, so a slow sink costs counted drops, never a blocked socket.
 
 While running threaded, ``feed()`` only stamps the datagram's arrival time and puts it in an inbox that the playout
-thread processes at the start of each tick: the socket thread returns at once, and one thread does a tick's work
-while its caches are warm. Every thread wake-up on a busy machine costs more CPU than processing a packet, so this
-halves the receiver's CPU at real time (see ``bench/``). In manual mode ``feed()`` processes the datagram itself.
+thread processes each time it wakes (every 40 ms, playing out the two slots then due): the socket thread returns at
+once, and one thread does all the work of a wake-up while its caches are warm. On a busy machine a thread wake-up
+costs more CPU than processing a packet; this cut the receiver's CPU at real time by a third (``bench/``). In manual
+mode ``feed()`` processes the datagram itself.
 """
 
 from __future__ import annotations
@@ -401,7 +402,7 @@ class Receiver:
     def feed(self, datagram: bytes) -> None:
         """Take one UDP datagram. Called on the socket thread; never raises, every drop is counted.
 
-        Threaded, the datagram is processed on the playout thread at its next tick (within 20 ms, with the arrival
+        Threaded, the datagram is processed on the playout thread when it next wakes (within 40 ms, with the arrival
         time stamped here); in manual mode it is processed before this returns.
         """
         if self._inbox_open:
