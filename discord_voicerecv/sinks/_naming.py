@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 from ..frames import VoiceFrame
 from .base import SinkUser
 from .mix import MIX_SSRC
-from .wave import Naming, _safe_stem
 
 __all__ = ("FileNamer", "Naming")
+
+Naming: TypeAlias = Callable[[SinkUser, "int | None"], str]
+"""``naming(user, user_id)`` -> a file name for a new speaker's track (``user_id`` None while unmapped)."""
+
+_UNSAFE = re.compile(r"[^\w.-]+")
+_MAX_STEM = 80
+
+
+def _safe_stem(text: str) -> str:
+    """``text`` reduced to characters every common file system accepts, without leading dots."""
+    return _UNSAFE.sub("_", text).strip("._")[:_MAX_STEM]
 
 
 class FileNamer:

@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import TypeAlias
 
 from ..errors import SinkError
 from ..frames import CHANNELS, FRAME_BYTES, SAMPLE_RATE, VoiceFrame
 from ._common import SpeakerKey, fit_frame, speaker_key
 from ._mix import mix_pcm
+from ._naming import FileNamer, Naming
 from ._wavfile import WavWriter
 from .base import AudioSink, SinkUser
 
 __all__ = ("WaveSink",)
 
 _SLOTS_PER_SECOND = 50
-_MIX_NAME = "mix.wav"
-_UNSAFE = re.compile(r"[^\w.-]+")
-_MAX_STEM = 80
-
-Naming: TypeAlias = Callable[[SinkUser, "int | None"], str]
 
 
 class _Track:
@@ -103,11 +97,10 @@ class WaveSink(AudioSink):
             raise ValueError("header_interval must be positive")
         self._directory = Path(directory)
         self._per_user = per_user
-        self._naming = naming
         self._interval = max(1, int(header_interval * _SLOTS_PER_SECOND))
         self._tracks: dict[SpeakerKey, _Track] = {}
         self._paths: dict[SpeakerKey, Path] = {}
-        self._names: set[str] = set()
+        self._namer = FileNamer(self._directory, "wav", naming)
         self._pending: list[bytes] = []
         self._pending_keys: set[SpeakerKey] = set()
         self._slots = 0
@@ -121,8 +114,7 @@ class WaveSink(AudioSink):
             raise SinkError(str(self._directory), exc.strerror or str(exc)) from exc
         self._mix: WavWriter | None = None
         if mix:
-            self._names.add(_MIX_NAME)
-            self._mix = WavWriter(self._directory / _MIX_NAME, rate=SAMPLE_RATE, channels=CHANNELS)
+            self._mix = WavWriter(self._namer.reserve("mix"), rate=SAMPLE_RATE, channels=CHANNELS)
 
     @property
     def files(self) -> Mapping[SpeakerKey, Path]:
@@ -219,35 +211,8 @@ class WaveSink(AudioSink):
         self._last_sync = self._slots
 
     def _open_track(self, key: SpeakerKey, user: SinkUser, frame: VoiceFrame) -> _Track:
-        if self._naming is not None:
-            name = _safe_file_name(self._naming(user, frame.user_id))
-        elif frame.user_id is None:
-            name = f"unknown-{frame.ssrc}.wav"
-        else:
-            display = getattr(user, "display_name", None)
-            stem = _safe_stem(display) if isinstance(display, str) else ""
-            name = f"{stem}-{frame.user_id}.wav" if stem else f"{frame.user_id}.wav"
-        path = self._directory / self._unique(name)
+        path = self._namer.path_for(user, frame)
         track = _Track(WavWriter(path, rate=SAMPLE_RATE, channels=CHANNELS))
         self._tracks[key] = track
         self._paths[key] = path
         return track
-
-    def _unique(self, name: str) -> str:
-        stem, ext = name[:-4], name[-4:]
-        candidate, n = name, 1
-        while candidate.casefold() in self._names:
-            n += 1
-            candidate = f"{stem}-{n}{ext}"
-        self._names.add(candidate.casefold())
-        return candidate
-
-
-def _safe_stem(text: str) -> str:
-    """``text`` reduced to characters every common file system accepts, without leading dots."""
-    return _UNSAFE.sub("_", text).strip("._")[:_MAX_STEM]
-
-
-def _safe_file_name(name: str) -> str:
-    stem = name[:-4] if name.lower().endswith(".wav") else name
-    return f"{_safe_stem(stem) or 'speaker'}.wav"
