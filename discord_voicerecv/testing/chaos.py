@@ -371,7 +371,9 @@ class FrameAccount:
     was filled by FEC or PLC) or ``absent`` (its slot holds silence). ``dropped`` frames never reached the bot
     (the links dropped or damaged them); ``late`` frames did arrive but after their slot was played.
     An absent frame is explained when it ends its talk spurt (``tail_absent``: no later frame of the spurt was
-    played, so there was nothing to conceal towards), lies beyond the concealment limit in a run of losses, or
+    played, so there was nothing to conceal towards), starts it (``head_absent``: no earlier frame of the spurt
+    was played, so the receiver did not know the spurt had begun), lies beyond the concealment limit in a run of
+    losses, or
     when the next played frame of its spurt had not arrived yet when the slot was played (``late_successor``:
     held back by the network, or sent late by a stalled sender). ``unexplained_absent`` counts the rest: frames
     the receiver should have concealed.
@@ -385,6 +387,7 @@ class FrameAccount:
     absent: int
     decoded_but_dropped: int
     tail_absent: int
+    head_absent: int
     late_successor: int
     unexplained_absent: int
 
@@ -442,9 +445,13 @@ def account_frames(
     decoded_but_dropped = sum(1 for f, s in pairs if s == "decoded" and f.index in lost)
     late = sum(1 for f, s in pairs if s != "decoded" and f.index not in lost)
     last_decoded = {f.spurt: n for n, (f, s) in enumerate(pairs) if s == "decoded"}
+    first_decoded: dict[int, int] = {}
+    for n, (f, s) in enumerate(pairs):
+        if s == "decoded":
+            first_decoded.setdefault(f.spurt, n)
     held_back = set(held)
     decoded_tick = {r.sequence & 0xFFFF: r.tick for r in records if not r.concealed}
-    tail = late_successor = unexplained = 0
+    tail = head = late_successor = unexplained = 0
     run = 0
     for n, (frame, state) in enumerate(pairs):
         if state == "decoded" or (n and sent[n - 1].spurt != frame.spurt):
@@ -456,6 +463,8 @@ def account_frames(
             continue
         if n > last_decoded.get(frame.spurt, -1):
             tail += 1
+        elif n < first_decoded[frame.spurt]:
+            head += 1
         elif run <= max_conceal:
             k = next(k for k in range(n + 1, len(sent)) if status[k] == "decoded")
             successor = sent[k]
@@ -478,6 +487,7 @@ def account_frames(
         absent=status.count("absent"),
         decoded_but_dropped=decoded_but_dropped,
         tail_absent=tail,
+        head_absent=head,
         late_successor=late_successor,
         unexplained_absent=unexplained,
     )

@@ -60,7 +60,7 @@ async def _record(tmp_path: Path, seconds: float, seed: int) -> None:
                 f"{speaker.name}: sent {account.sent}, link dropped {link.dropped} duplicated {link.duplicated} "
                 f"reordered {link.reordered}; decoded {account.decoded}, concealed {account.concealed} "
                 f"(fec {counters.get('fec', 0)} plc {counters.get('plc', 0)}), absent {account.absent} "
-                f"(tail {account.tail_absent}, late successor {account.late_successor}), "
+                f"(tail {account.tail_absent}, head {account.head_absent}, late successor {account.late_successor}), "
                 f"late {account.late}/{counters.get('late', 0)}, "
                 f"duplicate {counters.get('duplicate', 0)}; alignment {error * 1000:+.1f} ms (score {score:.2f})"
             )
