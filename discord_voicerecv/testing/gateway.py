@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
+from ._outbox import Outbox
 from .state import JSON, GuildState, LocalUser
 
 __all__ = ("CloseCode", "Gateway", "GatewaySession", "Intent", "Op", "VoiceLink")
@@ -93,38 +94,13 @@ def _snowflake(value: Any) -> int | None:
         return None
 
 
-class _Connection:
-    """One websocket: an ordered outgoing queue drained by a writer task."""
+class _Connection(Outbox):
+    """A gateway websocket."""
 
-    __slots__ = ("closed", "queue", "writer", "ws")
+    __slots__ = ()
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
-        self.ws = ws
-        self.queue: asyncio.Queue[str | int] = asyncio.Queue()
-        self.writer = asyncio.get_running_loop().create_task(self._write(), name="local-discord-gateway-writer")
-        self.closed = False
-
-    def put(self, frame: str) -> None:
-        if not self.closed:
-            self.queue.put_nowait(frame)
-
-    def close(self, code: int) -> None:
-        """Flush what is queued, then close with ``code``."""
-        if not self.closed:
-            self.closed = True
-            self.queue.put_nowait(code)
-
-    async def _write(self) -> None:
-        try:
-            while True:
-                frame = await self.queue.get()
-                if isinstance(frame, int):
-                    await self.ws.close(code=frame)
-                    return
-                await self.ws.send_str(frame)
-        except (ConnectionError, RuntimeError) as exc:
-            _log.debug("gateway writer stopped: %s", exc)
-            self.closed = True
+        super().__init__(ws, name="local-discord-gateway-writer")
 
 
 class GatewaySession:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from aiohttp import WSMsgType, web
 
 from ..protocol.transport import make_cipher
+from ._outbox import Outbox
 from .relay import MediaRelay, RelayPeer
 
 __all__ = (
@@ -124,43 +125,14 @@ class _Expected:
     channel_id: int
 
 
-class _Connection:
-    """One websocket: an ordered outgoing queue drained by a writer task."""
+class _Connection(Outbox):
+    """A voice websocket; ``last_seq`` is the sequence number of the last message put on it."""
 
-    __slots__ = ("closed", "last_seq", "queue", "writer", "ws")
+    __slots__ = ("last_seq",)
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
-        self.ws = ws
-        self.queue: asyncio.Queue[str | bytes | int] = asyncio.Queue()
-        self.writer = asyncio.get_running_loop().create_task(self._write(), name="voice-gateway-writer")
+        super().__init__(ws, name="voice-gateway-writer")
         self.last_seq = -1
-        self.closed = False
-
-    def put(self, frame: str | bytes) -> None:
-        if not self.closed:
-            self.queue.put_nowait(frame)
-
-    def close(self, code: int) -> None:
-        """Flush what is queued, then close with ``code``."""
-        if not self.closed:
-            self.closed = True
-            self.queue.put_nowait(code)
-
-    async def _write(self) -> None:
-        ws = self.ws
-        try:
-            while True:
-                frame = await self.queue.get()
-                if isinstance(frame, int):
-                    await ws.close(code=frame)
-                    return
-                if isinstance(frame, str):
-                    await ws.send_str(frame)
-                else:
-                    await ws.send_bytes(frame)
-        except (ConnectionError, RuntimeError) as exc:
-            _log.debug("voice gateway writer stopped: %s", exc)
-            self.closed = True
 
 
 class VoiceSession:
