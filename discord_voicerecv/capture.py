@@ -240,6 +240,8 @@ def _parse_interface(body: bytes, order: str) -> _Interface:
         value = body[pos + 4 : pos + 4 + size]
         if code == 0:
             break
+        if len(value) < size:
+            raise CaptureFormatError("pcapng interface option cut short")
         if code == 9 and size == 1:
             units = 2 ** (value[0] & 0x7F) if value[0] & 0x80 else 10 ** value[0]
         elif code == 14 and size == 8:

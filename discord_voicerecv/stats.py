@@ -29,6 +29,7 @@ REASONS = (
     "duplicate",
     "late",
     "late_shift",
+    "forgotten",
     "buffer_overflow",
     "decoded",
     "fec",
@@ -85,6 +86,7 @@ class StatsSnapshot(Mapping[str, int]):
             "duplicate",
             "late",
             "buffer_overflow",
+            "forgotten",
             "ignored_payload_type",
             "inbox_full",
         )

@@ -6,6 +6,7 @@ case of ``tests/test_fuzz_regressions.py``. Without atheris (``pip install -e '.
 random and mutated seed inputs instead, which finds less; the summary says which engine ran.
 
 Prints one line per target: executions, seconds, executions per second, crashes, and exits non-zero on a crash.
+libFuzzer's own output goes to ``<tmp>/voicerecv-fuzz-<target>.log`` (follow it with ``tail -f`` for progress).
 """
 
 from __future__ import annotations
@@ -79,18 +80,19 @@ def _seed_corpus(target: str, directory: str) -> None:
 
 
 def _run_atheris(target: str, runs: int) -> Result:
-    with tempfile.TemporaryDirectory(prefix=f"fuzz-{target}-") as corpus:
+    log_path = Path(tempfile.gettempdir(), f"voicerecv-fuzz-{target}.log")
+    with tempfile.TemporaryDirectory(prefix=f"fuzz-{target}-") as corpus, open(log_path, "w") as log_file:
         _seed_corpus(target, corpus)
         started = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "fuzz.run", "--worker", target, "--runs", str(runs), "--corpus", corpus],
             cwd=ROOT.parent,
-            capture_output=True,
-            text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
             check=False,
         )
         seconds = time.monotonic() - started
-    log = proc.stderr
+    log = log_path.read_text(errors="replace")
     done = re.search(r"Done (\d+) runs", log)
     executed = int(done.group(1)) if done else _last_count(log)
     crashed = proc.returncode != 0

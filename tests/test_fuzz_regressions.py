@@ -24,6 +24,13 @@ _STEP = bytes((5, 1, 0))
 REGRESSIONS: list[tuple[str, str, bytes]] = [
     (
         "capture",
+        "a pcapng interface option longer than its block raised IndexError instead of CaptureFormatError",
+        bytes.fromhex(
+            "0a0d0d0a1c0000004d3c2b1a5a000000ffffffffffffffff001c0000010000004c00000000000000000000000900010000009bac0f000100002cffffffff00000900010003ff000009000100032cffffffff00000900010003ff0000030100000900010000009bac"
+        ),
+    ),
+    (
+        "capture",
         "an rtpdump address line with a port above 65535 gave datagrams an impossible destination port",
         b"#!rtpplay1.0 10.0\x00\x00\x00\x00\x00\x00\x00\x00.0\x00\x00/600000\neS\xf1\x00\x00\x00\x00\x00\n"
         b"\x00\x00\x02\x17p\x00\x00\x00\x17\x00\x0f\x00\x00\x00\x00\x80x\x00\x01\x02 \x00\x00\x00\x00"
