@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+from typing import Any
 
 from aiohttp import web
 
-__all__ = ("Outbox",)
+__all__ = ("Outbox", "decode_op")
 
 _log = logging.getLogger(__name__)
 
@@ -36,6 +39,13 @@ class Outbox:
             self.closed = True
             self.queue.put_nowait(code)
 
+    async def drain(self, code: int) -> None:
+        """The peer's side ended: close with ``code`` after what is queued and wait (1 s at most) for the writer."""
+        self.closed = True
+        self.queue.put_nowait(code)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer, 1.0)
+
     async def _write(self) -> None:
         ws = self.ws
         try:
@@ -51,3 +61,9 @@ class Outbox:
         except (ConnectionError, RuntimeError) as exc:
             _log.debug("%s stopped: %s", self.writer.get_name(), exc)
             self.closed = True
+
+
+def decode_op(text: str) -> tuple[int, Any]:
+    """``(op, d)`` of a JSON gateway message; ValueError, KeyError or TypeError when it is not one."""
+    payload = json.loads(text)
+    return int(payload["op"]), payload.get("d")

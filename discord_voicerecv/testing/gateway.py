@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
-from ._outbox import Outbox
+from ._outbox import Outbox, decode_op
 from .state import JSON, GuildState, LocalUser
 
 __all__ = ("CloseCode", "Gateway", "GatewaySession", "Intent", "Op", "VoiceLink")
@@ -312,18 +312,13 @@ class Gateway:
                     conn.close(CloseCode.DECODE_ERROR)
                     break
                 try:
-                    payload = json.loads(msg.data)
-                    op = int(payload["op"])
-                    data = payload.get("d")
+                    op, data = decode_op(msg.data)
                 except (ValueError, KeyError, TypeError):
                     conn.close(CloseCode.DECODE_ERROR)
                     break
                 session = self._on_message(conn, session, op, data)
         finally:
-            conn.closed = True
-            conn.queue.put_nowait(ws.close_code or 1000)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.writer, 1.0)
+            await conn.drain(ws.close_code or 1000)
             self._connections.discard(conn)
             if session is not None and session.connection is conn:
                 session.connection = None

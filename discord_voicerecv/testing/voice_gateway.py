@@ -10,7 +10,6 @@ connection resumes with op7 and gets the messages it missed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from typing import Any, Protocol
 from aiohttp import WSMsgType, web
 
 from ..protocol.transport import make_cipher
-from ._outbox import Outbox
+from ._outbox import Outbox, decode_op
 from .relay import MediaRelay, RelayPeer
 
 __all__ = (
@@ -391,9 +390,7 @@ class VoiceGateway:
                     break
                 if msg.type is WSMsgType.TEXT:
                     try:
-                        payload = json.loads(msg.data)
-                        op = int(payload["op"])
-                        data = payload.get("d")
+                        op, data = decode_op(msg.data)
                     except (ValueError, KeyError, TypeError):
                         conn.close(CloseCode.DECODE_ERROR)
                         break
@@ -405,10 +402,7 @@ class VoiceGateway:
                     if msg.data and self.on_binary is not None:
                         self.on_binary(session, msg.data[0], bytes(msg.data[1:]))
         finally:
-            conn.closed = True
-            conn.queue.put_nowait(ws.close_code or 1000)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.writer, 1.0)
+            await conn.drain(ws.close_code or 1000)
             if session is not None and session.connection is conn:
                 session.connection = None
                 if ws.close_code in (1000, 1001) and self.sessions.get(session.user_id) is session:
