@@ -9,6 +9,8 @@ from typing import Any
 from .capture import iter_capture
 from .dave import is_dave_frame
 from .errors import E2EEDecryptError, MalformedPacket
+from .frames import FRAME_DURATION
+from .protocol.ipdiscovery import is_request, is_response
 from .protocol.rtp import is_rtcp, parse_rtp_header
 from .reader import Receiver
 from .sinks.base import SinkUser
@@ -72,7 +74,7 @@ def decode_capture(capture: Path, *, mode: str, key: bytes, names: dict[int, str
         "streams": {str(s): names.get(s, str(s)) for s in sorted(ssrcs)},
         "files": {str(k): str(v) for k, v in sink.files.items()},
         "mix": str(sink.mix_path) if sink.mix_path else None,
-        "seconds": round(receiver.elapsed_slots * 0.02, 3),
+        "seconds": round(receiver.elapsed_slots * FRAME_DURATION, 3),
         "stats": stats,
     }
 
@@ -81,7 +83,7 @@ def _rtp_ssrcs(payloads: Iterable[bytes]) -> set[int]:
     """SSRCs seen in RTP packets; they are mapped up front because a capture carries no op5 speaking events."""
     found: set[int] = set()
     for data in payloads:
-        if len(data) < 12 or is_rtcp(data) or len(data) == 74:
+        if len(data) < 12 or is_rtcp(data) or is_request(data) or is_response(data):
             continue
         try:
             found.add(parse_rtp_header(data).ssrc)

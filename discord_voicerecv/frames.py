@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ("CHANNELS", "FRAME_BYTES", "FRAME_SAMPLES", "OPUS_SILENCE", "SAMPLE_RATE", "SILENT_PCM", "VoiceFrame")
+__all__ = (
+    "CHANNELS",
+    "FRAMES_PER_SECOND",
+    "FRAME_BYTES",
+    "FRAME_DURATION",
+    "FRAME_SAMPLES",
+    "OPUS_SILENCE",
+    "SAMPLE_RATE",
+    "SILENT_PCM",
+    "VoiceFrame",
+)
 
 SAMPLE_RATE = 48_000
 CHANNELS = 2
@@ -12,6 +22,10 @@ FRAME_SAMPLES = 960
 """Samples per channel in one 20 ms frame."""
 FRAME_BYTES = FRAME_SAMPLES * CHANNELS * 2
 """Bytes of s16le stereo PCM in one 20 ms frame (3840)."""
+FRAME_DURATION = FRAME_SAMPLES / SAMPLE_RATE
+"""Seconds in one frame: the 20 ms slot of the listening timeline."""
+FRAMES_PER_SECOND = SAMPLE_RATE // FRAME_SAMPLES
+"""Slots in one second (50)."""
 SILENT_PCM = bytes(FRAME_BYTES)
 OPUS_SILENCE = b"\xf8\xff\xfe"
 """The Opus frame Discord sends for silence; it is never DAVE-encrypted."""

@@ -6,7 +6,7 @@ function can be tested with plain bytes and fuzzed.
 
 from __future__ import annotations
 
-from .ipdiscovery import build_request, build_response, is_response, parse_request, parse_response
+from .ipdiscovery import build_request, build_response, is_request, is_response, parse_request, parse_response
 from .rtcp import (
     Bye,
     RawRtcp,
@@ -50,6 +50,7 @@ __all__ = (
     "build_request",
     "build_response",
     "build_rtp_header",
+    "is_request",
     "is_response",
     "is_rtcp",
     "make_cipher",

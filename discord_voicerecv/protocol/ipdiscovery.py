@@ -14,17 +14,21 @@ __all__ = (
     "PACKET_SIZE",
     "build_request",
     "build_response",
+    "is_request",
     "is_response",
     "parse_request",
     "parse_response",
 )
 
-PACKET_SIZE = 74
+_PACKET = struct.Struct(">HHI64sH")
+PACKET_SIZE = _PACKET.size
+"""Bytes in a discovery request or reply (74)."""
+_BODY_LENGTH = PACKET_SIZE - 4
+"""The length field: every byte after type and length (70)."""
+_BODY_LENGTH_FIELD = _BODY_LENGTH.to_bytes(2, "big")
 _REQUEST = 1
 _RESPONSE = 2
-_BODY_LENGTH = 70
 _ADDRESS_SIZE = 64
-_PACKET = struct.Struct(">HHI64sH")
 
 
 def build_request(ssrc: int) -> bytes:
@@ -38,7 +42,8 @@ def parse_request(data: bytes) -> int:
     Raises
     ------
     MalformedPacket
-        ``"short"`` unless 74 bytes, ``"ipdiscovery"`` when type or length field is wrong.
+        ``"short"`` when shorter than :data:`PACKET_SIZE`, ``"ipdiscovery"`` when the size, type or length field
+        is wrong.
     """
     kind, ssrc, _address, _port = _unpack(data)
     if kind != _REQUEST:
@@ -54,9 +59,18 @@ def build_response(ssrc: int, ip: str, port: int) -> bytes:
     return _PACKET.pack(_RESPONSE, _BODY_LENGTH, ssrc, address, port)
 
 
+def is_request(data: bytes) -> bool:
+    """Tell a discovery request from RTP/RTCP arriving on the same socket."""
+    return _is_kind(data, _REQUEST)
+
+
 def is_response(data: bytes) -> bool:
     """Tell a discovery reply from RTP/RTCP arriving on the same socket."""
-    return len(data) == PACKET_SIZE and data[0] == 0 and data[1] == _RESPONSE and data[2:4] == b"\x00\x46"
+    return _is_kind(data, _RESPONSE)
+
+
+def _is_kind(data: bytes, kind: int) -> bool:
+    return len(data) == PACKET_SIZE and data[0] == 0 and data[1] == kind and data[2:4] == _BODY_LENGTH_FIELD
 
 
 def parse_response(data: bytes) -> tuple[str, int]:
@@ -65,7 +79,8 @@ def parse_response(data: bytes) -> tuple[str, int]:
     Raises
     ------
     MalformedPacket
-        ``"short"`` unless 74 bytes, ``"ipdiscovery"`` when the type, length or address is wrong.
+        ``"short"`` when shorter than :data:`PACKET_SIZE`, ``"ipdiscovery"`` when the size, type, length or
+        address is wrong.
     """
     kind, _ssrc, address, port = _unpack(data)
     if kind != _RESPONSE:

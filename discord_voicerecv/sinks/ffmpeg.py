@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 from ..errors import SinkError
 from ..ffmpeg import find_ffmpeg
-from ..frames import CHANNELS, FRAME_BYTES, SAMPLE_RATE, SILENT_PCM, VoiceFrame
+from ..frames import CHANNELS, FRAME_BYTES, FRAMES_PER_SECOND, SAMPLE_RATE, SILENT_PCM, VoiceFrame
 from ._common import SpeakerKey, fit_frame, log, speaker_key
 from ._naming import FileNamer, Naming
 from .base import AudioSink, SinkUser
@@ -23,7 +23,6 @@ from .mix import MixSink
 
 __all__ = ("FFmpegSink",)
 
-_SLOTS_PER_SECOND = 50
 _BATCH_SLOTS = 5
 """Slots gathered before they are handed to a writer thread (100 ms): fewer wake-ups, same latency for files."""
 _INLINE_SILENCE_SLOTS = 50
@@ -321,7 +320,7 @@ class FFmpegSink(AudioSink):
             *extra_args,
             "-y",
         ]
-        self._limit = max(FRAME_BYTES, int(buffer_seconds * _SLOTS_PER_SECOND) * FRAME_BYTES)
+        self._limit = max(FRAME_BYTES, int(buffer_seconds * FRAMES_PER_SECOND) * FRAME_BYTES)
         self._directory = Path(directory)
         self._names = FileNamer(self._directory, extension, naming)
         self._per_user = per_user

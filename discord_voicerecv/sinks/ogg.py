@@ -9,7 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ..errors import OpusError, SinkError
-from ..frames import FRAME_SAMPLES, OPUS_SILENCE, VoiceFrame
+from ..frames import FRAME_SAMPLES, FRAMES_PER_SECOND, OPUS_SILENCE, VoiceFrame
 from ..opus import packet_samples
 from ._common import SpeakerKey, speaker_key
 from ._naming import FileNamer, Naming
@@ -18,7 +18,6 @@ from .base import AudioSink, SinkUser
 
 __all__ = ("OggOpusSink",)
 
-_SLOTS_PER_SECOND = 50
 _VENDOR = "discord-voicerecv"
 _SILK_SIZES = (480, 960, 1920, 2880)
 _HYBRID_SIZES = (480, 960)
@@ -108,7 +107,7 @@ class OggOpusSink(AudioSink):
             raise ValueError("flush_interval must be positive")
         self._directory = Path(directory)
         self._names = FileNamer(self._directory, "opus", naming)
-        self._interval = max(1, int(flush_interval * _SLOTS_PER_SECOND))
+        self._interval = max(1, int(flush_interval * FRAMES_PER_SECOND))
         self._tracks: dict[SpeakerKey, _Track] = {}
         self._slots = 0
         self._open = False

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from ..errors import SinkError
-from ..frames import FRAME_BYTES, FRAME_SAMPLES, OPUS_SILENCE, VoiceFrame
+from ..frames import FRAME_BYTES, FRAME_DURATION, FRAME_SAMPLES, FRAMES_PER_SECOND, OPUS_SILENCE, VoiceFrame
 from ..protocol.rtcp import SDES_CNAME, SdesChunk, SourceDescription, build_bye, build_sender_report
 from ..protocol.rtp import build_rtp_header
 from ..sdp import opus_sdp
@@ -35,9 +35,8 @@ __all__ = ("ForwardedStream", "RTPForwardSink", "SilencePolicy")
 SilencePolicy: TypeAlias = Literal["skip", "opus_silence"]
 """What a stream carries in slots without audio: nothing, or an Opus silence frame every 20 ms."""
 
-_REPORT_SLOTS = 50
+_REPORT_SLOTS = FRAMES_PER_SECOND
 """Slots between two RTCP sender reports of a stream (1 s)."""
-_SLOT_SECONDS = FRAME_SAMPLES / 48_000
 _NTP_EPOCH_OFFSET = 2_208_988_800
 _MIX_LOOKAHEAD = 312
 """Samples by which libopus delays its output at 48 kHz (2.5 ms + 4 ms): slot ``n`` of the mix starts that far
@@ -399,7 +398,7 @@ class RTPForwardSink(AudioSink):
     def _sender_report(self, out: _Output, tick: int) -> bytes:
         """SR + SDES CNAME: the wall-clock time of slot ``tick`` and its RTP timestamp, on the shared timeline."""
         anchor_wall, anchor_tick = self._anchor or (time.time(), tick)
-        wall = anchor_wall + (tick - anchor_tick) * _SLOT_SECONDS + _NTP_EPOCH_OFFSET
+        wall = anchor_wall + (tick - anchor_tick) * FRAME_DURATION + _NTP_EPOCH_OFFSET
         report = build_sender_report(
             out.ssrc,
             ntp_timestamp=int(wall * (1 << 32)) & 0xFFFF_FFFF_FFFF_FFFF,

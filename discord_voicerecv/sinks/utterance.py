@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from operator import mul
 
-from ..frames import FRAME_BYTES, OPUS_SILENCE, SILENT_PCM, VoiceFrame
+from ..frames import FRAME_BYTES, FRAME_DURATION, OPUS_SILENCE, SILENT_PCM, VoiceFrame
 from ._common import SpeakerKey, fit_frame, log, speaker_key
 from ._mix import _masks
 from .base import AudioSink, SinkUser
 
 __all__ = ("Utterance", "UtteranceSink", "to_16k_mono")
 
-_SLOT_SECONDS = 0.02
 _ABSENT_SLOTS = 5
 """With ``speaking_events``, frames missing for this many slots (100 ms) end the utterance: the speaker stopped
 sending, and a short burst of loss the receiver could not conceal does not cut a sentence in two."""
@@ -47,7 +46,7 @@ class Utterance:
     @property
     def duration(self) -> float:
         """Seconds of audio in :attr:`pcm`."""
-        return (self.end_tick - self.start_tick) * _SLOT_SECONDS
+        return (self.end_tick - self.start_tick) * FRAME_DURATION
 
     def pcm_16k_mono(self) -> bytes:
         """The audio as 16 kHz mono s16le, what most speech-to-text engines take (see :func:`to_16k_mono`)."""
@@ -142,7 +141,7 @@ class UtteranceSink(AudioSink):
             self._callback = target
         self._silence_slots = max(1, math.ceil(silence_ms / 20))
         self._min_slots = math.ceil(min_ms / 20)
-        self._max_slots = max(1, round(max_seconds / _SLOT_SECONDS))
+        self._max_slots = max(1, round(max_seconds / FRAME_DURATION))
         self._absent = _ABSENT_SLOTS if speaking_events else None
         samples = len(range(0, FRAME_BYTES // 2, _ENERGY_STRIDE))
         self._threshold = (_FULL_SCALE * 10 ** (threshold_dbfs / 20)) ** 2 * samples
@@ -221,7 +220,7 @@ class UtteranceSink(AudioSink):
             speech.start,
             end,
             b"".join(speech.chunks[: end - speech.start]),
-            speech.start * _SLOT_SECONDS,
+            speech.start * FRAME_DURATION,
             speech.ssrc,
         )
         self.emitted += 1

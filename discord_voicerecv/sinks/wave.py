@@ -8,7 +8,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ..errors import SinkError
-from ..frames import CHANNELS, FRAME_BYTES, SAMPLE_RATE, VoiceFrame
+from ..frames import CHANNELS, FRAME_BYTES, FRAMES_PER_SECOND, SAMPLE_RATE, VoiceFrame
 from ._common import SpeakerKey, fit_frame, speaker_key
 from ._mix import mix_pcm
 from ._naming import FileNamer, Naming
@@ -16,8 +16,6 @@ from ._wavfile import WavWriter
 from .base import AudioSink, SinkUser
 
 __all__ = ("WaveSink",)
-
-_SLOTS_PER_SECOND = 50
 
 
 class _Track:
@@ -97,7 +95,7 @@ class WaveSink(AudioSink):
             raise ValueError("header_interval must be positive")
         self._directory = Path(directory)
         self._per_user = per_user
-        self._interval = max(1, int(header_interval * _SLOTS_PER_SECOND))
+        self._interval = max(1, int(header_interval * FRAMES_PER_SECOND))
         self._tracks: dict[SpeakerKey, _Track] = {}
         self._paths: dict[SpeakerKey, Path] = {}
         self._namer = FileNamer(self._directory, "wav", naming)

@@ -15,9 +15,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..frames import FRAME_DURATION
+
 __all__ = ("Link", "LinkConditions", "LinkStats")
 
-FRAME_INTERVAL = 0.020
+FRAME_INTERVAL = FRAME_DURATION
 """Seconds between two voice packets: the unit of a reorder delay."""
 
 

@@ -36,7 +36,6 @@ _log = logging.getLogger(__name__)
 
 AUDIO_LEVEL_EXTENSION_ID = 1
 """One-byte extension element id the relay uses for the RFC 6464 client-to-mixer audio level."""
-_IP_DISCOVERY_SIZE = 74
 
 Address = tuple[str, int]
 
@@ -184,7 +183,7 @@ class MediaRelay(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.stats.datagrams += 1
         address: Address = (str(addr[0]), int(addr[1]))
-        if len(data) == _IP_DISCOVERY_SIZE and data[0] == 0 and data[1] == 1:
+        if ipdiscovery.is_request(data):
             self._ip_discovery(data, address)
         elif len(data) == _KEEPALIVE_SIZE:
             self.stats.keepalives += 1

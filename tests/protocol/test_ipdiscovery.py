@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,7 @@ from discord_voicerecv.protocol.ipdiscovery import (
     PACKET_SIZE,
     build_request,
     build_response,
+    is_request,
     is_response,
     parse_request,
     parse_response,
@@ -39,17 +41,25 @@ def test_response_is_read_the_way_discord_py_reads_it() -> None:
     st.integers(0, 2**32 - 1), st.text(alphabet="0123456789abcdef.:", min_size=1, max_size=63), st.integers(0, 65535)
 )
 def test_round_trips(ssrc: int, ip: str, port: int) -> None:
-    assert parse_request(build_request(ssrc)) == ssrc
+    request = build_request(ssrc)
+    assert parse_request(request) == ssrc
     response = build_response(ssrc, ip, port)
-    assert is_response(response)
-    assert not is_response(build_request(ssrc))
+    assert is_response(response) and not is_request(response)
+    assert is_request(request) and not is_response(request)
     assert parse_response(response) == (ip, port)
 
 
 def test_rtp_of_the_same_size_is_not_a_response() -> None:
     rtp = build_rtp_header(sequence=2, timestamp=0, ssrc=1) + bytes(62)
     assert len(rtp) == PACKET_SIZE
-    assert not is_response(rtp)
+    assert not is_response(rtp) and not is_request(rtp)
+
+
+@pytest.mark.parametrize("build", [build_request, lambda ssrc: build_response(ssrc, "10.0.0.1", 9)])
+def test_a_wrong_length_field_or_size_is_neither_request_nor_response(build: Callable[[int], bytes]) -> None:
+    good = build(7)
+    for bad in (good[:2] + b"\x00\x45" + good[4:], good + b"\x00", good[:-1]):
+        assert not is_request(bad) and not is_response(bad)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,46 @@
+"""Each protocol constant is defined once: no module assigns the 20 ms slot or the IP-discovery size by value."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import discord_voicerecv
+
+PACKAGE = Path(discord_voicerecv.__file__).parent
+OWNERS = {
+    0.02: "frames.py",
+    960: "frames.py",
+    3840: "frames.py",
+    74: "protocol/ipdiscovery.py",
+    70: "protocol/ipdiscovery.py",
+}
+"""Literal values that must only be spelled out by the module that owns them (which here derives them)."""
+NOT_YET = {"timeline.py", "jitter.py", "reader.py"}
+"""Receive-path modules being rewritten on their own branch; they move to ``frames`` at the merge."""
+
+
+def _literal_assignments(path: Path) -> list[tuple[int, object]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        if isinstance(value, ast.Constant) and type(value.value) in (int, float) and value.value in OWNERS:
+            found.append((node.lineno, value.value))
+    return found
+
+
+def test_slot_and_ip_discovery_constants_have_one_definition() -> None:
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = path.relative_to(PACKAGE).as_posix()
+        if name in NOT_YET:
+            continue
+        found = _literal_assignments(path)
+        offenders += [f"{name}:{line} = {value!r}" for line, value in found if OWNERS[value] != name]
+    assert offenders == []
+
+
+def test_the_checker_sees_a_redefinition(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("_SLOT_SECONDS = 0.02\nclass A:\n    def f(self):\n        self.samples = 960\n")
+    assert _literal_assignments(module) == [(1, 0.02), (4, 960)]
