@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import OpusError, OpusNotAvailable
 from .frames import CHANNELS, FRAME_SAMPLES, SAMPLE_RATE
+from .protocol import opus_toc
 
 __all__ = (
     "LIBOPUS_ENV",
@@ -32,8 +33,9 @@ __all__ = (
 LIBOPUS_ENV = "DISCORD_VOICERECV_LIBOPUS"
 """Environment variable naming a libopus shared library to use instead of the bundled one."""
 
-MAX_FRAME_SAMPLES = 5760
+MAX_FRAME_SAMPLES = opus_toc.MAX_PACKET_SAMPLES
 """Samples per channel in the longest Opus packet (120 ms at 48 kHz)."""
+_OPUS_INVALID_PACKET = -4
 
 _APPLICATIONS = {"voip": 2048, "audio": 2049, "lowdelay": 2051}
 _SET_BITRATE = 4002
@@ -146,37 +148,18 @@ def ensure_discord_opus() -> None:
         discord.opus.load_opus(_lib_path)
 
 
-def _toc_samples(toc: int) -> int:
-    """Samples of a packet from its first byte alone (RFC 6716 3.1); 0 for code 3, whose count is in byte 2."""
-    config, code = toc >> 3, toc & 3
-    if config < 12:
-        per_frame = (480, 960, 1920, 2880)[config & 3]
-    elif config < 16:
-        per_frame = (480, 960)[config & 1]
-    else:
-        per_frame = (120, 240, 480, 960)[config & 3]
-    return 0 if code == 3 else per_frame * (1 if code == 0 else 2)
-
-
-_TOC_SAMPLES = tuple(_toc_samples(toc) for toc in range(256))
-
-
 def packet_samples(packet: bytes) -> int:
     """Samples per channel an Opus packet decodes to at 48 kHz (960 for a 20 ms packet).
 
     Raises
     ------
     OpusError
-        When the packet's table of contents is invalid.
+        When the packet's table of contents is invalid (``OPUS_INVALID_PACKET``, as libopus reports it).
     """
-    if packet:
-        known = _TOC_SAMPLES[packet[0]]
-        if known:
-            return known
-    result: int = _load().opus_packet_get_nb_samples(packet, len(packet), SAMPLE_RATE)
-    if result < 0:
-        raise OpusError(result, "opus_packet_get_nb_samples")
-    return result
+    samples = opus_toc.packet_samples(packet)
+    if samples is None:
+        raise OpusError(_OPUS_INVALID_PACKET, "packet_samples")
+    return samples
 
 
 class OpusDecoder:

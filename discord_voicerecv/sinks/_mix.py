@@ -1,8 +1,8 @@
 """Saturating sum of s16le PCM frames in pure Python.
 
-numpy is not a runtime dependency, and a per-sample Python loop costs ~0.4 ms per slot for five speakers. Instead
-each frame is read as one big integer and the samples are processed as 32-bit lanes of it (SIMD within a register):
-a handful of big-integer operations per frame, all running in C.
+numpy is not a runtime dependency and a per-sample Python loop is too slow for every slot, so each frame is read
+as one big integer and the samples are processed as 32-bit lanes of it (SIMD within a register): a handful of
+big-integer operations per frame, all running in C.
 """
 
 from __future__ import annotations

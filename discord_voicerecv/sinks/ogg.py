@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
-from ..errors import OpusError, SinkError
+from ..errors import SinkError
 from ..frames import FRAME_SAMPLES, FRAMES_PER_SECOND, OPUS_SILENCE, VoiceFrame
-from ..opus import packet_samples
+from ..protocol.opus_toc import frame_samples, packet_samples
 from ._common import SpeakerKey, speaker_key
 from ._naming import FileNamer, Naming
 from ._ogg import OggOpusWriter
@@ -19,21 +19,8 @@ from .base import AudioSink, SinkUser
 __all__ = ("OggOpusSink",)
 
 _VENDOR = "discord-voicerecv"
-_SILK_SIZES = (480, 960, 1920, 2880)
-_HYBRID_SIZES = (480, 960)
-_CELT_SIZES = (120, 240, 480, 960)
 _CELT_FILLERS = ((480, b"\xf0"), (240, b"\xe8"), (120, b"\xe0"))
 """One-byte CELT packets (fullband, one zero-length frame) of 10, 5 and 2.5 ms: concealment, silence at a start."""
-
-
-def _frame_size(toc: int) -> int:
-    """Samples per channel of one frame of the configuration in an Opus TOC byte (RFC 6716 section 3.1)."""
-    config = toc >> 3
-    if config < 12:
-        return _SILK_SIZES[config & 3]
-    if config < 16:
-        return _HYBRID_SIZES[config & 1]
-    return _CELT_SIZES[config & 3]
 
 
 def _concealment_packet(toc: int | None) -> bytes:
@@ -41,7 +28,7 @@ def _concealment_packet(toc: int | None) -> bytes:
     packet-loss concealment (RFC 7845 section 4.1); Opus silence when that configuration cannot make 20 ms."""
     if toc is None:
         return OPUS_SILENCE
-    size = _frame_size(toc)
+    size = frame_samples(toc)
     if size == FRAME_SAMPLES:
         return bytes((toc & 0xFC,))
     if FRAME_SAMPLES % size == 0:
@@ -148,13 +135,8 @@ class OggOpusSink(AudioSink):
         self._open = True
         track.fill_to(tick * FRAME_SAMPLES)
         packet = frame.opus
-        samples = 0
-        if packet:
-            try:
-                samples = packet_samples(packet)
-            except OpusError:
-                samples = 0
-        if samples > 0 and packet is not None:
+        samples = packet_samples(packet) if packet else None
+        if samples and packet is not None:
             if packet != OPUS_SILENCE:
                 track.toc = packet[0]
         else:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from ..errors import SinkError
 from ..frames import FRAME_BYTES, FRAME_DURATION, FRAME_SAMPLES, FRAMES_PER_SECOND, OPUS_SILENCE, VoiceFrame
+from ..protocol.opus_toc import packet_samples
 from ..protocol.rtcp import SDES_CNAME, SdesChunk, SourceDescription, build_bye, build_sender_report
 from ..protocol.rtp import build_rtp_header
 from ..sdp import opus_sdp
@@ -509,25 +510,7 @@ def _as_user(user: int | Snowflake) -> tuple[int, SinkUser]:
     return ident, discord.Object(id=ident)
 
 
-def _frame_samples(toc: int) -> int:
-    config = toc >> 3
-    if config < 12:
-        return (480, 960, 1920, 2880)[config & 3]
-    if config < 16:
-        return 480 << (config & 1)
-    return 120 << (config & 3)
-
-
-_TOC_SLOTS = tuple(max(1, -(-_frame_samples(toc) * (1 if toc & 3 == 0 else 2) // FRAME_SAMPLES)) for toc in range(256))
-"""Slots covered by a code 0, 1 or 2 Opus packet, by its first byte (RFC 6716 section 3.1)."""
-
-
 def _slots_of(packet: bytes) -> int:
     """How many 20 ms slots an Opus packet fills (at least one, so a damaged packet still moves time on)."""
-    if not packet:
-        return 1
-    toc = packet[0]
-    if toc & 3 != 3:
-        return _TOC_SLOTS[toc]
-    count = packet[1] & 0x3F if len(packet) > 1 else 1
-    return max(1, -(-_frame_samples(toc) * count // FRAME_SAMPLES))
+    samples = packet_samples(packet)
+    return max(1, -(-samples // FRAME_SAMPLES)) if samples else 1

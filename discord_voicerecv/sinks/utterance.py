@@ -282,8 +282,8 @@ def _lanes(values: array[int]) -> int:
 def to_16k_mono(pcm: bytes) -> bytes:
     """48 kHz stereo s16le to 16 kHz mono s16le: channels averaged, low-passed at 7 kHz, every third sample kept.
 
-    Pure Python (no numpy): the filter runs on the whole signal at once as 64-bit lanes of big integers, about
-    10 ms per second of audio. The output has ``len(pcm) // 12`` samples and no delay (the filter is centred).
+    Pure Python (no numpy): the filter runs on the whole signal at once as 64-bit lanes of big integers. The
+    output has ``len(pcm) // 12`` samples and no delay (the filter is centred).
     """
     nbytes = len(pcm) - len(pcm) % 4
     if nbytes == 0:
