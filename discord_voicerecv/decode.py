@@ -18,9 +18,6 @@ from .sinks.wave import WaveSink
 
 __all__ = ("decode_capture", "parse_user_names")
 
-_TAIL = 0.5
-"""Seconds of capture time played out after the last datagram so buffered frames reach the files."""
-
 
 class _NoE2EEKeys:
     """A capture holds no MLS secrets: DAVE frames cannot be opened, so they are dropped, never decoded as noise."""
@@ -45,32 +42,41 @@ def parse_user_names(pairs: Iterable[str]) -> dict[int, str]:
 def decode_capture(capture: Path, *, mode: str, key: bytes, names: dict[int, str], out: Path) -> dict[str, Any]:
     """Decode every RTP stream in ``capture`` to ``out`` (one WAV per SSRC plus ``mix.wav``), timed by capture time.
 
-    Returns a summary: datagrams, per-stream files, and the receive counters (decoded, concealed, drops by reason).
+    The capture is read one datagram at a time, so memory does not grow with its length; every track ends with the
+    slot of the last datagram. Returns a summary: datagrams, per-stream files, and the receive counters (decoded,
+    concealed, drops by reason).
     """
-    datagrams = list(iter_capture(capture))
-    ssrcs = _rtp_ssrcs(d.data for d in datagrams)
 
     def naming(user: SinkUser, user_id: int | None) -> str:
         return names.get(user_id, str(user_id)) if user_id is not None else "unknown"
 
     sink = WaveSink(out, naming=naming)
-    now = [datagrams[0].time if datagrams else 0.0]
+    now = [0.0]
     receiver = Receiver(sink, decryptor=_NoE2EEKeys(), clock=lambda: now[0])
     receiver.set_transport(mode, key)
-    for ssrc in ssrcs:
-        receiver.map_ssrc(ssrc, ssrc)
-    receiver.start(threaded=False)
-    for datagram in datagrams:
+    ssrcs: set[int] = set()
+    count = 0
+    for datagram in iter_capture(capture):
         now[0] = datagram.time
-        receiver.pump(until=datagram.time)
+        if count == 0:
+            receiver.start(threaded=False)
+        else:
+            receiver.pump(until=datagram.time)
+        count += 1
+        ssrc = _rtp_ssrc(datagram.data)
+        if ssrc is not None and ssrc not in ssrcs:
+            ssrcs.add(ssrc)
+            receiver.map_ssrc(ssrc, ssrc)  # a capture carries no op5 speaking events
         receiver.feed(datagram.data)
-    now[0] += _TAIL
-    receiver.pump(until=now[0])
-    receiver.stop()
+    if count == 0:
+        receiver.start(threaded=False)
+    else:
+        now[0] += FRAME_DURATION  # the last datagram's 20 ms
+    receiver.stop()  # plays out what is buffered up to now, and no further
     stats = receiver.stats().as_dict()
     return {
         "capture": str(capture),
-        "datagrams": len(datagrams),
+        "datagrams": count,
         "streams": {str(s): names.get(s, str(s)) for s in sorted(ssrcs)},
         "files": {str(k): str(v) for k, v in sink.files.items()},
         "mix": str(sink.mix_path) if sink.mix_path else None,
@@ -79,14 +85,11 @@ def decode_capture(capture: Path, *, mode: str, key: bytes, names: dict[int, str
     }
 
 
-def _rtp_ssrcs(payloads: Iterable[bytes]) -> set[int]:
-    """SSRCs seen in RTP packets; they are mapped up front because a capture carries no op5 speaking events."""
-    found: set[int] = set()
-    for data in payloads:
-        if len(data) < 12 or is_rtcp(data) or is_request(data) or is_response(data):
-            continue
-        try:
-            found.add(parse_rtp_header(data).ssrc)
-        except MalformedPacket:
-            continue
-    return found
+def _rtp_ssrc(data: bytes) -> int | None:
+    """The SSRC of an RTP packet; None for RTCP, IP discovery and anything that does not parse as RTP."""
+    if len(data) < 12 or is_rtcp(data) or is_request(data) or is_response(data):
+        return None
+    try:
+        return parse_rtp_header(data).ssrc
+    except MalformedPacket:
+        return None

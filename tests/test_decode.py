@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import random
+import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from discord_voicerecv.capture import CapturedDatagram, write_pcap, write_rtpdump
+from discord_voicerecv import decode
+from discord_voicerecv.capture import CapturedDatagram, iter_capture, write_pcap, write_rtpdump
 from discord_voicerecv.cli import main
 from discord_voicerecv.decode import decode_capture, parse_user_names
+from discord_voicerecv.frames import FRAME_SAMPLES
 from discord_voicerecv.opus import OpusEncoder
 from discord_voicerecv.protocol.rtp import build_extension_body, build_rtp_header
 from discord_voicerecv.protocol.transport import make_cipher
@@ -94,3 +98,44 @@ def test_parse_user_names_rejects_bad_items() -> None:
     assert parse_user_names(["1=a", "22=b c"]) == {1: "a", 22: "b c"}
     with pytest.raises(ValueError, match="SSRC=NAME"):
         parse_user_names(["alice"])
+
+
+def _slots(path: Path) -> float:
+    with wave.open(str(path), "rb") as f:
+        return f.getnframes() / FRAME_SAMPLES
+
+
+def test_tracks_end_where_the_capture_ends(tmp_path: Path) -> None:
+    """The last datagram's slot is the last slot of every track: nothing is played out past the capture."""
+    alice = _stream("en_us_male", 111, 100.0, KEY)[:150]
+    bob = _stream("fr_female", 222, 100.5, KEY)[:50]  # stops a second before the capture ends
+    path = tmp_path / "voice.pcap"
+    write_pcap(path, sorted(alice + bob, key=lambda d: d.time))
+    out = tmp_path / "out"
+    summary = decode_capture(path, mode=MODE, key=KEY, names={}, out=out)
+    assert summary["seconds"] == 150 * 0.02
+    for name in ("111.wav", "222.wav", "mix.wav"):
+        assert _slots(out / name) == 150, name
+    assert summary["stats"]["decoded"] == 200
+
+
+def test_the_capture_is_streamed_not_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capture: Path) -> None:
+    """decode reads one datagram, feeds it, then reads the next: it never holds more than one of them."""
+    fed = [0]
+    most_held = [0]
+
+    class CountingReceiver(decode.Receiver):
+        def feed(self, datagram: bytes) -> None:
+            fed[0] += 1
+            super().feed(datagram)
+
+    def counting_reader(path: Path) -> Iterator[CapturedDatagram]:
+        for read, datagram in enumerate(iter_capture(path)):
+            most_held[0] = max(most_held[0], read - fed[0])
+            yield datagram
+
+    monkeypatch.setattr(decode, "Receiver", CountingReceiver)
+    monkeypatch.setattr(decode, "iter_capture", counting_reader)
+    summary = decode_capture(capture, mode=MODE, key=KEY, names={}, out=tmp_path / "out")
+    assert fed[0] == summary["datagrams"] > 300
+    assert most_held[0] == 0
