@@ -46,7 +46,7 @@ def user_ids(users: Users | None) -> frozenset[int] | None:
 class UserFilterSink(AudioSink):
     """Pass only some users' frames on to ``sink``; every slot still reaches it, so tracks stay aligned."""
 
-    __slots__ = ("sink", "users")
+    __slots__ = ("sink", "users", "wants_pcm")
 
     def __init__(self, sink: AudioSink, users: Users) -> None:
         self.sink = sink
@@ -84,7 +84,7 @@ class LimitSink(AudioSink):
         Called once, on the sink thread, with the :class:`StopReason` of the limit that was reached.
     """
 
-    __slots__ = ("_bytes", "max_bytes", "max_slots", "on_limit", "reached", "sink")
+    __slots__ = ("_bytes", "max_bytes", "max_slots", "on_limit", "reached", "sink", "wants_pcm")
 
     def __init__(
         self,

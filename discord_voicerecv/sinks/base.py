@@ -24,7 +24,12 @@ class AudioSink:
     (after a final :meth:`advance` for the last slot). Slots without any speaker still get an :meth:`advance`, so
     sinks that keep aligned tracks pad them there. A sink that raises is detached and reported; it never stops
     the receiver or other sinks.
+
+    It has no instance attributes of its own (``__slots__ = ()``), so a subclass that lists its attributes in
+    ``__slots__`` gets instances without a ``__dict__``; one that lists none works as usual.
     """
+
+    __slots__ = ()
 
     wants_pcm: bool = True
     """Set to False in sinks that only use ``frame.opus``: when no attached sink wants PCM, decoding is skipped."""

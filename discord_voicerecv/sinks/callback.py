@@ -17,7 +17,7 @@ class CallbackSink(AudioSink):
     reads ``frame.opus``, so that decoding can be skipped.
     """
 
-    __slots__ = ("callback",)
+    __slots__ = ("callback", "wants_pcm")
 
     def __init__(self, callback: Callable[[SinkUser, VoiceFrame], object], *, wants_pcm: bool = True) -> None:
         self.callback = callback

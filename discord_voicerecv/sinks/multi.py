@@ -16,7 +16,7 @@ class MultiSink(AudioSink):
     ``discord_voicerecv.sinks`` logger and kept in :attr:`failures`; the other children carry on.
     """
 
-    __slots__ = ("_closed", "_sinks", "failures")
+    __slots__ = ("_closed", "_sinks", "failures", "wants_pcm")
 
     def __init__(self, *sinks: AudioSink) -> None:
         self._sinks = sinks

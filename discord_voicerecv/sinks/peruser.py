@@ -22,7 +22,7 @@ class PerUserSink(AudioSink):
     on; the other speakers carry on. ``wants_pcm`` must be given up front since the children do not exist yet.
     """
 
-    __slots__ = ("_active", "_children", "_closed", "_factory", "_failed", "failures")
+    __slots__ = ("_active", "_children", "_closed", "_factory", "_failed", "failures", "wants_pcm")
 
     def __init__(self, factory: Callable[[SinkUser, int], AudioSink], *, wants_pcm: bool = True) -> None:
         self._factory = factory

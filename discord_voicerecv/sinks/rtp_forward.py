@@ -187,6 +187,7 @@ class RTPForwardSink(AudioSink):
         "payload_type",
         "per_user",
         "send_errors",
+        "wants_pcm",
     )
 
     def __init__(
