@@ -11,7 +11,7 @@ from ..frames import VoiceFrame
 from .base import SinkUser
 from .mix import MIX_SSRC
 
-__all__ = ("FileNamer", "Naming")
+__all__ = ("FileNamer", "Naming", "speaker_stem")
 
 Naming: TypeAlias = Callable[[SinkUser, "int | None"], str]
 """``naming(user, user_id)`` -> a file name for a new speaker's track (``user_id`` None while unmapped)."""
@@ -25,12 +25,20 @@ def _safe_stem(text: str) -> str:
     return _UNSAFE.sub("_", text).strip("._")[:_MAX_STEM]
 
 
+def speaker_stem(user: SinkUser, user_id: int | None, ssrc: int) -> str:
+    """The default name of a speaker's track, without extension: ``<display_name>-<user_id>``, ``<user_id>``,
+    ``unknown-<ssrc>`` for an unmapped SSRC, or ``mix`` for a :class:`~discord_voicerecv.sinks.MixSink`'s frames."""
+    if user_id is None:
+        return "mix" if ssrc == MIX_SSRC else f"unknown-{ssrc}"
+    display = getattr(user, "display_name", None)
+    stem = _safe_stem(display) if isinstance(display, str) else ""
+    return f"{stem}-{user_id}" if stem else str(user_id)
+
+
 class FileNamer:
     """Hand out the paths of new tracks in ``directory``, all ending in ``.<extension>``.
 
-    The default name follows :class:`~discord_voicerecv.sinks.WaveSink`: ``<display_name>-<user_id>`` when a
-    member or user is known, ``<user_id>`` otherwise, ``unknown-<ssrc>`` for an unmapped SSRC, and ``mix`` for
-    the frames of a :class:`~discord_voicerecv.sinks.MixSink`. ``naming(user, user_id)`` replaces it. Names are
+    The default name is :func:`speaker_stem`; ``naming(user, user_id)`` replaces it. Names are
     reduced to safe characters and clashes (case-insensitive) get a ``-2``, ``-3``... suffix.
     """
 
@@ -53,11 +61,11 @@ class FileNamer:
             if name.lower().endswith(self._extension.lower()):
                 name = name[: -len(self._extension)]
             return self._unique(_safe_stem(name) or "speaker")
-        if frame.user_id is None:
-            return self._unique("mix" if frame.ssrc == MIX_SSRC else f"unknown-{frame.ssrc}")
-        display = getattr(user, "display_name", None)
-        stem = _safe_stem(display) if isinstance(display, str) else ""
-        return self._unique(f"{stem}-{frame.user_id}" if stem else str(frame.user_id))
+        return self.speaker_path(user, frame.user_id, frame.ssrc)
+
+    def speaker_path(self, user: SinkUser, user_id: int | None, ssrc: int) -> Path:
+        """The path for a new speaker's track by the default rule, :func:`speaker_stem`."""
+        return self._unique(speaker_stem(user, user_id, ssrc))
 
     def _unique(self, stem: str) -> Path:
         candidate, n = stem + self._extension, 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 import socket
 import tempfile
@@ -24,6 +23,7 @@ from ..protocol.rtp import build_rtp_header
 from ..sdp import opus_sdp
 from ._common import SpeakerKey, fit_frame, log
 from ._mix import mix_pcm
+from ._naming import FileNamer
 from .base import AudioSink, SinkUser
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ _NTP_EPOCH_OFFSET = 2_208_988_800
 _MIX_LOOKAHEAD = 312
 """Samples by which libopus delays its output at 48 kHz (2.5 ms + 4 ms): slot ``n`` of the mix starts that far
 into packet ``n``."""
-_UNSAFE = re.compile(r"[^\w.-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +170,7 @@ class RTPForwardSink(AudioSink):
         "_host",
         "_mix",
         "_mix_pcm",
-        "_names",
+        "_namer",
         "_next_port",
         "_on_stream",
         "_outputs",
@@ -224,7 +223,6 @@ class RTPForwardSink(AudioSink):
         self._bye_delay = bye_delay
         self._next_port = base_port
         self._ports: set[int] = set()
-        self._names: set[str] = set()
         self._outputs: dict[SpeakerKey, _Output | None] = {}
         self._streams: dict[SpeakerKey, ForwardedStream] = {}
         self._pending: list[_Output] = []
@@ -234,6 +232,7 @@ class RTPForwardSink(AudioSink):
         """Datagrams the kernel refused (full socket buffer, unreachable address); they are dropped."""
         self._temp_dir = sdp_dir is None
         self._sdp_dir = Path(tempfile.mkdtemp(prefix="voicerecv-sdp-")) if sdp_dir is None else Path(sdp_dir)
+        self._namer = FileNamer(self._sdp_dir, "sdp")
         try:
             self._sdp_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -248,7 +247,7 @@ class RTPForwardSink(AudioSink):
                 from ..opus import OpusEncoder
 
                 port = self._allocate(None if mix is True else int(mix))
-                self._mix = self._open_output(None, port, "mix.sdp", "mix")
+                self._mix = self._open_output(None, port, self._namer.reserve("mix").name, "mix")
                 self._mix.report_offset = _MIX_LOOKAHEAD
                 self._encoder = OpusEncoder(bitrate=96_000, fec=False, expected_loss_pct=0)
             self.wants_pcm = self._mix is not None
@@ -436,7 +435,7 @@ class RTPForwardSink(AudioSink):
 
     def _open_user(self, key: SpeakerKey, user: SinkUser, ident: int) -> _Output:
         port = self._allocate(self._port_for(user, ident) if self._port_for is not None else None)
-        name = self._file_name(key, user, ident)
+        name = self._namer.speaker_path(user, None if isinstance(key, str) else ident, ident).name
         out = self._open_output(user, port, name, name[:-4])
         self._outputs[key] = out
         self._streams[key] = out.info
@@ -480,20 +479,6 @@ class RTPForwardSink(AudioSink):
             _check_port(port)
         self._ports.add(port)
         return port
-
-    def _file_name(self, key: SpeakerKey, user: SinkUser, ident: int) -> str:
-        if isinstance(key, str):
-            stem = f"unknown-{ident}"
-        else:
-            display = getattr(user, "display_name", None)
-            safe = _UNSAFE.sub("_", display).strip("._")[:80] if isinstance(display, str) else ""
-            stem = f"{safe}-{ident}" if safe else str(ident)
-        candidate, n = f"{stem}.sdp", 1
-        while candidate.casefold() in self._names or candidate == "mix.sdp":
-            n += 1
-            candidate = f"{stem}-{n}.sdp"
-        self._names.add(candidate.casefold())
-        return candidate
 
 
 def _check_port(port: int) -> None:
