@@ -1,36 +1,35 @@
-"""Ogg pages (RFC 3533) carrying an Opus stream (RFC 7845): a streaming writer and a reader to check files."""
+"""Ogg pages (RFC 3533) carrying an Opus stream (RFC 7845): a streaming writer."""
 
 from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import SinkError
 
 __all__ = (
+    "CRC_OFFSET",
     "FLAG_BOS",
     "FLAG_CONTINUED",
     "FLAG_EOS",
+    "PAGE_HEADER",
     "OggOpusWriter",
-    "OggPage",
     "build_page",
-    "iter_pages",
     "ogg_crc",
     "opus_head",
     "opus_tags",
-    "read_packets",
 )
 
 FLAG_CONTINUED = 0x01
 FLAG_BOS = 0x02
 FLAG_EOS = 0x04
 
-_HEADER = struct.Struct("<4sBBqIIIB")
-_CRC_OFFSET = 22
+PAGE_HEADER = struct.Struct("<4sBBqIIIB")
+"""An Ogg page header: capture pattern, version, flags, granule, serial, sequence, CRC, segment count."""
+CRC_OFFSET = 22
 _MAX_SEGMENTS = 255
 _MAX_PACKET = _MAX_SEGMENTS * 255 - 1
 _REVERSED_BYTES = bytes(int(f"{n:08b}"[::-1], 2) for n in range(256))
@@ -55,11 +54,11 @@ def build_page(flags: int, granule: int, serial: int, sequence: int, packets: Se
         lacing += b"\xff" * (len(packet) // 255) + bytes((len(packet) % 255,))
     if len(lacing) > _MAX_SEGMENTS:
         raise ValueError("too many packets for one Ogg page")
-    page = bytearray(_HEADER.pack(b"OggS", 0, flags, granule, serial, sequence, 0, len(lacing)))
+    page = bytearray(PAGE_HEADER.pack(b"OggS", 0, flags, granule, serial, sequence, 0, len(lacing)))
     page += lacing
     for packet in packets:
         page += packet
-    page[_CRC_OFFSET : _CRC_OFFSET + 4] = ogg_crc(page).to_bytes(4, "little")
+    page[CRC_OFFSET : CRC_OFFSET + 4] = ogg_crc(page).to_bytes(4, "little")
     return bytes(page)
 
 
@@ -197,79 +196,10 @@ class OggOpusWriter:
     def _mark_last_page_eos(self, file: BinaryIO) -> None:
         page = bytearray(self._last_page)
         page[5] |= FLAG_EOS
-        page[_CRC_OFFSET : _CRC_OFFSET + 4] = bytes(4)
-        page[_CRC_OFFSET : _CRC_OFFSET + 4] = ogg_crc(page).to_bytes(4, "little")
+        page[CRC_OFFSET : CRC_OFFSET + 4] = bytes(4)
+        page[CRC_OFFSET : CRC_OFFSET + 4] = ogg_crc(page).to_bytes(4, "little")
         file.seek(self._last_page_at)
         file.write(page)
 
     def _error(self, exc: OSError) -> SinkError:
         return SinkError(str(self.path), exc.strerror or str(exc))
-
-
-@dataclass(frozen=True, slots=True)
-class OggPage:
-    """One page as read back: header fields and the packets (or packet parts) it carries."""
-
-    flags: int
-    granule: int
-    serial: int
-    sequence: int
-    segments: tuple[bytes, ...]
-    """The page's data split at lacing boundaries; the last one continues on the next page when ``complete`` is
-    False."""
-    complete: bool
-
-
-def iter_pages(data: bytes) -> Iterator[OggPage]:
-    """Parse the pages of an Ogg file, checking capture patterns and checksums.
-
-    Raises
-    ------
-    ValueError
-        A page is cut short, lacks ``OggS`` or fails its checksum.
-    """
-    pos = 0
-    while pos < len(data):
-        if len(data) - pos < _HEADER.size:
-            raise ValueError(f"truncated page header at byte {pos}")
-        magic, version, flags, granule, serial, sequence, crc, count = _HEADER.unpack_from(data, pos)
-        if magic != b"OggS" or version != 0:
-            raise ValueError(f"no Ogg page at byte {pos}")
-        lacing = data[pos + _HEADER.size : pos + _HEADER.size + count]
-        body = pos + _HEADER.size + count
-        end = body + sum(lacing)
-        if len(lacing) != count or end > len(data):
-            raise ValueError(f"truncated page at byte {pos}")
-        page = bytearray(data[pos:end])
-        page[_CRC_OFFSET : _CRC_OFFSET + 4] = bytes(4)
-        if ogg_crc(page) != crc:
-            raise ValueError(f"bad checksum in page {sequence} at byte {pos}")
-        segments: list[bytes] = []
-        start = run = body
-        for value in lacing:
-            run += value
-            if value < 255:
-                segments.append(data[start:run])
-                start = run
-        complete = not lacing or lacing[-1] < 255
-        if not complete:
-            segments.append(data[start:run])
-        yield OggPage(flags, granule, serial, sequence, tuple(segments), complete)
-        pos = end
-
-
-def read_packets(data: bytes) -> list[tuple[bytes, int]]:
-    """Every packet of a single-stream Ogg file with the granule position of the page it ends on."""
-    packets: list[tuple[bytes, int]] = []
-    partial = b""
-    for page in iter_pages(data):
-        parts = list(page.segments)
-        if partial:
-            if not page.flags & FLAG_CONTINUED or not parts:
-                raise ValueError(f"page {page.sequence} does not continue the previous packet")
-            parts[0] = partial + parts[0]
-            partial = b""
-        if not page.complete:
-            partial = parts.pop()
-        packets.extend((packet, page.granule) for packet in parts)
-    return packets

@@ -28,11 +28,11 @@ from discord_voicerecv import (
 from discord_voicerecv.ffmpeg import find_ffmpeg
 from discord_voicerecv.frames import FRAME_BYTES, FRAME_SAMPLES, OPUS_SILENCE
 from discord_voicerecv.opus import packet_samples
-from discord_voicerecv.sinks._ogg import read_packets
 from discord_voicerecv.testing import LocalDiscord
 from discord_voicerecv.testing.analysis import normalized_xcorr, read_wav
 from discord_voicerecv.testing.bots import new_client, running
 from discord_voicerecv.testing.clips import load_clip
+from discord_voicerecv.testing.ogg import read_packets
 
 RATE = 48_000
 CLIPS = ("en_gb_female", "de_male", "fr_female")

@@ -13,9 +13,10 @@ from discord_voicerecv.ffmpeg import find_ffmpeg
 from discord_voicerecv.frames import FRAME_SAMPLES, OPUS_SILENCE, VoiceFrame
 from discord_voicerecv.opus import OpusDecoder, OpusEncoder, packet_samples
 from discord_voicerecv.sinks import CallbackSink, MultiSink, OggOpusSink
-from discord_voicerecv.sinks._ogg import FLAG_BOS, FLAG_EOS, build_page, iter_pages, ogg_crc, read_packets
+from discord_voicerecv.sinks._ogg import FLAG_BOS, FLAG_EOS, build_page, ogg_crc
 from discord_voicerecv.sinks.ogg import _concealment_packet
 from discord_voicerecv.testing.clips import clip_frames
+from discord_voicerecv.testing.ogg import iter_pages, read_packets
 
 ANN = discord.Object(id=11)
 BOB = discord.Object(id=22)
