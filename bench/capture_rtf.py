@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from measure import rss_mb
+from measure import peak_rss_mb, reset_peak_rss, rss_mb
 from stream import XCHACHA, Speech
 
 from discord_voicerecv.capture import CapturedDatagram, write_pcap
@@ -86,10 +86,13 @@ def capture_rtf(speech: Speech, seconds: float, workdir: Path | None = None) -> 
         generated = time.perf_counter() - t
         out = tmp / "out"
         sampler = _Sampler(out / "mix.wav")
+        rss_before = rss_mb()
+        reset_peak_rss()
         sampler.start()
         c0, w0 = time.process_time(), time.perf_counter()
         summary = decode_capture(pcap, mode=XCHACHA, key=key, names={}, out=out)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        rss_peak = peak_rss_mb()
         sampler.stop()
         final = max((size for _, size in sampler.samples), default=0)
         steady = [rss for rss, size in sampler.samples if final and size >= final * 0.1]
@@ -106,6 +109,8 @@ def capture_rtf(speech: Speech, seconds: float, workdir: Path | None = None) -> 
             "rtf": seconds / wall,
             "decoded": decoded,
             "dropped": summary["stats"].get("decrypt_failed", 0) + summary["stats"].get("late", 0),
+            "rss_before": rss_before,
+            "rss_peak": rss_peak,
             "rss_start": steady[0] if steady else float("nan"),
             "rss_drift": drift,
             "wav_gb": sum(p.stat().st_size for p in out.glob("*.wav")) / 1e9,
