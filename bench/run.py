@@ -369,7 +369,7 @@ def main() -> int:
             f"({result['datagrams']} datagrams, {result['pcap_mb']:.0f} MB pcap) in {result['wall']:.1f} s: "
             f"{result['rtf']:.1f}x real time, {result['cpu'] / result['audio_seconds'] * 1000:.1f} ms CPU per "
             f"audio second; RSS {result['rss_start']:.0f} MB, drift {result['rss_drift']:+.1f} MB while decoding, "
-            f"peak {result['rss_peak']:.0f} MB ({result['rss_peak'] - result['rss_before']:+.0f} MB over the RSS before)"
+            f"peak {result['rss_peak']:.0f} MB ({result['rss_peak'] - result['rss_before']:+.0f} MB over the start)"
         )
     if args.json:
         report["samples"] = {v.name.strip(): [s.__dict__ for s in v.result.samples] for v in [*all_variants, *cores]}
