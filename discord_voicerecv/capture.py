@@ -1,8 +1,8 @@
 """Read and write packet captures for offline decoding: rtpdump, pcap and pcapng.
 
-:func:`iter_capture` tells the format by its magic bytes and yields the UDP datagrams in file order. Frames that are
-not UDP over IPv4/IPv6 (ARP, TCP, IP fragments...) are skipped. The writers record datagrams so a test, or the
-local Discord, can keep what it sent and decode it again later.
+:func:`iter_capture` tells the format by its magic bytes and yields the UDP datagrams in file order, reading one at
+a time. Frames that are not UDP over IPv4/IPv6 (ARP, TCP, IP fragments...) are skipped. The writers take any
+iterable and write as they go, so a test or a benchmark can record what it sent and decode it again later.
 """
 
 from __future__ import annotations
