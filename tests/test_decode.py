@@ -18,6 +18,7 @@ from discord_voicerecv.frames import FRAME_SAMPLES
 from discord_voicerecv.opus import OpusEncoder
 from discord_voicerecv.protocol.rtp import build_extension_body, build_rtp_header
 from discord_voicerecv.protocol.transport import make_cipher
+from discord_voicerecv.reader import Receiver
 from discord_voicerecv.testing.analysis import normalized_xcorr, read_wav
 from discord_voicerecv.testing.clips import clip_frames, load_clip
 
@@ -124,7 +125,7 @@ def test_the_capture_is_streamed_not_loaded(tmp_path: Path, monkeypatch: pytest.
     fed = [0]
     most_held = [0]
 
-    class CountingReceiver(decode.Receiver):
+    class CountingReceiver(Receiver):
         def feed(self, datagram: bytes) -> None:
             fed[0] += 1
             super().feed(datagram)

@@ -20,12 +20,14 @@ NOT_YET = {"timeline.py", "jitter.py"}
 """Receive-path modules being rewritten on their own branch; they move to ``frames`` at the merge."""
 
 
-def _literal_assignments(path: Path) -> list[tuple[int, object]]:
-    found = []
+def _literal_assignments(path: Path) -> list[tuple[int, float]]:
+    found: list[tuple[int, float]] = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
-        if isinstance(value, ast.Constant) and type(value.value) in (int, float) and value.value in OWNERS:
-            found.append((node.lineno, value.value))
+        if not isinstance(node, (ast.Assign, ast.AnnAssign)) or not isinstance(node.value, ast.Constant):
+            continue
+        literal = node.value.value
+        if isinstance(literal, (int, float)) and not isinstance(literal, bool) and literal in OWNERS:
+            found.append((node.lineno, literal))
     return found
 
 
