@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from discord_voicerecv.frames import FRAME_BYTES, VoiceFrame
+from discord_voicerecv.frames import FRAME_BYTES, FRAME_DURATION, OPUS_SILENCE, VoiceFrame
 from discord_voicerecv.opus import OpusEncoder
 from discord_voicerecv.protocol.rtp import build_extension_body, build_rtp_header
 from discord_voicerecv.protocol.transport import make_cipher
@@ -31,8 +31,8 @@ from discord_voicerecv.sinks.base import AudioSink, SinkUser
 
 MODE = "aead_aes256_gcm_rtpsize"
 KEY = bytes(range(32))
-SLOT = 0.02
-SILENCE = b"\xf8\xff\xfe"
+SLOT = FRAME_DURATION
+SILENCE = OPUS_SILENCE
 
 
 class _Clock:

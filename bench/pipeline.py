@@ -12,14 +12,14 @@ import davey
 from stream import Stream
 
 from discord_voicerecv.dave import DaveFrameDecryptor
-from discord_voicerecv.frames import VoiceFrame
+from discord_voicerecv.frames import FRAME_DURATION, VoiceFrame
 from discord_voicerecv.reader import Receiver
 from discord_voicerecv.sinks.base import AudioSink, SinkUser
 from discord_voicerecv.sinks.wave import WaveSink
 
 __all__ = ("CountingSink", "OpusOnlySink", "Pipeline", "make_sink")
 
-_SLOT = 0.02
+_SLOT = FRAME_DURATION
 _ARRIVAL = 0.004
 """Where in its slot a packet arrives, in the fake-clock runs."""
 
