@@ -31,6 +31,7 @@ __all__ = (
     "dave_downgraded",
     "dave_protocol_version",
     "dave_session",
+    "discard_backlog",
     "make_connection_state",
     "own_ssrc",
     "recover_dave_session",
@@ -42,6 +43,10 @@ __all__ = (
 _log = logging.getLogger(__name__)
 
 MIN_DISCORD_VERSION = (2, 7, 1)
+
+_MAX_BACKLOG = 1 << 16
+"""Most datagrams :func:`discard_backlog` reads, so a flood cannot keep it reading forever."""
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 WebsocketHook = Callable[[Any, dict[str, Any]], Coroutine[Any, Any, None]]
 
@@ -139,6 +144,26 @@ def add_socket_listener(client: discord.VoiceClient, callback: Callable[[bytes],
 
 def remove_socket_listener(client: discord.VoiceClient, callback: Callable[[bytes], None]) -> None:
     connection_state(client).remove_socket_listener(callback)
+
+
+def discard_backlog(client: discord.VoiceClient) -> int:
+    """Read and drop every datagram waiting on the voice socket; returns how many.
+
+    While no listener is registered discord.py's reader is paused and the kernel queues what arrives (seconds of
+    speech); ``listen()`` calls this first so a recording holds only what arrived after it. The socket is
+    non-blocking (discord.py) and read with ``MSG_DONTWAIT`` where there is one, so this never waits.
+    """
+    sock = connection_state(client).socket
+    if not isinstance(sock, socket.socket):
+        return 0
+    count = 0
+    while count < _MAX_BACKLOG:
+        try:
+            sock.recv(2048, _DONTWAIT)
+        except OSError:
+            break
+        count += 1
+    return count
 
 
 def transport_params(client: discord.VoiceClient) -> tuple[str, bytes] | None:

@@ -31,7 +31,8 @@ async def test_keepalives_flow_only_while_listening(local: LocalDiscord, tmp_pat
         vc.listen(WaveSink(tmp_path))
         await asyncio.sleep(0.55)
         during = local.voice.relay_stats.keepalives - before
-        await asyncio.to_thread(vc.stop_listening)
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
         stopped_at = local.voice.relay_stats.keepalives
         await asyncio.sleep(0.35)
         assert local.voice.relay_stats.keepalives == stopped_at, "keepalives stop with stop_listening()"
@@ -48,8 +49,10 @@ async def test_listen_twice_raises_and_stop_is_idempotent(local: LocalDiscord, t
         assert vc.is_listening()
         with pytest.raises(AlreadyListening):
             vc.listen(WaveSink(tmp_path / "b"))
-        await asyncio.to_thread(vc.stop_listening)
-        await asyncio.to_thread(vc.stop_listening)
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
         assert not vc.is_listening()
         assert ended == [None]
         vc.listen(WaveSink(tmp_path / "c"))
@@ -77,7 +80,8 @@ async def test_frames_name_members_and_stats_count_them(local: LocalDiscord) -> 
         speaker.speak()
         await speaker.wait_idle()
         await asyncio.sleep(0.3)
-        await asyncio.to_thread(vc.stop_listening)
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
         stats = vc.receive_stats()
     member = seen[speaker.user_id]
     assert isinstance(member, discord.Member) and member.name == speaker.name
