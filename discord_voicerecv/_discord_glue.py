@@ -8,6 +8,7 @@ silence.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import select
@@ -15,7 +16,9 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from discord.voice_state import SocketReader, VoiceConnectionState
+import aiohttp
+from discord.errors import ConnectionClosed
+from discord.voice_state import ConnectionFlowState, SocketReader, VoiceConnectionState
 
 if TYPE_CHECKING:
     import davey
@@ -65,6 +68,31 @@ class ReceivingConnectionState(VoiceConnectionState):
         original.stop()
         self._socket_reader = WakeableSocketReader(self)
         self._socket_reader.start()
+
+    async def _connect(self, reconnect: bool, timeout: float, self_deaf: bool, self_mute: bool, resume: bool) -> None:
+        """Resume the voice websocket after close code 4015 the way Discord documents it.
+
+        discord.py 2.7.1 answers 4015 with ``resume=True`` while still connected: it re-sends its voice state and
+        waits for both voice updates, which a connected state never reaches, gives up after ``timeout`` and
+        disconnects (ending a recording); and it would then wait for an op4 that Discord does not send after
+        RESUMED. Here a new websocket to the same endpoint sends op7 Resume; the UDP socket, keys and listeners
+        stay as they are. If that fails, reconnect from scratch as discord.py does for other close codes.
+        """
+        if resume and self.state is ConnectionFlowState.connected:
+            previous = self.ws
+            with contextlib.suppress(Exception):
+                await previous.close(4015)
+            try:
+                self.ws = await asyncio.wait_for(self._connect_websocket(True), timeout)
+            except (ConnectionClosed, OSError, aiohttp.ClientError, asyncio.TimeoutError):
+                _log.info("voice websocket resume failed; reconnecting from scratch", exc_info=True)
+                await self.disconnect(cleanup=False)
+                resume = False
+            else:
+                self.state = ConnectionFlowState.connected
+                _log.info("voice websocket resumed after close code 4015")
+                return
+        await super()._connect(reconnect, timeout, self_deaf, self_mute, resume)
 
 
 class WakeableSocketReader(SocketReader):
