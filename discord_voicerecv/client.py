@@ -53,7 +53,7 @@ class _Session:
     """One ``listen()``: its receiver and sinks; ``done`` resolves once the sinks are cleaned up (files final) and
     a plain ``after`` has returned."""
 
-    __slots__ = ("after", "done", "hub", "receiver", "stopping")
+    __slots__ = ("after", "done", "hub", "receiver", "stopping", "tasks")
 
     def __init__(self, receiver: Receiver, hub: SinkHub, after: After | None) -> None:
         self.receiver = receiver
@@ -62,6 +62,8 @@ class _Session:
         self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.stopping = False
         """Stopped by the client or ended by itself: no longer listening, maybe still finishing its files."""
+        self.tasks: list[asyncio.Task[None]] = []
+        """Its keepalive and alone-watch tasks (on the bot's loop)."""
 
 
 class VoiceRecvClient(discord.VoiceClient):
@@ -88,10 +90,8 @@ class VoiceRecvClient(discord.VoiceClient):
         self._session: _Session | None = None
         self._unfinished: set[_Session] = set()
         self._receiver_lock = threading.Lock()
-        self._keepalive_task: asyncio.Task[None] | None = None
         self._aes_sender: tuple[bytes, TransportCipher] | None = None
         self._stop_reason: StopReason | None = None
-        self._alone_task: asyncio.Task[None] | None = None
         self._speaking: set[int] = set()
         self._speaking_lock = threading.Lock()
         self._voice_members: set[int] = set()
@@ -441,25 +441,25 @@ class VoiceRecvClient(discord.VoiceClient):
             session.stopping = True
             with contextlib.suppress(Exception):
                 glue.remove_socket_listener(self, session.receiver.feed)
-        self._on_loop(self._cancel_tasks)
+        self._on_loop(self._cancel_tasks, session)
         # Not a daemon: an interpreter exit waits for the files to be finished.
         threading.Thread(target=session.receiver.stop, name="voice-recv finish").start()
 
-    def _cancel_tasks(self) -> None:
+    @staticmethod
+    def _cancel_tasks(session: _Session) -> None:
         """On the loop: end the keepalive and alone-watch tasks of a session that is no longer listening."""
-        for task in (self._keepalive_task, self._alone_task):
-            if task is not None and task is not asyncio.current_task():
+        tasks, session.tasks = session.tasks, []
+        for task in tasks:
+            if task is not asyncio.current_task():
                 task.cancel()
-        self._keepalive_task = self._alone_task = None
 
     def _start_tasks(self, session: _Session, stop_when_alone: bool) -> None:
         """On the loop, right after ``listen()``: keepalives and the alone watch, unless it already stopped."""
         if self._session is not session or session.stopping:
             return
-        self._cancel_tasks()
-        self._keepalive_task = self.loop.create_task(self._keepalive(), name="voice-recv keepalive")
+        session.tasks.append(self.loop.create_task(self._keepalive(session), name="voice-recv keepalive"))
         if stop_when_alone:
-            self._alone_task = self.loop.create_task(self._watch_alone(session), name="voice-recv alone watch")
+            session.tasks.append(self.loop.create_task(self._watch_alone(session), name="voice-recv alone watch"))
 
     def _on_loop(self, callback: Callable[..., None], *args: Any) -> None:
         """Run ``callback`` now when on the bot's event loop, otherwise soon on it (``listen()`` from ``after``)."""
@@ -528,8 +528,7 @@ class VoiceRecvClient(discord.VoiceClient):
         """On the loop, once a session ended (also by itself: limit, sink error): unhook it from the socket."""
         with contextlib.suppress(Exception):
             glue.remove_socket_listener(self, session.receiver.feed)
-        if self._session is session:
-            self._cancel_tasks()
+        self._cancel_tasks(session)
 
     async def _watch_alone(self, session: _Session) -> None:
         """``stop_when_alone``: stop once the gateway and the voice server both show no one else (bots aside)."""
@@ -569,9 +568,9 @@ class VoiceRecvClient(discord.VoiceClient):
         event = "voice_member_speaking_start" if speaking else "voice_member_speaking_stop"
         self._dispatch(event, self._resolve_user(user_id))
 
-    async def _keepalive(self) -> None:
+    async def _keepalive(self, session: _Session) -> None:
         counter = 0
-        while self.is_listening():
+        while self._session is session and self.is_listening():
             try:
                 if self.is_connected():
                     glue.send_udp(self, struct.pack(">Q", counter))
