@@ -8,6 +8,7 @@ silence.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import select
@@ -15,7 +16,9 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from discord.voice_state import SocketReader, VoiceConnectionState
+import aiohttp
+from discord.errors import ConnectionClosed
+from discord.voice_state import ConnectionFlowState, SocketReader, VoiceConnectionState
 
 if TYPE_CHECKING:
     import davey
@@ -31,6 +34,7 @@ __all__ = (
     "dave_downgraded",
     "dave_protocol_version",
     "dave_session",
+    "discard_backlog",
     "make_connection_state",
     "own_ssrc",
     "recover_dave_session",
@@ -42,6 +46,10 @@ __all__ = (
 _log = logging.getLogger(__name__)
 
 MIN_DISCORD_VERSION = (2, 7, 1)
+
+_MAX_BACKLOG = 1 << 16
+"""Most datagrams :func:`discard_backlog` reads, so a flood cannot keep it reading forever."""
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 WebsocketHook = Callable[[Any, dict[str, Any]], Coroutine[Any, Any, None]]
 
@@ -60,6 +68,31 @@ class ReceivingConnectionState(VoiceConnectionState):
         original.stop()
         self._socket_reader = WakeableSocketReader(self)
         self._socket_reader.start()
+
+    async def _connect(self, reconnect: bool, timeout: float, self_deaf: bool, self_mute: bool, resume: bool) -> None:
+        """Resume the voice websocket after close code 4015 the way Discord documents it.
+
+        discord.py 2.7.1 answers 4015 with ``resume=True`` while still connected: it re-sends its voice state and
+        waits for both voice updates, which a connected state never reaches, gives up after ``timeout`` and
+        disconnects (ending a recording); and it would then wait for an op4 that Discord does not send after
+        RESUMED. Here a new websocket to the same endpoint sends op7 Resume; the UDP socket, keys and listeners
+        stay as they are. If that fails, reconnect from scratch as discord.py does for other close codes.
+        """
+        if resume and self.state is ConnectionFlowState.connected:
+            previous = self.ws
+            with contextlib.suppress(Exception):
+                await previous.close(4015)
+            try:
+                self.ws = await asyncio.wait_for(self._connect_websocket(True), timeout)
+            except (ConnectionClosed, OSError, aiohttp.ClientError, asyncio.TimeoutError):
+                _log.info("voice websocket resume failed; reconnecting from scratch", exc_info=True)
+                await self.disconnect(cleanup=False)
+                resume = False
+            else:
+                self.state = ConnectionFlowState.connected
+                _log.info("voice websocket resumed after close code 4015")
+                return
+        await super()._connect(reconnect, timeout, self_deaf, self_mute, resume)
 
 
 class WakeableSocketReader(SocketReader):
@@ -139,6 +172,26 @@ def add_socket_listener(client: discord.VoiceClient, callback: Callable[[bytes],
 
 def remove_socket_listener(client: discord.VoiceClient, callback: Callable[[bytes], None]) -> None:
     connection_state(client).remove_socket_listener(callback)
+
+
+def discard_backlog(client: discord.VoiceClient) -> int:
+    """Read and drop every datagram waiting on the voice socket; returns how many.
+
+    While no listener is registered discord.py's reader is paused and the kernel queues what arrives (seconds of
+    speech); ``listen()`` calls this first so a recording holds only what arrived after it. The socket is
+    non-blocking (discord.py) and read with ``MSG_DONTWAIT`` where there is one, so this never waits.
+    """
+    sock = connection_state(client).socket
+    if not isinstance(sock, socket.socket):
+        return 0
+    count = 0
+    while count < _MAX_BACKLOG:
+        try:
+            sock.recv(2048, _DONTWAIT)
+        except OSError:
+            break
+        count += 1
+    return count
 
 
 def transport_params(client: discord.VoiceClient) -> tuple[str, bytes] | None:

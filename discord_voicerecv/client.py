@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import struct
 import threading
@@ -19,6 +21,7 @@ from .limits import LimitSink, StopReason, UserFilterSink, Users, others_present
 from .protocol.transport import TransportCipher, make_cipher
 from .reader import Receiver
 from .sinks.base import AudioSink, SinkUser
+from .sinks.ffmpeg import FFmpegSink
 from .stream import DEFAULT_QUEUE_SECONDS, AudioStream, SinkHub
 
 __all__ = ("VoiceRecvClient",)
@@ -42,6 +45,27 @@ UPGRADE_PASSTHROUGH = 10
 """Seconds plaintext frames stay acceptable after an upgrade back to DAVE executes (the transition expiry)."""
 
 
+After = Callable[[BaseException | None], Any]
+"""``listen(after=...)``: a function, or a coroutine function awaited on the bot's loop."""
+
+
+class _Session:
+    """One ``listen()``: its receiver and sinks; ``done`` resolves once the sinks are cleaned up (files final) and
+    a plain ``after`` has returned."""
+
+    __slots__ = ("after", "done", "hub", "receiver", "stopping", "tasks")
+
+    def __init__(self, receiver: Receiver, hub: SinkHub, after: After | None) -> None:
+        self.receiver = receiver
+        self.hub = hub
+        self.after = after
+        self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.stopping = False
+        """Stopped by the client or ended by itself: no longer listening, maybe still finishing its files."""
+        self.tasks: list[asyncio.Task[None]] = []
+        """Its keepalive and alone-watch tasks (on the bot's loop)."""
+
+
 class VoiceRecvClient(discord.VoiceClient):
     """A :class:`discord.VoiceClient` that receives voice as well as sending it.
 
@@ -50,7 +74,8 @@ class VoiceRecvClient(discord.VoiceClient):
         vc = await channel.connect(cls=VoiceRecvClient)
         vc.listen(WaveSink("out"))
         ...
-        vc.stop_listening()
+        vc.stop_listening()  # returns at once; the files are finished in the background
+        await vc.wait_listening_stopped()  # the files are final
 
     It also offers ``aead_aes256_gcm_rtpsize``, Discord's preferred transport mode, in both directions.
     """
@@ -62,13 +87,11 @@ class VoiceRecvClient(discord.VoiceClient):
 
     def __init__(self, client: discord.Client, channel: discord.abc.Connectable) -> None:
         self._ssrc_users: dict[int, int] = {}
-        self._receiver: Receiver | None = None
+        self._session: _Session | None = None
+        self._unfinished: set[_Session] = set()
         self._receiver_lock = threading.Lock()
-        self._keepalive_task: asyncio.Task[None] | None = None
         self._aes_sender: tuple[bytes, TransportCipher] | None = None
-        self._hub: SinkHub | None = None
         self._stop_reason: StopReason | None = None
-        self._alone_task: asyncio.Task[None] | None = None
         self._speaking: set[int] = set()
         self._speaking_lock = threading.Lock()
         self._voice_members: set[int] = set()
@@ -156,9 +179,14 @@ class VoiceRecvClient(discord.VoiceClient):
         return self._aes_sender[1].encrypt_rtp(bytes(header), bytes(data))
 
     def cleanup(self) -> None:
-        self._set_stop_reason(StopReason.DISCONNECTED)
-        self._stop_receiver(None)
+        self._stop(StopReason.DISCONNECTED)
         super().cleanup()
+
+    async def disconnect(self, *, force: bool = False) -> None:
+        """Disconnect from voice (:meth:`discord.VoiceClient.disconnect`); returns once a recording that this
+        ended has its files final."""
+        await super().disconnect(force=force)
+        await self.wait_listening_stopped()
 
     # public receive API -----------------------------------------------------------------------------------------
 
@@ -166,25 +194,28 @@ class VoiceRecvClient(discord.VoiceClient):
         self,
         sink: AudioSink,
         *,
-        after: Callable[[BaseException | None], Any] | None = None,
+        after: After | None = None,
         playout_delay: float = 0.1,
         users: Users | None = None,
         max_duration: float | None = None,
         max_bytes: int | None = None,
         stop_when_alone: bool = False,
     ) -> None:
-        """Start receiving into ``sink``.
+        """Start receiving into ``sink``: only audio that arrives from now on is recorded.
 
-        When listening ends, for whatever reason (:attr:`stop_reason`), ``after`` is called and then the bot's
-        ``on_voice_listening_stopped(vc, error)`` event is dispatched.
+        When listening ends, for whatever reason (:attr:`stop_reason`), the sink is cleaned up (its files are
+        final), then ``after`` is called and the bot's ``on_voice_listening_stopped(vc, error)`` event is
+        dispatched. Safe to call from ``after``.
 
         Parameters
         ----------
         sink:
             Where frames go; see :mod:`discord_voicerecv.sinks`.
         after:
-            Called once, from a background thread, when listening ends: with None after :meth:`stop_listening`,
-            a disconnect or a limit, or with the exception that stopped a sink.
+            Called once when listening ended and every file is final: with None after :meth:`stop_listening`, a
+            disconnect or a limit, or with the exception that stopped a sink. A plain function runs on a
+            background thread and may call :meth:`listen` or :meth:`stop_listening`; a coroutine function is
+            awaited on the bot's event loop.
         playout_delay:
             Seconds of jitter buffering before a frame is played out; more tolerates worse networks.
         users:
@@ -199,11 +230,20 @@ class VoiceRecvClient(discord.VoiceClient):
 
         Raises
         ------
+        TypeError
+            ``sink`` is not an :class:`~discord_voicerecv.sinks.AudioSink`.
+        SinkError
+            ``sink`` is an :class:`~discord_voicerecv.sinks.FFmpegSink` whose format or options the ffmpeg in use
+            cannot write.
         discord.ClientException
             Not connected to voice.
         AlreadyListening
             A sink is already attached; call :meth:`stop_listening` first.
         """
+        if not isinstance(sink, AudioSink):
+            raise TypeError(f"sink must be an AudioSink, not {type(sink).__name__}")
+        if isinstance(sink, FFmpegSink):
+            sink.check_writable()
         if not self.is_connected():
             raise discord.ClientException("Not connected to voice.")
         main = sink if users is None else UserFilterSink(sink, users)
@@ -212,7 +252,7 @@ class VoiceRecvClient(discord.VoiceClient):
             main = limited = LimitSink(main, max_duration=max_duration, max_bytes=max_bytes)
         hub = SinkHub(main)
         with self._receiver_lock:
-            if self._receiver is not None and self._receiver.is_running:
+            if self.is_listening():
                 raise AlreadyListening("already listening; call stop_listening() first")
             decryptor = DaveFrameDecryptor(
                 lambda: glue.dave_session(self),
@@ -226,9 +266,10 @@ class VoiceRecvClient(discord.VoiceClient):
                 user_resolver=self._resolve_user,
                 decryptor=decryptor,
                 playout_delay=playout_delay,
-                after=lambda error: self._session_ended(receiver, after, error),
+                after=lambda error: self._session_ended(session, error),
                 on_event=self._on_receiver_event,
             )
+            session = _Session(receiver, hub, after)
             params = glue.transport_params(self)
             if params is not None:
                 receiver.set_transport(*params)
@@ -239,20 +280,32 @@ class VoiceRecvClient(discord.VoiceClient):
                 receiver.map_ssrc(ssrc, user_id)
             if limited is not None:
                 limited.on_limit = lambda reason: self._limit_reached(receiver, reason)
+            stale = glue.discard_backlog(self)
+            if stale:
+                _log.debug("listen(): discarded %d datagrams that arrived before it", stale)
             hub.started_at = time.time()
             receiver.start()
-            self._receiver = receiver
-            self._hub = hub
+            self._session = session
+            self._unfinished.add(session)
             self._stop_reason = None
             glue.add_socket_listener(self, receiver.feed)
-        self._keepalive_task = self.loop.create_task(self._keepalive(), name="voice-recv keepalive")
-        if stop_when_alone:
-            self._alone_task = self.loop.create_task(self._watch_alone(receiver), name="voice-recv alone watch")
+        self._on_loop(self._start_tasks, session, stop_when_alone)
 
     def stop_listening(self) -> None:
-        """Stop receiving: flush and close the sink, then call ``after``. Does nothing when not listening."""
-        self._set_stop_reason(StopReason.STOPPED)
-        self._stop_receiver(None)
+        """Stop receiving. Returns at once: the sink is flushed and cleaned up on a background thread, then
+        ``after`` is called. ``await`` :meth:`wait_listening_stopped` to know when the files are final. Does
+        nothing when not listening."""
+        self._stop(StopReason.STOPPED)
+
+    async def wait_listening_stopped(self) -> None:
+        """Wait until the listening sessions started so far have ended and their files are final (sinks cleaned
+        up, a plain ``after`` returned). Returns at once when nothing is listening or finishing.
+
+        ``vc.stop_listening(); await vc.wait_listening_stopped()`` then the files can be uploaded. Do not await it
+        from a coroutine ``after`` (that runs before its session counts as finished).
+        """
+        for session in list(self._unfinished):
+            await asyncio.shield(asyncio.wrap_future(session.done))
 
     def listen_stream(
         self,
@@ -284,15 +337,15 @@ class VoiceRecvClient(discord.VoiceClient):
             Not connected to voice.
         """
         stream = AudioStream(users=users, opus=opus, max_queue_seconds=max_queue_seconds, loop=self.loop)
-        hub = self._hub
-        if hub is not None and self.is_listening():
-            hub.attach(stream)
+        session = self._session
+        if session is not None and self.is_listening():
+            session.hub.attach(stream)
             return stream
         self.listen(stream)
-        receiver, hub = self._receiver, self._hub
-        if hub is not None:
-            stream.started_at = hub.started_at
-        stream._on_close = lambda _: self.stop_listening() if self._receiver is receiver else None
+        session = self._session
+        if session is not None:
+            stream.started_at = session.hub.started_at
+        stream._on_close = lambda _: self.stop_listening() if self._session is session else None
         return stream
 
     @property
@@ -301,19 +354,25 @@ class VoiceRecvClient(discord.VoiceClient):
         return None if self.is_listening() else self._stop_reason
 
     def is_listening(self) -> bool:
-        receiver = self._receiver
-        return receiver is not None and receiver.is_running
+        session = self._session
+        return session is not None and not session.stopping and session.receiver.is_running
+
+    @property
+    def _receiver(self) -> Receiver | None:
+        """The current or last session's receiver."""
+        session = self._session
+        return session.receiver if session is not None else None
 
     def receive_stats(self) -> Mapping[str, Any]:
         """Counters of the current (or last) listening session: packets, decoded frames, drops by reason.
 
         ``stream_dropped`` counts frames that :meth:`listen_stream` consumers were too slow to take.
         """
-        receiver = self._receiver
-        if receiver is None:
+        session = self._session
+        if session is None:
             return {}
-        stats = receiver.stats().as_dict()
-        stats["stream_dropped"] = self._hub.stream_dropped if self._hub is not None else 0
+        stats = session.receiver.stats().as_dict()
+        stats["stream_dropped"] = session.hub.stream_dropped
         return stats
 
     @property
@@ -371,21 +430,50 @@ class VoiceRecvClient(discord.VoiceClient):
 
     # internals -----------------------------------------------------------------------------------------------------
 
-    def _stop_receiver(self, error: BaseException | None) -> None:
+    def _stop(self, reason: StopReason) -> None:
+        """Stop the current session without waiting for it: unhook it now, finish it on a background thread."""
         with self._receiver_lock:
-            receiver = self._receiver
-            if receiver is None:
+            session = self._session
+            if session is None or session.stopping:
                 return
-            try:
-                glue.remove_socket_listener(self, receiver.feed)
-            except Exception:
-                _log.debug("socket listener already gone", exc_info=True)
-            if receiver.is_running:
-                receiver.stop()
-        task = self._keepalive_task
-        self._keepalive_task = None
-        if task is not None:
-            task.cancel()
+            if self._stop_reason is None and session.receiver.is_running:
+                self._stop_reason = reason
+            session.stopping = True
+            with contextlib.suppress(Exception):
+                glue.remove_socket_listener(self, session.receiver.feed)
+        self._on_loop(self._cancel_tasks, session)
+        # Not a daemon: an interpreter exit waits for the files to be finished.
+        threading.Thread(target=session.receiver.stop, name="voice-recv finish").start()
+
+    @staticmethod
+    def _cancel_tasks(session: _Session) -> None:
+        """On the loop: end the keepalive and alone-watch tasks of a session that is no longer listening."""
+        tasks, session.tasks = session.tasks, []
+        for task in tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    def _start_tasks(self, session: _Session, stop_when_alone: bool) -> None:
+        """On the loop, right after ``listen()``: keepalives and the alone watch, unless it already stopped."""
+        if self._session is not session or session.stopping:
+            return
+        session.tasks.append(self.loop.create_task(self._keepalive(session), name="voice-recv keepalive"))
+        if stop_when_alone:
+            session.tasks.append(self.loop.create_task(self._watch_alone(session), name="voice-recv alone watch"))
+
+    def _on_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback`` now when on the bot's event loop, otherwise soon on it (``listen()`` from ``after``)."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            callback(*args)
+            return
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            _log.debug("event loop closed; %s not run", callback)
 
     def _set_stop_reason(self, reason: StopReason) -> None:
         if self._stop_reason is None and self.is_listening():
@@ -397,51 +485,59 @@ class VoiceRecvClient(discord.VoiceClient):
             self._set_stop_reason(reason)
         receiver.stop()
 
-    def _session_ended(
-        self, receiver: Receiver, after: Callable[[BaseException | None], Any] | None, error: BaseException | None
-    ) -> None:
-        """The receiver finished (its sink thread): ``after``, pending speaking stops, then the stopped event."""
-        if self._receiver is receiver:
+    def _session_ended(self, session: _Session, error: BaseException | None) -> None:
+        """The receiver finished and its sink is cleaned up (its sink thread): ``after``, pending speaking stops,
+        the stopped event, then the session counts as finished."""
+        if self._session is session:
             if error is not None:
                 self._stop_reason = StopReason.ERROR
             elif self._stop_reason is None:
                 self._stop_reason = StopReason.STOPPED
+        session.stopping = True
         try:
-            if after is not None:
-                after(error)
+            self._on_loop(self._release_session, session)
+            self._run_after(session.after, error)
         finally:
             with self._speaking_lock:
                 still, self._speaking = self._speaking, set()
             for user_id in still:
                 self._dispatch("voice_member_speaking_stop", self._resolve_user(user_id))
             self._dispatch("voice_listening_stopped", self, error)
-            try:
-                self.loop.call_soon_threadsafe(self._release_session, receiver)
-            except RuntimeError:
-                _log.debug("event loop closed; session of %r not released", receiver)
+            self._unfinished.discard(session)
+            session.done.set_result(None)
 
-    def _release_session(self, receiver: Receiver) -> None:
-        """On the loop, after a session ended by itself (limit, sink error): unhook it from the socket."""
-        if self._receiver is not receiver or receiver.is_running:
+    def _run_after(self, after: After | None, error: BaseException | None) -> None:
+        """Call ``after`` here; a coroutine it returns is awaited on the bot's loop. Its errors are logged."""
+        if after is None:
             return
         try:
-            glue.remove_socket_listener(self, receiver.feed)
+            result = after(error)
         except Exception:
-            _log.debug("socket listener already gone", exc_info=True)
-        for task in (self._keepalive_task, self._alone_task):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-        self._keepalive_task = self._alone_task = None
+            _log.exception("listen(after=...) raised")
+            return
+        if asyncio.iscoroutine(result):
+            try:
+                future = asyncio.run_coroutine_threadsafe(result, self.loop)
+            except RuntimeError:
+                result.close()
+                _log.warning("event loop closed; listen(after=...) coroutine not run")
+                return
+            future.add_done_callback(_log_after_error)
 
-    async def _watch_alone(self, receiver: Receiver) -> None:
+    def _release_session(self, session: _Session) -> None:
+        """On the loop, once a session ended (also by itself: limit, sink error): unhook it from the socket."""
+        with contextlib.suppress(Exception):
+            glue.remove_socket_listener(self, session.receiver.feed)
+        self._cancel_tasks(session)
+
+    async def _watch_alone(self, session: _Session) -> None:
         """``stop_when_alone``: stop once the gateway and the voice server both show no one else (bots aside)."""
         seen = False
-        while receiver.is_running:
+        while self._session is session and self.is_listening():
             if self._others_here():
                 seen = True
             elif seen:
-                self._set_stop_reason(StopReason.ALONE)
-                await asyncio.to_thread(self._stop_receiver, None)
+                self._stop(StopReason.ALONE)
                 return
             await asyncio.sleep(ALONE_CHECK_INTERVAL)
 
@@ -472,9 +568,9 @@ class VoiceRecvClient(discord.VoiceClient):
         event = "voice_member_speaking_start" if speaking else "voice_member_speaking_stop"
         self._dispatch(event, self._resolve_user(user_id))
 
-    async def _keepalive(self) -> None:
+    async def _keepalive(self, session: _Session) -> None:
         counter = 0
-        while self.is_listening():
+        while self._session is session and self.is_listening():
             try:
                 if self.is_connected():
                     glue.send_udp(self, struct.pack(">Q", counter))
@@ -516,3 +612,8 @@ def _as_int(value: object) -> int | None:
 def _log_task_error(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         _log.warning("DAVE recovery failed", exc_info=task.exception())
+
+
+def _log_after_error(future: concurrent.futures.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        _log.error("listen(after=...) coroutine raised", exc_info=future.exception())

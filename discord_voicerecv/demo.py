@@ -38,7 +38,8 @@ async def run_demo(*, seconds: float, speakers: int, out: Path, dave: bool = Tru
             for i, talker in enumerate(talkers):
                 talker.speak(times=1000, pause=0.4 + 0.3 * i)
             await asyncio.sleep(seconds)
-            await asyncio.to_thread(vc.stop_listening)
+            vc.stop_listening()
+            await vc.wait_listening_stopped()
             elapsed = time.monotonic() - started
             stats = dict(vc.receive_stats())
             privacy = vc.voice_privacy_code

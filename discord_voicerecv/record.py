@@ -198,7 +198,8 @@ async def _listen(
     if tty:
         print(file=stderr)
     if vc.is_listening():
-        await asyncio.to_thread(vc.stop_listening)
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
     await ended.wait()
     seconds = loop.time() - started
     stats = vc.receive_stats()

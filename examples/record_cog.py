@@ -49,7 +49,8 @@ class Recorder(commands.Cog):
         if not isinstance(vc, VoiceRecvClient) or not vc.is_listening():
             await ctx.send("Not recording.")
             return
-        vc.stop_listening()
+        vc.stop_listening()  # returns at once; the files are finished off the event loop
+        await vc.wait_listening_stopped()
         await vc.disconnect()
         await ctx.send(f"Saved to {self.last_recording}.")
 

@@ -213,7 +213,8 @@ async def test_full_disk_stops_that_sink_alone(tmp_path: Path) -> None:
             await _wait(lambda: bool(multi.failures), timeout=20)
             await asyncio.sleep(0.5)
             assert bot.vc.is_listening() and bot.vc.is_connected()
-            await asyncio.to_thread(bot.vc.stop_listening)
+            bot.vc.stop_listening()
+            await bot.vc.wait_listening_stopped()
             stats = bot.vc.receive_stats()
         sink, error = multi.failures[0]
         assert sink is doomed and isinstance(error, SinkError)
@@ -240,7 +241,8 @@ async def test_full_disk_ends_a_lone_sink_with_an_error_event_and_the_bot_record
             again = WaveSink(tmp_path / "again")
             bot.vc.listen(again)
             await asyncio.sleep(1.0)
-            await asyncio.to_thread(bot.vc.stop_listening)
+            bot.vc.stop_listening()
+            await bot.vc.wait_listening_stopped()
             assert again.slots >= 40 and again.files
 
 
@@ -261,7 +263,8 @@ async def test_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
             await _wait(lambda: len(multi.failures) == 2, timeout=10)
             await asyncio.sleep(0.5)
             assert bot.vc.is_listening()
-            await asyncio.to_thread(bot.vc.stop_listening)
+            bot.vc.stop_listening()
+            await bot.vc.wait_listening_stopped()
         assert [sink for sink, _ in multi.failures] == [late_wav, late_ogg]
         for _, error in multi.failures:
             assert isinstance(error, SinkError) and "Read-only file system" in str(error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import select
 import socket
 import threading
 import time
@@ -199,3 +200,41 @@ def test_the_reader_follows_a_new_socket_after_a_reconnect() -> None:
         if state.socket:
             state.socket.close()
         loop.close()
+
+
+def test_datagrams_queued_while_no_listener_is_registered_are_discarded(state: VoiceConnectionState) -> None:
+    """With no listener discord.py's reader is paused, so datagrams wait in the kernel; ``discard_backlog`` drops
+    them without blocking, and a listener registered afterwards sees only what arrives later."""
+    state._create_socket()
+    voice = state.socket
+    voice.bind(("127.0.0.1", 0))
+    holder: Any = _Holder(state)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    got: list[bytes] = []
+    arrived = threading.Event()
+
+    def callback(data: bytes) -> None:
+        got.append(data)
+        arrived.set()
+
+    try:
+        for n in range(3):
+            sender.sendto(b"old %d" % n, voice.getsockname())
+        deadline = time.monotonic() + 5
+        while not select.select([voice], [], [], 0)[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert glue.discard_backlog(holder) == 3
+        assert glue.discard_backlog(holder) == 0
+        glue.add_socket_listener(holder, callback)
+        sender.sendto(b"new", voice.getsockname())
+        assert arrived.wait(5)
+        assert got == [b"new"]
+        glue.remove_socket_listener(holder, callback)
+    finally:
+        sender.close()
+        voice.close()
+
+
+def test_discard_backlog_without_a_socket_does_nothing(state: VoiceConnectionState) -> None:
+    holder: Any = _Holder(state)
+    assert glue.discard_backlog(holder) == 0

@@ -140,7 +140,8 @@ async def test_flood_of_spoofed_datagrams_during_a_recording(tmp_path: Path) -> 
                 kernel_drops = _udp_rcvbuf_errors() - kernel_drops
                 rss_growth = _rss() - rss_before
                 streams, held, pending = set(receiver._streams), set(receiver._held), set(receiver._pending)
-                await asyncio.to_thread(vc.stop_listening)
+                vc.stop_listening()
+                await vc.wait_listening_stopped()
                 stats = receiver.stats()
                 legit_delivered = local.voice.link_stats(bot_id).delivered
         finally:

@@ -423,6 +423,17 @@ class FFmpegSink(AudioSink):
         if errors:
             raise errors[0]
 
+    def check_writable(self) -> None:
+        """Raise :class:`SinkError` now if this ffmpeg cannot write ``format`` with ``extra_args`` (an unknown
+        muxer or encoder), instead of failing once recording started. ``listen()`` calls it.
+
+        The first call for an ffmpeg, format and options encodes one silent frame into a temporary folder (an
+        ffmpeg start, tens of milliseconds); the answer is kept for the life of the process.
+        """
+        failure = _probe_output(tuple(self._argv), self.format)
+        if failure is not None:
+            raise SinkError(f"*.{self.format}", f"ffmpeg cannot write this format: {failure}")
+
     def _all_tracks(self) -> list[_Track]:
         tracks = list(self._tracks.values())
         if self._mix_track is not None:
@@ -448,3 +459,33 @@ class FFmpegSink(AudioSink):
             if detail is not None:
                 raise SinkError(str(track.pipe.path), detail)
         self._last_flush = self._slots
+
+
+_PROBE_TIMEOUT = 10.0
+_probe_results: dict[tuple[str, ...], str | None] = {}
+_probe_lock = threading.Lock()
+
+
+def _probe_output(argv: tuple[str, ...], extension: str) -> str | None:
+    """Why ``argv`` (an ffmpeg command line reading s16le from stdin, without the output) cannot write a
+    ``.extension`` file, or None when it can. Definite answers are cached."""
+    key = (*argv, extension)
+    with _probe_lock:
+        if key in _probe_results:
+            return _probe_results[key]
+    with tempfile.TemporaryDirectory(prefix="voicerecv-probe-") as folder:
+        try:
+            done = subprocess.run(
+                [*argv, os.path.join(folder, f"probe.{extension}")],
+                input=SILENT_PCM,
+                capture_output=True,
+                timeout=_PROBE_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"could not run ffmpeg: {exc}"
+        lines = done.stderr.decode("utf-8", "replace").replace(folder + os.sep, "").strip().splitlines()
+    failure = None if done.returncode == 0 else "; ".join(lines[-2:]) or f"exit status {done.returncode}"
+    with _probe_lock:
+        _probe_results[key] = failure
+    return failure

@@ -347,7 +347,8 @@ class RecordingSession:
         if self.stats is None:
             assert self.vc is not None
             receiver = self.vc._receiver
-            await asyncio.to_thread(self.vc.stop_listening)
+            self.vc.stop_listening()
+            await self.vc.wait_listening_stopped()
             self.stopped = asyncio.get_running_loop().time()
             assert receiver is not None
             self.stats = receiver.stats()

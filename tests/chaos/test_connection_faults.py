@@ -86,15 +86,8 @@ async def test_voice_server_move_mid_recording_loses_at_most_200_ms(tmp_path: Pa
 
 
 async def test_voice_websocket_drop_loses_nothing(tmp_path: Path) -> None:
-    """The voice websocket closes with 4015 mid-recording; media keeps flowing over UDP while discord.py tries to
-    resume, so the recording misses nothing.
-
-    discord.py 2.7.1 never completes that resume: after 4015 it re-sends its voice state and waits for both voice
-    updates, but VOICE_SERVER_UPDATE while connected only closes the socket again, so it never sends op7 (and
-    would then wait for an op4 that Discord does not resend after RESUMED). The recording survives the window
-    measured here because the UDP path and the session on the voice server stay up; after the server's resume
-    window (10 s) the media stops, and after its connect timeout (30 s) discord.py disconnects.
-    """
+    """The voice websocket closes with 4015 mid-recording; media keeps flowing over UDP while the client resumes
+    (op7 on a new websocket, see ``ReceivingConnectionState._connect``), so the recording misses nothing."""
     async with RecordingSession(tmp_path, speakers=TWO) as session:
         await _talk(session, 1.0)
         session.local.drop_voice_connection(session.bot_id)

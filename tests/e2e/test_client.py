@@ -1,17 +1,26 @@
-"""VoiceRecvClient's own behaviour on a real connection: keepalives, listen/stop rules, stats."""
+"""VoiceRecvClient's own behaviour on a real connection: keepalives, listen/stop rules, stats, what a recording
+starts with, stopping without blocking the bot's event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from pathlib import Path
 
 import discord
 import pytest
 
 from discord_voicerecv import AlreadyListening, CallbackSink, VoiceFrame, VoiceRecvClient, WaveSink
+from discord_voicerecv.errors import SinkError
+from discord_voicerecv.limits import StopReason
+from discord_voicerecv.sinks import AudioSink, FFmpegSink
 from discord_voicerecv.sinks.base import SinkUser
 from discord_voicerecv.testing import LocalDiscord
 from discord_voicerecv.testing.bots import new_client, running
+
+FRAME = 0.020
+"""One RTP frame / one slot of the timeline."""
 
 
 async def _join(client: discord.Client, local: LocalDiscord) -> VoiceRecvClient:
@@ -31,7 +40,8 @@ async def test_keepalives_flow_only_while_listening(local: LocalDiscord, tmp_pat
         vc.listen(WaveSink(tmp_path))
         await asyncio.sleep(0.55)
         during = local.voice.relay_stats.keepalives - before
-        await asyncio.to_thread(vc.stop_listening)
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
         stopped_at = local.voice.relay_stats.keepalives
         await asyncio.sleep(0.35)
         assert local.voice.relay_stats.keepalives == stopped_at, "keepalives stop with stop_listening()"
@@ -48,8 +58,10 @@ async def test_listen_twice_raises_and_stop_is_idempotent(local: LocalDiscord, t
         assert vc.is_listening()
         with pytest.raises(AlreadyListening):
             vc.listen(WaveSink(tmp_path / "b"))
-        await asyncio.to_thread(vc.stop_listening)
-        await asyncio.to_thread(vc.stop_listening)
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
         assert not vc.is_listening()
         assert ended == [None]
         vc.listen(WaveSink(tmp_path / "c"))
@@ -77,7 +89,8 @@ async def test_frames_name_members_and_stats_count_them(local: LocalDiscord) -> 
         speaker.speak()
         await speaker.wait_idle()
         await asyncio.sleep(0.3)
-        await asyncio.to_thread(vc.stop_listening)
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
         stats = vc.receive_stats()
     member = seen[speaker.user_id]
     assert isinstance(member, discord.Member) and member.name == speaker.name
@@ -94,3 +107,210 @@ async def test_listen_requires_a_connection(local: LocalDiscord, tmp_path: Path)
         await vc.disconnect()
         with pytest.raises(discord.ClientException):
             vc.listen(WaveSink(tmp_path))
+
+
+class _Collect(AudioSink):
+    """Keeps every frame it is given."""
+
+    def __init__(self) -> None:
+        self.frames: list[VoiceFrame] = []
+
+    def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        self.frames.append(frame)
+
+    def advance(self, tick: int) -> None:
+        pass
+
+
+class _SlowCleanupSink(_Collect):
+    """A sink whose cleanup (finishing its files) blocks until :attr:`release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.cleaned = False
+
+    def cleanup(self) -> None:
+        self.entered.set()
+        self.release.wait(20)
+        self.cleaned = True
+
+
+def _release_later(sink: _SlowCleanupSink) -> threading.Timer:
+    """Old code joins the sink's thread on the loop: this frees it so such a test fails instead of hanging."""
+    timer = threading.Timer(10, sink.release.set)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+async def test_listening_restarted_later_records_nothing_from_before(local: LocalDiscord) -> None:
+    """Speech while not listening piles up in the socket's kernel buffer; a later listen() (here a restart through
+    listen_stream()) must not record it."""
+    speaker = local.add_speaker(tone_seconds=1.0)
+    client = new_client()
+    async with running(client, "backlog-bot"):
+        vc = await _join(client, local)
+        first = _Collect()
+        vc.listen(first)
+        await asyncio.sleep(0.2)
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
+        await speaker.speak()
+        sent = len(speaker.audio_frames())
+        await asyncio.sleep(1.0)
+        streamed: list[int | None] = []
+        async with vc.listen_stream() as stream:
+            reading = asyncio.create_task(_drain(stream, streamed))
+            await asyncio.sleep(2.0)
+        await reading
+        await vc.wait_listening_stopped()
+        stats = vc.receive_stats()
+    assert sent >= 45, "the speaker spoke for a second while nobody listened"
+    assert streamed == [] and stats["decoded"] == 0, f"{len(streamed)} frames from before listen_stream() recorded"
+
+
+async def _drain(stream: object, into: list[int | None]) -> None:
+    async for frame in stream:  # type: ignore[attr-defined]
+        into.append(frame.user_id)
+
+
+async def test_a_speaker_talking_at_listen_is_placed_where_they_are(local: LocalDiscord) -> None:
+    """A speaker talking for a second before listen(): their first recorded frame sits at its own send time.
+
+    A frame is placed in the slot its arrival falls in, so its slot start is at most one slot before it was sent;
+    on loopback it arrives within two slots of sending (reader thread wake-up on a loaded machine). Processing the
+    backlog instead places it a second late.
+    """
+    speaker = local.add_speaker(clip="fr_female")
+    sink = _Collect()
+    client = new_client()
+    async with running(client, "placement-bot"):
+        vc = await _join(client, local)
+        loop = asyncio.get_running_loop()
+        speaker.start()
+        await asyncio.sleep(1.0)
+        before = loop.time()
+        vc.listen(sink)
+        after = loop.time()
+        await asyncio.sleep(1.0)
+        vc.stop_listening()
+        speaker.stop()
+        await vc.wait_listening_stopped()
+    sent_at = {frame.sequence: frame.sent_at for frame in speaker.sent if not frame.silence}
+    heard = sorted((f for f in sink.frames if f.user_id == speaker.user_id and not f.concealed), key=lambda f: f.tick)
+    assert len(heard) >= 40
+    first = heard[0]
+    placed = first.tick * FRAME
+    earliest = sent_at[first.sequence] - after - FRAME
+    latest = sent_at[first.sequence] - before + 2 * FRAME
+    assert earliest <= placed <= latest, f"placed at {placed:.3f} s, sent at {sent_at[first.sequence] - before:.3f} s"
+
+
+async def test_stop_listening_returns_while_the_sink_is_still_finishing(local: LocalDiscord) -> None:
+    sink = _SlowCleanupSink()
+    calls: list[tuple[BaseException | None, bool]] = []
+    client = new_client()
+    async with running(client, "slow-stop-bot"):
+        vc = await _join(client, local)
+        vc.listen(sink, after=lambda error: calls.append((error, sink.cleaned)))
+        await asyncio.sleep(0.2)
+        _release_later(sink)
+        vc.stop_listening()
+        assert not sink.release.is_set(), "stop_listening() waited for the sink"
+        assert not vc.is_listening() and vc.stop_reason is StopReason.STOPPED
+        assert await asyncio.to_thread(sink.entered.wait, 10), "the sink is finished off the event loop"
+        assert calls == [], "after runs only once the files are final"
+        waiting = asyncio.create_task(vc.wait_listening_stopped())
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        sink.release.set()
+        await asyncio.wait_for(waiting, 10)
+        assert calls == [(None, True)]
+
+
+async def test_disconnect_does_not_block_the_loop_while_the_sink_finishes(local: LocalDiscord) -> None:
+    sink = _SlowCleanupSink()
+    client = new_client()
+    async with running(client, "slow-disconnect-bot"):
+        vc = await _join(client, local)
+        vc.listen(sink)
+        await asyncio.sleep(0.2)
+        _release_later(sink)
+        disconnecting = asyncio.create_task(vc.disconnect())
+        assert await asyncio.to_thread(sink.entered.wait, 10)
+        assert not sink.release.is_set(), "the loop ran while the sink was finishing"
+        assert not disconnecting.done(), "disconnect() returns once the files are final"
+        sink.release.set()
+        await asyncio.wait_for(disconnecting, 10)
+        assert sink.cleaned and vc.stop_reason is StopReason.DISCONNECTED
+
+
+async def test_after_can_stop_and_listen_again(local: LocalDiscord) -> None:
+    """discord.py's ``play(after=...)`` idiom: after calls back into the client (it used to deadlock)."""
+    second = _Collect()
+    second_done: list[BaseException | None] = []
+
+    def after(error: BaseException | None) -> None:
+        vc.stop_listening()
+        vc.listen(second, after=second_done.append)
+
+    client = new_client()
+    async with running(client, "after-bot"):
+        vc = await _join(client, local)
+        vc.keepalive_interval = 0.1
+        vc.listen(_Collect(), after=after)
+        await asyncio.sleep(0.2)
+        vc.stop_listening()
+        await asyncio.wait_for(vc.wait_listening_stopped(), 10)
+        assert vc.is_listening(), "listen() from after started a new session"
+        before = local.voice.relay_stats.keepalives
+        await asyncio.sleep(0.45)
+        assert local.voice.relay_stats.keepalives > before, "the new session's keepalive task runs on the loop"
+        vc.stop_listening()
+        await asyncio.wait_for(vc.wait_listening_stopped(), 10)
+    assert second_done == [None]
+
+
+async def test_coroutine_after_is_awaited_on_the_bots_loop(local: LocalDiscord) -> None:
+    done = asyncio.Event()
+    seen: list[tuple[BaseException | None, bool]] = []
+
+    async def after(error: BaseException | None) -> None:
+        seen.append((error, asyncio.get_running_loop() is vc.loop))
+        done.set()
+
+    client = new_client()
+    async with running(client, "coro-after-bot"):
+        vc = await _join(client, local)
+        vc.listen(_Collect(), after=after)
+        await asyncio.sleep(0.1)
+        vc.stop_listening()
+        await asyncio.wait_for(done.wait(), 10)
+    assert seen == [(None, True)]
+
+
+async def test_listen_refuses_a_non_sink_and_a_format_ffmpeg_cannot_write(local: LocalDiscord, tmp_path: Path) -> None:
+    client = new_client()
+    async with running(client, "refuse-bot"):
+        vc = await _join(client, local)
+        with pytest.raises(TypeError, match="AudioSink"):
+            vc.listen("out")  # type: ignore[arg-type]
+        unknown = FFmpegSink(tmp_path / "wat", "wat")
+        with pytest.raises(SinkError, match="cannot write this format"):
+            vc.listen(unknown)
+        with contextlib.suppress(SinkError):
+            unknown.cleanup()
+        no_encoder = FFmpegSink(tmp_path / "enc", "mka", extra_args=("-c:a", "no_such_encoder"))
+        with pytest.raises(SinkError, match="no_such_encoder"):
+            vc.listen(no_encoder)
+        with contextlib.suppress(SinkError):
+            no_encoder.cleanup()
+        assert not vc.is_listening()
+        mp3 = FFmpegSink(tmp_path / "mp3", "mp3")
+        vc.listen(mp3)
+        assert vc.is_listening()
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
+    assert mp3.mix_path is not None and mp3.mix_path.stat().st_size > 0

@@ -279,7 +279,8 @@ async def test_three_speakers_two_simulated_and_a_discord_py_player_are_each_rec
         bob.speak()
         await asyncio.gather(alice.wait_idle(), bob.wait_idle(), asyncio.wait_for(done.wait(), 15))
         await asyncio.sleep(0.25)
-        await asyncio.to_thread(vc.stop_listening)
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
         task.cancel()
         assert vc.voice_privacy_code and vc.voice_privacy_code == pvc.voice_privacy_code
         player_id = player.user.id if player.user else 0
@@ -333,7 +334,8 @@ async def test_joins_leaves_and_a_downgrade_and_back_cost_a_continuous_speaker_a
     carol.stop()
     await asyncio.gather(alice.wait_idle(), carol.wait_idle())
     await asyncio.sleep(0.2)
-    await asyncio.to_thread(vc.stop_listening)
+    vc.stop_listening()
+    await vc.wait_listening_stopped()
     task.cancel()
     stats, dave = vc.receive_stats(), vc.dave_stats
 
@@ -390,7 +392,8 @@ async def test_padding_and_plaintext_frames_pass_only_inside_passthrough(
     upgraded_start = len(bob.audio_frames())
     await bob.speak()
     await asyncio.sleep(0.2)
-    await asyncio.to_thread(vc.stop_listening)
+    vc.stop_listening()
+    await vc.wait_listening_stopped()
     final = vc.receive_stats()
 
     assert final["e2ee_failed:plaintext"] - stats["e2ee_failed:plaintext"] == len(bob.audio_frames()) - upgraded_start
@@ -438,7 +441,8 @@ async def test_tampered_frames_are_dropped_and_sustained_tampering_recovers_thro
     bob.stop()
     await asyncio.gather(alice.wait_idle(), bob.wait_idle())
     await asyncio.sleep(0.2)
-    await asyncio.to_thread(vc.stop_listening)
+    vc.stop_listening()
+    await vc.wait_listening_stopped()
     stats, dave = vc.receive_stats(), vc.dave_stats
     recorder_id = client.user.id if client.user else 0
 

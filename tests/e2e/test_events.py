@@ -85,7 +85,8 @@ async def test_membership_and_speaking_events_with_and_without_listening(local: 
         await events.wait("voice_member_speaking_stop", 2)
         local.remove_speaker(alice.user_id)
         await events.wait("voice_member_disconnect")
-        await asyncio.to_thread(vc.stop_listening)
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
         ((stopped_vc, error),) = await events.wait("voice_listening_stopped")
 
     assert stopped_vc is vc and error is None and vc.stop_reason is StopReason.STOPPED

@@ -64,7 +64,8 @@ async def test_local_discord_command_serves_a_bot_in_another_process(tmp_path: P
             vc = await channel.connect(cls=VoiceRecvClient)
             vc.listen(WaveSink(tmp_path))
             await asyncio.sleep(1.0)
-            await asyncio.to_thread(vc.stop_listening)
+            vc.stop_listening()
+            await vc.wait_listening_stopped()
             assert vc.receive_stats()["decrypt_failed"] == 0
         assert (tmp_path / "mix.wav").exists()
     finally:

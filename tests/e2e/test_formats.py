@@ -88,7 +88,8 @@ async def test_flac_mp3_ogg_opus_and_utterances_from_three_speakers(local: Local
             await asyncio.sleep(0.5)
         await asyncio.gather(*(speaker.wait_idle() for speaker in speakers))
         await asyncio.sleep(0.3)
-        await asyncio.to_thread(vc.stop_listening)
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
         listened = time.monotonic() - started
         stats = vc.receive_stats()
 

@@ -77,7 +77,8 @@ async def _every_frame_to_a_stalling_consumer(local: LocalDiscord, seconds: floa
             _talk(speakers, seconds)
             await asyncio.gather(*(s.wait_idle() for s in speakers))
             await asyncio.sleep(0.3)
-            await asyncio.to_thread(vc.stop_listening)
+            vc.stop_listening()
+            await vc.wait_listening_stopped()
             longest_stall = await asyncio.wait_for(consumer, 10)
         stats = vc.receive_stats()
 
@@ -129,7 +130,8 @@ async def test_a_consumer_that_stops_loses_counted_frames_and_stalls_nothing(
         bob.speak()
         await asyncio.gather(alice.wait_idle(), bob.wait_idle())
         await asyncio.sleep(0.2)
-        await asyncio.to_thread(vc.stop_listening)
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
         listened = time.monotonic() - started
         await asyncio.wait_for(consumer, 5)
         stats = vc.receive_stats()

@@ -85,9 +85,11 @@ async def test_a_fresh_voice_session_mid_recording_keeps_the_files_and_resumes_a
         alice.stop()
         await alice.wait_idle()
         await asyncio.sleep(0.2)
-        await asyncio.to_thread(vc.stop_listening)
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
         stopped = time.monotonic()
-        await asyncio.to_thread(lvc.stop_listening)
+        lvc.stop_listening()
+        await lvc.wait_listening_stopped()
         after = local.voice.session(recorder_id)
         params = glue.transport_params(vc)
         stats, dave = vc.receive_stats(), vc.dave_stats

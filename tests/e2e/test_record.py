@@ -32,7 +32,8 @@ def _track_seconds(path: Path) -> float:
 
 
 async def _stop(vc: VoiceRecvClient) -> float:
-    await asyncio.to_thread(vc.stop_listening)
+    vc.stop_listening()
+    await vc.wait_listening_stopped()
     return time.monotonic()
 
 

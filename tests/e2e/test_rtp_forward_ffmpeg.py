@@ -130,7 +130,8 @@ async def test_ffmpeg_records_each_forwarded_speaker_and_the_mix_from_the_sdp(
                 speaker.speak()
                 await speaker.wait_idle()
                 await asyncio.sleep(0.3)
-            await asyncio.to_thread(vc.stop_listening)
+            vc.stop_listening()
+            await vc.wait_listening_stopped()
             listened = loop.time() - started
             stats = vc.receive_stats()
         ended = {name: await asyncio.to_thread(_finish, proc, 10) for name, proc in procs.items()}
@@ -204,7 +205,8 @@ async def test_on_stream_starts_ffmpeg_for_a_new_speaker_with_opus_only_forwardi
             speaker.speak()
             await speaker.wait_idle()
             await asyncio.sleep(0.3)
-            await asyncio.to_thread(vc.stop_listening)
+            vc.stop_listening()
+            await vc.wait_listening_stopped()
             stats = vc.receive_stats()
         assert list(procs) == [speaker.user_id]
         by_itself, code, err = await asyncio.to_thread(_finish, procs[speaker.user_id], 10)
