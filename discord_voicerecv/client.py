@@ -203,6 +203,8 @@ class VoiceRecvClient(discord.VoiceClient):
             Not connected to voice.
         AlreadyListening
             A sink is already attached; call :meth:`stop_listening` first.
+        SinkError
+            The sink could not create its files or start its processes (:meth:`AudioSink.open`).
         """
         if not self.is_connected():
             raise discord.ClientException("Not connected to voice.")
@@ -214,6 +216,7 @@ class VoiceRecvClient(discord.VoiceClient):
         with self._receiver_lock:
             if self._receiver is not None and self._receiver.is_running:
                 raise AlreadyListening("already listening; call stop_listening() first")
+            hub.open()  # the sink's files and processes appear only now; raising leaves nothing behind
             decryptor = DaveFrameDecryptor(
                 lambda: glue.dave_session(self),
                 lambda: glue.dave_protocol_version(self),

@@ -52,6 +52,7 @@ def decode_capture(capture: Path, *, mode: str, key: bytes, names: dict[int, str
         return names.get(user_id, str(user_id)) if user_id is not None else "unknown"
 
     sink = WaveSink(out, naming=naming)
+    sink.open()
     now = [datagrams[0].time if datagrams else 0.0]
     receiver = Receiver(sink, decryptor=_NoE2EEKeys(), clock=lambda: now[0])
     receiver.set_transport(mode, key)

@@ -1,12 +1,14 @@
-"""File names for per-speaker tracks: safe on every file system, unique in their directory, any extension."""
+"""File names for tracks: safe on every file system, never an existing file's name unless asked, any extension."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
+from ..errors import SinkError
 from ..frames import VoiceFrame
 from .base import SinkUser
 from .mix import MIX_SSRC
@@ -31,15 +33,24 @@ class FileNamer:
     The default name follows :class:`~discord_voicerecv.sinks.WaveSink`: ``<display_name>-<user_id>`` when a
     member or user is known, ``<user_id>`` otherwise, ``unknown-<ssrc>`` for an unmapped SSRC, and ``mix`` for
     the frames of a :class:`~discord_voicerecv.sinks.MixSink`. ``naming(user, user_id)`` replaces it. Names are
-    reduced to safe characters and clashes (case-insensitive) get a ``-2``, ``-3``... suffix.
+    reduced to safe characters.
+
+    The naming rule, the same for every sink: a name that this sink already gave out (case-insensitively) or
+    that an existing file holds gets the first free ``-2``, ``-3``... suffix, so a second recording into the same
+    folder writes ``mix-2.wav``, ``alice-1234-2.wav``... and never touches the first one. The name is claimed by
+    creating the empty file exclusively (``O_EXCL``), so two recordings running at once cannot pick the same
+    one. With ``overwrite=True`` existing files are reused (truncated) and nothing is claimed up front.
     """
 
-    __slots__ = ("_directory", "_extension", "_naming", "_used")
+    __slots__ = ("_directory", "_extension", "_naming", "_overwrite", "_used")
 
-    def __init__(self, directory: Path, extension: str, naming: Naming | None = None) -> None:
+    def __init__(
+        self, directory: Path, extension: str, naming: Naming | None = None, *, overwrite: bool = False
+    ) -> None:
         self._directory = directory
         self._extension = "." + extension.lstrip(".")
         self._naming = naming
+        self._overwrite = overwrite
         self._used: set[str] = set()
 
     def reserve(self, stem: str) -> Path:
@@ -61,8 +72,20 @@ class FileNamer:
 
     def _unique(self, stem: str) -> Path:
         candidate, n = stem + self._extension, 1
-        while candidate.casefold() in self._used:
+        while candidate.casefold() in self._used or not self._claim(self._directory / candidate):
             n += 1
             candidate = f"{stem}-{n}{self._extension}"
         self._used.add(candidate.casefold())
         return self._directory / candidate
+
+    def _claim(self, path: Path) -> bool:
+        """Create ``path`` empty unless it exists (then False); always True with ``overwrite``."""
+        if self._overwrite:
+            return True
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise SinkError(str(path), exc.strerror or str(exc)) from exc
+        return True

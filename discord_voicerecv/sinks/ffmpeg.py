@@ -214,16 +214,16 @@ class _Track:
 
 
 class _MixTrack(AudioSink):
-    """Receives the frames of the internal :class:`MixSink`: one per slot, in order."""
+    """Receives the frames of the internal :class:`MixSink`: one per slot, in order (none before :meth:`open`)."""
 
     __slots__ = ("track",)
 
-    def __init__(self, track: _Track) -> None:
+    def __init__(self, track: _Track | None) -> None:
         self.track = track
 
     def write(self, user: SinkUser, frame: VoiceFrame) -> None:
         track = self.track
-        if frame.tick >= track.frames:
+        if track is not None and frame.tick >= track.frames:
             track.pad_to(frame.tick)
             track.write(frame.pcm)
 
@@ -236,12 +236,13 @@ class FFmpegSink(AudioSink):
     the receiver: up to ``buffer_seconds`` of audio wait for it, then audio is replaced by silence (counted in
     :attr:`overflow`) so the track stays aligned. Like :class:`WaveSink`, every track starts at the first slot of
     ``listen()``, gaps are silence and all tracks end at the same slot. At :meth:`cleanup` each ffmpeg gets the
-    end of its input and the sink waits for it to finish the file.
+    end of its input and the sink waits for it to finish the file. Building the sink starts nothing: the mix's
+    ffmpeg starts in :meth:`open`, when ``listen()`` accepted the sink, and each speaker's at their first frame.
 
     Parameters
     ----------
     directory:
-        Where the files go; created if missing. Files of the same name are overwritten.
+        Where the files go; created if missing when listening starts (:meth:`open`).
     format:
         The file extension, which picks FFmpeg's muxer and its default codec: ``"flac"``, ``"mp3"``, ``"opus"``,
         ``"ogg"`` (Vorbis), ``"m4a"`` (AAC), ``"webm"``, ``"mka"``, ``"wav"``... The ffmpeg processes run in a
@@ -262,13 +263,17 @@ class FFmpegSink(AudioSink):
         Audio held per track for an ffmpeg that does not keep up.
     finish_timeout:
         Seconds :meth:`cleanup` waits for all ffmpeg processes to finish their files before killing them.
+    overwrite:
+        Reuse the names of existing files. By default an existing file is never touched: the new track takes the
+        first free ``-2``, ``-3``... name (``mix-2.flac``), as for :class:`WaveSink`.
 
     Raises
     ------
     FFmpegNotFound
         No ffmpeg executable (from the constructor).
     SinkError
-        The directory cannot be created, an ffmpeg cannot start, or one exited early (from the sink call that
+        The directory cannot be created or an ffmpeg cannot start (from :meth:`open`, or the call that starts a
+        speaker's track), or one exited early (from the sink call that
         notices it, then the sink is detached) or failed to finish its file (from :meth:`cleanup`); the message
         carries the end of ffmpeg's error output.
     """
@@ -284,6 +289,7 @@ class FFmpegSink(AudioSink):
         "_mix_track",
         "_names",
         "_open",
+        "_opened",
         "_paths",
         "_per_user",
         "_slots",
@@ -304,6 +310,7 @@ class FFmpegSink(AudioSink):
         naming: Naming | None = None,
         buffer_seconds: float = 10.0,
         finish_timeout: float = 30.0,
+        overwrite: bool = False,
     ) -> None:
         if not (mix or per_user):
             raise ValueError("FFmpegSink needs mix=True or per_user=True")
@@ -323,7 +330,7 @@ class FFmpegSink(AudioSink):
         ]
         self._limit = max(FRAME_BYTES, int(buffer_seconds * _SLOTS_PER_SECOND) * FRAME_BYTES)
         self._directory = Path(directory)
-        self._names = FileNamer(self._directory, extension, naming)
+        self._names = FileNamer(self._directory, extension, naming, overwrite=overwrite)
         self._per_user = per_user
         self._tracks: dict[SpeakerKey, _Track] = {}
         self._paths: dict[SpeakerKey, Path] = {}
@@ -332,15 +339,23 @@ class FFmpegSink(AudioSink):
         self._last_flush = 0
         self._dropped = 0
         self.closed = False
+        self._opened = False
+        self._mix_track: _Track | None = None
+        self._mix: MixSink | None = MixSink(_MixTrack(None)) if mix else None
+
+    def open(self) -> None:
+        """Create the directory and start the mix's ffmpeg; speakers' tracks start as they are first heard."""
+        if self._opened:
+            return
+        self._opened = True
         try:
             self._directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkError(str(self._directory), exc.strerror or str(exc)) from exc
-        self._mix_track: _Track | None = None
-        self._mix: MixSink | None = None
-        if mix:
-            self._mix_track = self._start(self._names.reserve("mix"))
-            self._mix = MixSink(_MixTrack(self._mix_track))
+        if self._mix is not None:
+            track = self._mix_track = self._start(self._names.reserve("mix"))
+            assert isinstance(self._mix.target, _MixTrack)
+            self._mix.target.track = track
 
     @property
     def files(self) -> Mapping[SpeakerKey, Path]:
@@ -368,6 +383,8 @@ class FFmpegSink(AudioSink):
         return self._dropped + (self._mix.dropped if self._mix is not None else 0)
 
     def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        if not self._opened:
+            self.open()
         tick = frame.tick
         if tick != self._slots or self.closed:
             if tick < self._slots or self.closed:
@@ -392,6 +409,8 @@ class FFmpegSink(AudioSink):
         track.write(fit_frame(frame.pcm))
 
     def advance(self, tick: int) -> None:
+        if not self._opened:
+            self.open()
         if tick >= self._slots and not self.closed:
             self._close_slots(tick + 1)
 
@@ -400,6 +419,8 @@ class FFmpegSink(AudioSink):
         if self.closed:
             return
         self.closed = True
+        if not self._opened:
+            return
         end = self._slots + 1 if self._open else self._slots
         errors: list[SinkError] = []
         if self._mix is not None:

@@ -248,13 +248,16 @@ def test_speakers_are_told_apart_by_user_id_before_the_member_is_cached(tmp_path
 
 def test_disk_errors_raise_sink_error_naming_the_file(tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("a file, not a directory")
+    refused = WaveSink(tmp_path / "taken")
     with pytest.raises(SinkError, match="taken") as caught:
-        WaveSink(tmp_path / "taken")
+        refused.open()
     assert isinstance(caught.value, VoiceRecvError)
     assert isinstance(caught.value.__cause__, OSError)
 
-    (tmp_path / "rec" / "22.wav").mkdir(parents=True)
     sink = WaveSink(tmp_path / "rec")
+    sink.open()
+    (tmp_path / "rec" / "mix.wav").unlink()
+    (tmp_path / "rec").rmdir()
     with pytest.raises(SinkError, match=r"22\.wav") as caught:
         sink.write(BOB, frame(0, 22, 1))
     assert caught.value.path == str(tmp_path / "rec" / "22.wav")

@@ -1,0 +1,180 @@
+"""Sinks touch nothing before open(), never overwrite an existing recording, and leave no process behind."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from discord_voicerecv.errors import SinkError
+from discord_voicerecv.frames import FRAME_BYTES, FRAME_SAMPLES, VoiceFrame
+from discord_voicerecv.sinks import AudioSink, FFmpegSink, MultiSink, OggOpusSink, PerUserSink, WaveSink
+from discord_voicerecv.sinks.base import SinkUser
+
+OPUS_SILENCE = b"\xf8\xff\xfe"
+
+
+def ffmpeg_children() -> list[int]:
+    """Pids of this process's children that run ffmpeg (from /proc, so it is state, not timing)."""
+    pids: list[int] = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        try:
+            text = (task / "children").read_text()
+        except OSError:
+            continue
+        for pid in text.split():
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if "ffmpeg" in comm:
+                pids.append(int(pid))
+    return pids
+
+
+def ffmpeg_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("ffmpeg ")]
+
+
+def frame(tick: int, user_id: int, value: int = 1000) -> VoiceFrame:
+    pcm = value.to_bytes(2, "little", signed=True) * (FRAME_BYTES // 2)
+    return VoiceFrame(user_id, user_id, tick, pcm, OPUS_SILENCE, tick, tick * FRAME_SAMPLES)
+
+
+def play(sink: AudioSink, ticks: range, user_id: int = 11) -> None:
+    for tick in ticks:
+        sink.write(None, frame(tick, user_id))
+        sink.advance(tick)
+
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+
+
+def test_building_sinks_creates_no_file_folder_or_process(tmp_path: Path) -> None:
+    out = tmp_path / "rec"
+    sinks = [
+        WaveSink(out),
+        FFmpegSink(out, "flac"),
+        OggOpusSink(out),
+        MultiSink(WaveSink(out / "a"), FFmpegSink(out / "b", "mp3")),
+        PerUserSink(lambda user, ident: WaveSink(out / str(ident))),
+    ]
+    assert not out.exists()
+    assert ffmpeg_children() == [] and ffmpeg_threads() == []
+    for sink in sinks:
+        sink.cleanup()
+    assert not out.exists(), "cleaning up a sink that was never opened creates nothing either"
+
+
+def test_a_second_wavesink_does_not_truncate_the_live_recording(tmp_path: Path) -> None:
+    live = WaveSink(tmp_path, header_interval=0.1)
+    live.open()
+    play(live, range(50))
+    mix = tmp_path / "mix.wav"
+    before = mix.read_bytes()
+    assert len(before) == 44 + 50 * FRAME_BYTES
+
+    refused = WaveSink(tmp_path)  # e.g. a listen() that then raises AlreadyListening
+    del refused
+    assert mix.read_bytes() == before
+
+    play(live, range(50, 60))
+    live.cleanup()
+    assert mix.stat().st_size == 44 + 60 * FRAME_BYTES
+
+
+@pytest.mark.parametrize(
+    ("make", "ext"),
+    [
+        (lambda d, **kw: WaveSink(d, **kw), "wav"),
+        (lambda d, **kw: FFmpegSink(d, "flac", **kw), "flac"),
+    ],
+    ids=["wav", "flac"],
+)
+def test_a_second_recording_in_the_same_folder_gets_numbered_names(tmp_path: Path, make, ext: str) -> None:  # type: ignore[no-untyped-def]
+    def record() -> AudioSink:
+        sink = make(tmp_path)
+        sink.open()
+        play(sink, range(10))
+        sink.cleanup()
+        return sink
+
+    first = record()
+    originals = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(originals) == {f"mix.{ext}", f"11.{ext}"}
+    second = record()
+    assert second.mix_path == tmp_path / f"mix-2.{ext}"  # type: ignore[attr-defined]
+    assert {k: p.name for k, p in second.files.items()} == {11: f"11-2.{ext}"}  # type: ignore[attr-defined]
+    record()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"mix.{ext}", f"mix-2.{ext}", f"mix-3.{ext}", f"11.{ext}", f"11-2.{ext}", f"11-3.{ext}"]
+    )
+    assert {name: (tmp_path / name).read_bytes() for name in originals} == originals, "first recording untouched"
+    assert first.mix_path == tmp_path / f"mix.{ext}"  # type: ignore[attr-defined]
+
+    again = make(tmp_path, overwrite=True)
+    again.open()
+    play(again, range(3))
+    again.cleanup()
+    assert again.mix_path == tmp_path / f"mix.{ext}"
+    assert (tmp_path / f"mix.{ext}").read_bytes() != originals[f"mix.{ext}"], "overwrite=True reuses the name"
+
+
+def test_oggopus_never_overwrites(tmp_path: Path) -> None:
+    (tmp_path / "11.opus").write_bytes(b"an earlier recording")
+    sink = OggOpusSink(tmp_path)
+    sink.open()
+    play(sink, range(5))
+    sink.cleanup()
+    assert sink.files[11].name == "11-2.opus"
+    assert (tmp_path / "11.opus").read_bytes() == b"an earlier recording"
+
+
+def test_a_refused_open_cleans_up_what_already_started(tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_text("x")
+    sink = MultiSink(FFmpegSink(tmp_path / "ok", "flac"), WaveSink(tmp_path / "not-a-folder"))
+    with pytest.raises(SinkError, match="not-a-folder"):
+        sink.open()
+    assert ffmpeg_children() == [] and ffmpeg_threads() == []
+
+
+def test_ffmpeg_processes_and_threads_are_reaped_on_stop_and_on_failure(tmp_path: Path) -> None:
+    sink = FFmpegSink(tmp_path, "flac")
+    sink.open()
+    play(sink, range(10), 11)
+    play(sink, range(10, 20), 22)
+    assert len(ffmpeg_children()) == 3 and len(ffmpeg_threads()) == 3
+    sink.cleanup()
+    assert ffmpeg_children() == [] and ffmpeg_threads() == []
+
+    failing = FFmpegSink(tmp_path / "bad", "flac", extra_args=("-c:a", "no-such-codec"))
+    host = MultiSink(failing)
+    host.open()
+    play(host, range(20))
+    host.cleanup()
+    assert [sink for sink, _ in host.failures] == [failing], "ffmpeg's failure is reported, while or after recording"
+    assert ffmpeg_children() == [] and ffmpeg_threads() == []
+
+
+def test_per_user_children_are_opened_before_their_first_frame(tmp_path: Path) -> None:
+    opened: list[int] = []
+
+    class Probe(AudioSink):
+        def __init__(self, ident: int) -> None:
+            self.ident = ident
+            self.is_open = False
+
+        def open(self) -> None:
+            self.is_open = True
+            opened.append(self.ident)
+
+        def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+            assert self.is_open
+
+    sink = PerUserSink(lambda user, ident: Probe(ident))
+    sink.open()
+    play(sink, range(3), 11)
+    play(sink, range(3, 5), 22)
+    assert opened == [11, 22]
