@@ -13,13 +13,27 @@ from ..frames import VoiceFrame
 from .base import SinkUser
 from .mix import MIX_SSRC
 
-__all__ = ("FileNamer", "Naming")
+__all__ = ("FileNamer", "Naming", "directory_problem")
 
 Naming: TypeAlias = Callable[[SinkUser, "int | None"], str]
 """``naming(user, user_id)`` -> a file name for a new speaker's track (``user_id`` None while unmapped)."""
 
 _UNSAFE = re.compile(r"[^\w.-]+")
 _MAX_STEM = 80
+
+
+def directory_problem(path: Path) -> str | None:
+    """Why files cannot be written into ``path`` (a folder, created when missing), or None; creates nothing."""
+    if path.exists():
+        if not path.is_dir():
+            return "exists and is not a folder"
+        return None if os.access(path, os.W_OK | os.X_OK) else "folder is not writable"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{str(parent)!r} is not a folder"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot create it: {str(parent)!r} is not writable"
 
 
 def _safe_stem(text: str) -> str:
