@@ -16,7 +16,6 @@ from discord_voicerecv.testing.bots import new_client, running
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
 
 
-
 def ffmpeg_children() -> list[str]:
     """This process's child processes running ffmpeg, from /proc (state, not timing)."""
     found = []
@@ -54,6 +53,4 @@ async def test_a_refused_listen_touches_no_file_and_starts_no_process(local: Loc
         assert not [t.name for t in threading.enumerate() if t.name.startswith("ffmpeg ")]
         await asyncio.to_thread(vc.stop_listening)
         await vc.disconnect()
-    assert not [
-        t.name for t in threading.enumerate() if t.ident not in threads_before and t.name.startswith("ffmpeg")
-    ]
+    assert not [t.name for t in threading.enumerate() if t.ident not in threads_before and t.name.startswith("ffmpeg")]
