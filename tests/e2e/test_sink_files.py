@@ -10,6 +10,7 @@ import discord
 import pytest
 
 from discord_voicerecv import AlreadyListening, FFmpegSink, VoiceRecvClient, WaveSink
+from discord_voicerecv.sinks._wavfile import HEADER_SIZE
 from discord_voicerecv.testing import LocalDiscord
 from discord_voicerecv.testing.bots import new_client, running
 
@@ -38,7 +39,7 @@ async def test_a_refused_listen_touches_no_file_and_starts_no_process(local: Loc
         await asyncio.sleep(0.5)
         mix = tmp_path / "same" / "mix.wav"
         size = mix.stat().st_size
-        assert size > 44
+        assert size > HEADER_SIZE
 
         with pytest.raises(AlreadyListening):
             vc.listen(WaveSink(tmp_path / "same"))

@@ -11,6 +11,7 @@ import pytest
 from discord_voicerecv.errors import SinkError
 from discord_voicerecv.frames import FRAME_BYTES, FRAME_SAMPLES, VoiceFrame
 from discord_voicerecv.sinks import AudioSink, FFmpegSink, MultiSink, OggOpusSink, PerUserSink, WaveSink
+from discord_voicerecv.sinks._wavfile import HEADER_SIZE
 from discord_voicerecv.sinks.base import SinkUser
 
 OPUS_SILENCE = b"\xf8\xff\xfe"
@@ -74,7 +75,7 @@ def test_a_second_wavesink_does_not_truncate_the_live_recording(tmp_path: Path) 
     play(live, range(50))
     mix = tmp_path / "mix.wav"
     before = mix.read_bytes()
-    assert len(before) == 44 + 50 * FRAME_BYTES
+    assert len(before) == HEADER_SIZE + 50 * FRAME_BYTES
 
     refused = WaveSink(tmp_path)  # e.g. a listen() that then raises AlreadyListening
     del refused
@@ -82,7 +83,7 @@ def test_a_second_wavesink_does_not_truncate_the_live_recording(tmp_path: Path) 
 
     play(live, range(50, 60))
     live.cleanup()
-    assert mix.stat().st_size == 44 + 60 * FRAME_BYTES
+    assert mix.stat().st_size == HEADER_SIZE + 60 * FRAME_BYTES
 
 
 @pytest.mark.parametrize(
