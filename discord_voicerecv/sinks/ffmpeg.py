@@ -31,6 +31,10 @@ _INLINE_SILENCE_SLOTS = 50
 writer thread without being held in memory."""
 _ZEROS = bytes(1 << 16)
 _STDERR_TAIL = 1500
+_SILENCE_SPEEDUP = 20
+"""How much faster than real time an ffmpeg is assumed to encode silence at least (measured: 120-140x for mp3 and
+Opus, 800x for FLAC on a loaded machine): audio queued behind a long silence may wait that long without
+counting as overflow."""
 
 
 class _Pipe:
@@ -46,6 +50,7 @@ class _Pipe:
         "_limit",
         "_process",
         "_queued",
+        "_silence",
         "_stderr",
         "_thread",
         "_writing",
@@ -60,6 +65,7 @@ class _Pipe:
         self._limit = limit
         self._items: deque[bytes | int] = deque()
         self._queued = 0
+        self._silence = 0
         self._cond = threading.Condition()
         self._writing = True
         self.closing = False
@@ -83,7 +89,7 @@ class _Pipe:
 
     def submit(self, data: bytes) -> None:
         with self._cond:
-            if self._queued + len(data) > self._limit:
+            if self._queued + len(data) > self._limit + self._silence // _SILENCE_SPEEDUP:
                 self.overflow += len(data)
                 self._queue_silence(len(data))
             else:
@@ -97,6 +103,7 @@ class _Pipe:
             self._cond.notify()
 
     def _queue_silence(self, nbytes: int) -> None:
+        self._silence += nbytes
         items = self._items
         if items and isinstance(items[-1], int):
             items[-1] += nbytes
@@ -173,6 +180,8 @@ class _Pipe:
                         chunk = min(item, len(_ZEROS))
                         stdin.write(_ZEROS if chunk == len(_ZEROS) else _ZEROS[:chunk])
                         item -= chunk
+                        with self._cond:
+                            self._silence -= chunk
             stdin.flush()
         except (OSError, ValueError) as exc:
             self.broken = exc if isinstance(exc, OSError) else OSError(str(exc))
@@ -181,20 +190,23 @@ class _Pipe:
                 stdin.close()
             with self._cond:
                 self._items.clear()
-                self._queued = 0
+                self._queued = self._silence = 0
 
 
 class _Track:
-    __slots__ = ("batch", "frames", "pipe")
+    __slots__ = ("batch", "frames", "heard", "pipe")
 
     def __init__(self, pipe: _Pipe) -> None:
         self.pipe = pipe
         self.frames = 0
+        self.heard = 0
+        """The slot after the speaker's last frame."""
         self.batch: list[bytes] = []
 
     def write(self, pcm: bytes) -> None:
         self.batch.append(pcm)
         self.frames += 1
+        self.heard = self.frames
 
     def pad_to(self, slots: int) -> None:
         missing = slots - self.frames
@@ -236,7 +248,14 @@ class FFmpegSink(AudioSink):
     the receiver: up to ``buffer_seconds`` of audio wait for it, then audio is replaced by silence (counted in
     :attr:`overflow`) so the track stays aligned. Like :class:`WaveSink`, every track starts at the first slot of
     ``listen()``, gaps are silence and all tracks end at the same slot. At :meth:`cleanup` each ffmpeg gets the
-    end of its input and the sink waits for it to finish the file. Building the sink starts nothing: the mix's
+    end of its input and the sink waits for it to finish the file.
+
+    A speaker gone quiet for ``idle_timeout`` seconds (left the call, or muted) costs nothing from then on: their
+    ffmpeg sits idle instead of encoding silence. When they speak again, the gap is handed to it at once (encoded
+    far faster than real time, the new audio waiting behind it), so their track stays aligned; if they never do,
+    their file ends less than ``idle_timeout`` after their last frame instead of at the end of the recording. The mix is one continuous track
+    and is always encoded, and :class:`WaveSink` pads every file, since writing zeros costs nothing. Building
+    the sink starts nothing: the mix's
     ffmpeg starts in :meth:`open`, when ``listen()`` accepted the sink, and each speaker's at their first frame.
 
     Parameters
@@ -266,6 +285,9 @@ class FFmpegSink(AudioSink):
     overwrite:
         Reuse the names of existing files. By default an existing file is never touched: the new track takes the
         first free ``-2``, ``-3``... name (``mix-2.flac``), as for :class:`WaveSink`.
+    idle_timeout:
+        Seconds of silence after which a speaker's ffmpeg is no longer fed silence; ``None`` feeds it to the end,
+        so every file ends at the same slot whatever happens.
 
     Raises
     ------
@@ -283,6 +305,7 @@ class FFmpegSink(AudioSink):
         "_directory",
         "_dropped",
         "_finish_timeout",
+        "_idle_slots",
         "_last_flush",
         "_limit",
         "_mix",
@@ -311,9 +334,13 @@ class FFmpegSink(AudioSink):
         buffer_seconds: float = 10.0,
         finish_timeout: float = 30.0,
         overwrite: bool = False,
+        idle_timeout: float | None = 60.0,
     ) -> None:
         if not (mix or per_user):
             raise ValueError("FFmpegSink needs mix=True or per_user=True")
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise ValueError("idle_timeout must be positive or None")
+        self._idle_slots = None if idle_timeout is None else max(1, round(idle_timeout * _SLOTS_PER_SECOND))
         extension = format.lower().lstrip(".")
         if not extension.isalnum():
             raise ValueError(f"format must be a file extension such as 'flac' or 'mp3', not {format!r}")
@@ -415,7 +442,8 @@ class FFmpegSink(AudioSink):
             self._close_slots(tick + 1)
 
     def cleanup(self) -> None:
-        """Pad every track to the same length, end ffmpeg's input and wait for each file to be finished."""
+        """Pad every track to the same length (but those of speakers idle for ``idle_timeout``), end ffmpeg's input
+        and wait for each file to be finished."""
         if self.closed:
             return
         self.closed = True
@@ -431,7 +459,8 @@ class FFmpegSink(AudioSink):
         tracks = list(self._all_tracks())
         end = max([end, *(track.frames for track in tracks)])
         for track in tracks:
-            track.pad_to(end)
+            if not self._idle(track):
+                track.pad_to(end)
             track.flush()
             track.pipe.close_input()
         deadline = time.monotonic() + self._finish_timeout
@@ -462,9 +491,14 @@ class FFmpegSink(AudioSink):
         if end - self._last_flush >= _BATCH_SLOTS:
             self._flush()
 
+    def _idle(self, track: _Track) -> bool:
+        """Whether ``track``'s speaker has been quiet for ``idle_timeout``: its ffmpeg then gets no silence."""
+        return self._idle_slots is not None and self._slots - track.heard >= self._idle_slots
+
     def _flush(self) -> None:
         for track in self._all_tracks():
-            track.pad_to(self._slots)
+            if not self._idle(track):
+                track.pad_to(self._slots)
             track.flush()
             detail = track.pipe.failure()
             if detail is not None:

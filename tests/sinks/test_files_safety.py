@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
 from discord_voicerecv.errors import SinkError
+from discord_voicerecv.ffmpeg import find_ffmpeg
 from discord_voicerecv.frames import FRAME_BYTES, FRAME_SAMPLES, VoiceFrame
 from discord_voicerecv.sinks import AudioSink, FFmpegSink, MultiSink, OggOpusSink, PerUserSink, WaveSink
 from discord_voicerecv.sinks._wavfile import HEADER_SIZE
@@ -179,3 +181,51 @@ def test_per_user_children_are_opened_before_their_first_frame(tmp_path: Path) -
     play(sink, range(3), 11)
     play(sink, range(3, 5), 22)
     assert opened == [11, 22]
+
+
+def _decode(path: Path) -> bytes:
+    return subprocess.run(
+        [find_ffmpeg(), "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "2", "-ar", "48000", "-"],
+        check=True,
+        capture_output=True,
+    ).stdout
+
+
+def _talk(sink: AudioSink, start: int, stop: int, talking: dict[int, range]) -> None:
+    for tick in range(start, stop):
+        for user_id, ticks in talking.items():
+            if tick in ticks:
+                sink.write(None, frame(tick, user_id, user_id * 100))
+        sink.advance(tick)
+
+
+def test_a_departed_speakers_ffmpeg_gets_no_silence_and_a_return_stays_aligned(tmp_path: Path) -> None:
+    sink = FFmpegSink(tmp_path, "flac", idle_timeout=0.2)  # 10 slots
+    sink.open()
+    talking = {11: range(0, 10), 22: range(0, 400)}
+    _talk(sink, 0, 300, talking)
+    ann, bob = sink._tracks[11], sink._tracks[22]
+    assert ann.frames < 25, "no silence handed to Ann's ffmpeg once she was idle"
+    assert bob.frames >= 295
+    _talk(sink, 300, 320, {11: range(300, 316), 22: range(300, 320)})
+    sink.cleanup()
+    ann_pcm, bob_pcm = _decode(sink.files[11]), _decode(sink.files[22])
+    assert len(ann_pcm) == len(bob_pcm) == 320 * FRAME_BYTES, "her return padded the gap: files still line up"
+    expected = frame(0, 11, 1100).pcm
+    assert ann_pcm[:FRAME_BYTES] == expected and ann_pcm[300 * FRAME_BYTES : 301 * FRAME_BYTES] == expected
+    assert not any(ann_pcm[10 * FRAME_BYTES : 300 * FRAME_BYTES])
+
+
+def test_a_speaker_who_never_returns_has_a_shorter_file_and_the_mix_runs_to_the_end(tmp_path: Path) -> None:
+    sink = FFmpegSink(tmp_path, "flac", idle_timeout=0.2)
+    sink.open()
+    _talk(sink, 0, 200, {11: range(0, 10), 22: range(0, 200)})
+    sink.cleanup()
+    assert 10 * FRAME_BYTES <= len(_decode(sink.files[11])) < 25 * FRAME_BYTES
+    assert len(_decode(sink.files[22])) == len(_decode(sink.mix_path)) == 200 * FRAME_BYTES  # type: ignore[arg-type]
+
+    steady = FFmpegSink(tmp_path / "steady", "flac", idle_timeout=None)
+    steady.open()
+    _talk(steady, 0, 200, {11: range(0, 10), 22: range(0, 200)})
+    steady.cleanup()
+    assert len(_decode(steady.files[11])) == 200 * FRAME_BYTES
