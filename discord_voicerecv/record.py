@@ -146,15 +146,15 @@ class _Interrupts:
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         """Handle the signals while the block runs; once one came, they stay ignored for the rest of the command."""
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 previous[signum] = signal.signal(signum, self._on_signal)
         try:
             yield
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, signal.SIG_IGN if self.count else handler)
+            for restored, handler in previous.items():
+                signal.signal(restored, signal.SIG_IGN if self.count else handler)
 
     def attach(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
         """Set ``event`` on ``loop`` at the first signal (at once if one already came)."""

@@ -113,7 +113,7 @@ def _bad_arguments(tmp_path: Path, capture: Path) -> dict[str, tuple[list[str], 
         "key not hex": (args(key="zz" * 32), "hexadecimal"),
         "short key": (args(key="00" * 16), "must be 32 bytes"),
         "bad mode": (args(mode="rot13"), "supported: aead_aes256_gcm_rtpsize"),
-        "bad user": (args(key=KEY.hex()) + ["--user", "alice"], "SSRC=NAME"),
+        "bad user": ([*args(), "--user", "alice"], "SSRC=NAME"),
         "out is a file": (args(out=str(tmp_path / "a-file")), "not a folder"),
         "out under a file": (args(out=str(tmp_path / "a-file" / "sub")), "is not a folder"),
     }

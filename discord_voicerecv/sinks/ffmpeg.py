@@ -253,10 +253,12 @@ class FFmpegSink(AudioSink):
     A speaker gone quiet for ``idle_timeout`` seconds (left the call, or muted) costs nothing from then on: their
     ffmpeg sits idle instead of encoding silence. When they speak again, the gap is handed to it at once (encoded
     far faster than real time, the new audio waiting behind it), so their track stays aligned; if they never do,
-    their file ends less than ``idle_timeout`` after their last frame instead of at the end of the recording. The mix is one continuous track
-    and is always encoded, and :class:`WaveSink` pads every file, since writing zeros costs nothing. Building
-    the sink starts nothing: the mix's
-    ffmpeg starts in :meth:`open`, when ``listen()`` accepted the sink, and each speaker's at their first frame.
+    their file ends less than ``idle_timeout`` after their last frame instead of at the end of the recording.
+    The mix is one continuous track and is always encoded, and :class:`WaveSink` pads every file, since writing
+    zeros costs nothing.
+
+    Building the sink starts nothing: the mix's ffmpeg starts in :meth:`open`, when ``listen()`` accepted the
+    sink, and each speaker's at their first frame.
 
     Parameters
     ----------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -96,8 +97,10 @@ def test_a_second_wavesink_does_not_truncate_the_live_recording(tmp_path: Path) 
     ],
     ids=["wav", "flac"],
 )
-def test_a_second_recording_in_the_same_folder_gets_numbered_names(tmp_path: Path, make, ext: str) -> None:  # type: ignore[no-untyped-def]
-    def record() -> AudioSink:
+def test_a_second_recording_in_the_same_folder_gets_numbered_names(
+    tmp_path: Path, make: Callable[..., WaveSink | FFmpegSink], ext: str
+) -> None:
+    def record() -> WaveSink | FFmpegSink:
         sink = make(tmp_path)
         sink.open()
         play(sink, range(10))
@@ -108,14 +111,14 @@ def test_a_second_recording_in_the_same_folder_gets_numbered_names(tmp_path: Pat
     originals = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert set(originals) == {f"mix.{ext}", f"11.{ext}"}
     second = record()
-    assert second.mix_path == tmp_path / f"mix-2.{ext}"  # type: ignore[attr-defined]
-    assert {k: p.name for k, p in second.files.items()} == {11: f"11-2.{ext}"}  # type: ignore[attr-defined]
+    assert second.mix_path == tmp_path / f"mix-2.{ext}"
+    assert {k: p.name for k, p in second.files.items()} == {11: f"11-2.{ext}"}
     record()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"mix.{ext}", f"mix-2.{ext}", f"mix-3.{ext}", f"11.{ext}", f"11-2.{ext}", f"11-3.{ext}"]
     )
     assert {name: (tmp_path / name).read_bytes() for name in originals} == originals, "first recording untouched"
-    assert first.mix_path == tmp_path / f"mix.{ext}"  # type: ignore[attr-defined]
+    assert first.mix_path == tmp_path / f"mix.{ext}"
 
     again = make(tmp_path, overwrite=True)
     again.open()
