@@ -257,8 +257,9 @@ class FFmpegSink(AudioSink):
     The mix is one continuous track and is always encoded, and :class:`WaveSink` pads every file, since writing
     zeros costs nothing.
 
-    Building the sink starts nothing: the mix's ffmpeg starts in :meth:`open`, when ``listen()`` accepted the
-    sink, and each speaker's at their first frame.
+    Building the sink touches nothing. :meth:`open` (when ``listen()`` accepted the sink) creates the folder and
+    claims the mix's file name; the ffmpeg processes start on the receiver's thread, the mix's at the first slot
+    and each speaker's at their first frame.
 
     Parameters
     ----------
@@ -311,12 +312,14 @@ class FFmpegSink(AudioSink):
         "_last_flush",
         "_limit",
         "_mix",
+        "_mix_path",
         "_mix_track",
         "_names",
         "_open",
         "_opened",
         "_paths",
         "_per_user",
+        "_running",
         "_slots",
         "_tracks",
         "closed",
@@ -368,12 +371,14 @@ class FFmpegSink(AudioSink):
         self._last_flush = 0
         self._dropped = 0
         self.closed = False
-        self._opened = False
+        self._opened = self._running = False
+        self._mix_path: Path | None = None
         self._mix_track: _Track | None = None
         self._mix: MixSink | None = MixSink(_MixTrack(None)) if mix else None
 
     def open(self) -> None:
-        """Create the directory and start the mix's ffmpeg; speakers' tracks start as they are first heard."""
+        """Create the directory and claim the mix's file name; the ffmpeg processes start on the receiver's thread
+        (the mix's at the first slot, each speaker's at their first frame), so ``listen()`` never waits for them."""
         if self._opened:
             return
         self._opened = True
@@ -382,7 +387,14 @@ class FFmpegSink(AudioSink):
         except OSError as exc:
             raise SinkError(str(self._directory), exc.strerror or str(exc)) from exc
         if self._mix is not None:
-            track = self._mix_track = self._start(self._names.reserve("mix"))
+            self._mix_path = self._names.reserve("mix")
+
+    def _run(self) -> None:
+        """The first sink call: open when nobody did, and start the mix's ffmpeg."""
+        self.open()
+        self._running = True
+        if self._mix is not None and self._mix_path is not None:
+            track = self._mix_track = self._start(self._mix_path)
             assert isinstance(self._mix.target, _MixTrack)
             self._mix.target.track = track
 
@@ -394,7 +406,7 @@ class FFmpegSink(AudioSink):
     @property
     def mix_path(self) -> Path | None:
         """The path of the mixed track, or ``None`` when ``mix=False``."""
-        return self._mix_track.pipe.path if self._mix_track is not None else None
+        return self._mix_path
 
     @property
     def slots(self) -> int:
@@ -412,8 +424,8 @@ class FFmpegSink(AudioSink):
         return self._dropped + (self._mix.dropped if self._mix is not None else 0)
 
     def write(self, user: SinkUser, frame: VoiceFrame) -> None:
-        if not self._opened:
-            self.open()
+        if not self._running:
+            self._run()
         tick = frame.tick
         if tick != self._slots or self.closed:
             if tick < self._slots or self.closed:
@@ -438,8 +450,8 @@ class FFmpegSink(AudioSink):
         track.write(fit_frame(frame.pcm))
 
     def advance(self, tick: int) -> None:
-        if not self._opened:
-            self.open()
+        if not self._running:
+            self._run()
         if tick >= self._slots and not self.closed:
             self._close_slots(tick + 1)
 
@@ -448,9 +460,12 @@ class FFmpegSink(AudioSink):
         and wait for each file to be finished."""
         if self.closed:
             return
-        self.closed = True
         if not self._opened:
+            self.closed = True
             return
+        if not self._running:
+            self._run()  # an empty recording still gets a valid, empty mix file
+        self.closed = True
         end = self._slots + 1 if self._open else self._slots
         errors: list[SinkError] = []
         if self._mix is not None:

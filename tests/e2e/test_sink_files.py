@@ -35,6 +35,7 @@ async def test_a_refused_listen_touches_no_file_and_starts_no_process(local: Loc
         assert isinstance(channel, discord.VoiceChannel)
         vc = await channel.connect(cls=VoiceRecvClient)
         threads_before = {t.ident for t in threading.enumerate()}
+        processes_before = ffmpeg_children()
         vc.listen(WaveSink(tmp_path / "same", header_interval=0.1))
         await asyncio.sleep(0.5)
         mix = tmp_path / "same" / "mix.wav"
@@ -50,8 +51,8 @@ async def test_a_refused_listen_touches_no_file_and_starts_no_process(local: Loc
         assert mix.stat().st_size >= size, "the live mix.wav was not truncated"
         assert sorted(p.name for p in (tmp_path / "same").iterdir()) == ["mix.wav"]
         assert not (tmp_path / "other").exists()
-        assert ffmpeg_children() == []
-        assert not [t.name for t in threading.enumerate() if t.name.startswith("ffmpeg ")]
+        assert ffmpeg_children() == processes_before
+        assert not [t for t in threading.enumerate() if t.ident not in threads_before and t.name.startswith("ffmpeg")]
         await asyncio.to_thread(vc.stop_listening)
         await vc.disconnect()
     assert not [t.name for t in threading.enumerate() if t.ident not in threads_before and t.name.startswith("ffmpeg")]

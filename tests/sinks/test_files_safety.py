@@ -38,8 +38,30 @@ def ffmpeg_children() -> list[int]:
     return pids
 
 
-def ffmpeg_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("ffmpeg ")]
+def ffmpeg_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("ffmpeg ")]
+
+
+class Leftovers:
+    """ffmpeg processes and writer threads that appeared since the test started (earlier tests' do not count)."""
+
+    def __init__(self) -> None:
+        self._pids = set(ffmpeg_children())
+        self._threads = set(ffmpeg_threads())
+
+    def processes(self) -> list[int]:
+        return [pid for pid in ffmpeg_children() if pid not in self._pids]
+
+    def threads(self) -> list[threading.Thread]:
+        return [t for t in ffmpeg_threads() if t not in self._threads]
+
+    def none(self) -> bool:
+        return self.processes() == [] and self.threads() == []
+
+
+@pytest.fixture
+def leftovers() -> Leftovers:
+    return Leftovers()
 
 
 def frame(tick: int, user_id: int, value: int = 1000) -> VoiceFrame:
@@ -56,7 +78,7 @@ def play(sink: AudioSink, ticks: range, user_id: int = 11) -> None:
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
 
 
-def test_building_sinks_creates_no_file_folder_or_process(tmp_path: Path) -> None:
+def test_building_sinks_creates_no_file_folder_or_process(tmp_path: Path, leftovers: Leftovers) -> None:
     out = tmp_path / "rec"
     sinks = [
         WaveSink(out),
@@ -66,7 +88,7 @@ def test_building_sinks_creates_no_file_folder_or_process(tmp_path: Path) -> Non
         PerUserSink(lambda user, ident: WaveSink(out / str(ident))),
     ]
     assert not out.exists()
-    assert ffmpeg_children() == [] and ffmpeg_threads() == []
+    assert leftovers.none()
     for sink in sinks:
         sink.cleanup()
     assert not out.exists(), "cleaning up a sink that was never opened creates nothing either"
@@ -138,22 +160,22 @@ def test_oggopus_never_overwrites(tmp_path: Path) -> None:
     assert (tmp_path / "11.opus").read_bytes() == b"an earlier recording"
 
 
-def test_a_refused_open_cleans_up_what_already_started(tmp_path: Path) -> None:
+def test_a_refused_open_cleans_up_what_already_started(tmp_path: Path, leftovers: Leftovers) -> None:
     (tmp_path / "not-a-folder").write_text("x")
     sink = MultiSink(FFmpegSink(tmp_path / "ok", "flac"), WaveSink(tmp_path / "not-a-folder"))
     with pytest.raises(SinkError, match="not-a-folder"):
         sink.open()
-    assert ffmpeg_children() == [] and ffmpeg_threads() == []
+    assert leftovers.none()
 
 
-def test_ffmpeg_processes_and_threads_are_reaped_on_stop_and_on_failure(tmp_path: Path) -> None:
+def test_ffmpeg_processes_and_threads_are_reaped_on_stop_and_on_failure(tmp_path: Path, leftovers: Leftovers) -> None:
     sink = FFmpegSink(tmp_path, "flac")
     sink.open()
     play(sink, range(10), 11)
     play(sink, range(10, 20), 22)
-    assert len(ffmpeg_children()) == 3 and len(ffmpeg_threads()) == 3
+    assert len(leftovers.processes()) == 3 and len(leftovers.threads()) == 3
     sink.cleanup()
-    assert ffmpeg_children() == [] and ffmpeg_threads() == []
+    assert leftovers.none()
 
     failing = FFmpegSink(tmp_path / "bad", "flac", extra_args=("-c:a", "no-such-codec"))
     host = MultiSink(failing)
@@ -161,7 +183,7 @@ def test_ffmpeg_processes_and_threads_are_reaped_on_stop_and_on_failure(tmp_path
     play(host, range(20))
     host.cleanup()
     assert [sink for sink, _ in host.failures] == [failing], "ffmpeg's failure is reported, while or after recording"
-    assert ffmpeg_children() == [] and ffmpeg_threads() == []
+    assert leftovers.none()
 
 
 def test_per_user_children_are_opened_before_their_first_frame(tmp_path: Path) -> None:
