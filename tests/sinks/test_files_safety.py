@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -254,3 +255,24 @@ def test_a_speaker_who_never_returns_has_a_shorter_file_and_the_mix_runs_to_the_
     _talk(steady, 0, 200, {11: range(0, 10), 22: range(0, 200)})
     steady.cleanup()
     assert len(_decode(steady.files[11])) == 200 * FRAME_BYTES
+
+
+def test_rtp_forward_creates_its_folder_and_socket_when_opened(tmp_path: Path) -> None:
+    from discord_voicerecv.sinks import RTPForwardSink
+
+    def temp_dirs() -> set[str]:
+        return {p.name for p in Path(tempfile.gettempdir()).glob("voicerecv-sdp-*")}
+
+    before = temp_dirs()
+    sink = RTPForwardSink(base_port=40_000, sdp_dir=tmp_path / "sdp")
+    temporary = RTPForwardSink(base_port=40_010)
+    assert not (tmp_path / "sdp").exists() and temp_dirs() == before and temporary.sdp_dir is None
+    sink.cleanup()
+    temporary.cleanup()
+    assert temp_dirs() == before
+
+    opened = RTPForwardSink(base_port=40_020)
+    opened.open()
+    assert opened.sdp_dir is not None and opened.sdp_dir.is_dir()
+    opened.cleanup()
+    assert not opened.sdp_dir.exists() and temp_dirs() == before
