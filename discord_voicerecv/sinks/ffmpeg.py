@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +37,8 @@ _SILENCE_SPEEDUP = 20
 """How much faster than real time an ffmpeg is assumed to encode silence at least (measured: 120-140x for mp3 and
 Opus, 800x for FLAC on a loaded machine): audio queued behind a long silence may wait that long without
 counting as overflow."""
+_EXIT_WAIT = 5.0
+"""Seconds an exiting interpreter (a crashed bot included) gives the writer threads to hand ffmpeg what is queued."""
 
 
 class _Pipe:
@@ -45,6 +49,7 @@ class _Pipe:
     """
 
     __slots__ = (
+        "__weakref__",
         "_cond",
         "_items",
         "_limit",
@@ -86,6 +91,7 @@ class _Pipe:
             raise SinkError(str(path), f"cannot run ffmpeg: {exc.strerror or exc}") from exc
         self._thread = threading.Thread(target=self._run, name=f"ffmpeg {path.name}", daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     def submit(self, data: bytes) -> None:
         with self._cond:
@@ -128,6 +134,7 @@ class _Pipe:
 
     def finish(self, deadline: float) -> str | None:
         """Wait for ffmpeg to write the file (until ``deadline`` on the monotonic clock); the failure, or None."""
+        _LIVE.discard(self)
         self.close_input()
         self._thread.join(max(0.0, deadline - time.monotonic()))
         process = self._process
@@ -144,8 +151,13 @@ class _Pipe:
         self._stderr.close()
         return detail
 
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the writer thread to hand ffmpeg everything queued."""
+        self._thread.join(timeout)
+
     def kill(self) -> None:
         """Stop ffmpeg at once (the track is abandoned)."""
+        _LIVE.discard(self)
         self.close_input()
         if self._process.poll() is None:
             self._process.kill()
@@ -191,6 +203,23 @@ class _Pipe:
             with self._cond:
                 self._items.clear()
                 self._queued = self._silence = 0
+
+
+_LIVE: weakref.WeakSet[_Pipe] = weakref.WeakSet()
+"""Pipes not finished yet, for :func:`_drain_at_exit`."""
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    """The interpreter exits with recordings still open (the bot's loop crashed, or nobody stopped listening):
+    let each writer thread hand its ffmpeg the audio queued for it and end its input, so the orphaned ffmpeg
+    processes (in sessions of their own) finish complete files and exit."""
+    pipes = list(_LIVE)
+    deadline = time.monotonic() + _EXIT_WAIT
+    for pipe in pipes:
+        pipe.close_input()
+    for pipe in pipes:
+        pipe.join(max(0.0, deadline - time.monotonic()))
 
 
 class _Track:

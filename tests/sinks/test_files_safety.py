@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -276,3 +278,43 @@ def test_rtp_forward_creates_its_folder_and_socket_when_opened(tmp_path: Path) -
     assert opened.sdp_dir is not None and opened.sdp_dir.is_dir()
     opened.cleanup()
     assert not opened.sdp_dir.exists() and temp_dirs() == before
+
+
+def _processes_writing_into(folder: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(folder).encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_when_the_bots_loop_crashes_every_ffmpeg_finishes_its_file_and_exits(tmp_path: Path) -> None:
+    script = f"""
+import asyncio, threading
+from discord_voicerecv.frames import VoiceFrame
+from discord_voicerecv.sinks import FFmpegSink
+
+async def bot():
+    sink = FFmpegSink({str(tmp_path)!r}, "flac")
+    sink.open()
+    for tick in range(100):
+        sink.write(None, VoiceFrame(7, 7, tick, bytes(range(256)) * 15, None, tick, tick * 960))
+        sink.advance(tick)
+    raise RuntimeError("the bot's loop crashed")
+
+asyncio.run(bot())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "the bot's loop crashed" in result.stderr
+    deadline = time.monotonic() + 20
+    while _processes_writing_into(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the orphaned ffmpegs read the end of their input and finish on their own
+    assert _processes_writing_into(tmp_path) == [], "no ffmpeg left behind"
+    for name in ("mix.flac", "7.flac"):
+        pcm = _decode(tmp_path / name)
+        assert len(pcm) == 100 * FRAME_BYTES, f"{name}: all the audio handed over before the crash"
