@@ -104,7 +104,7 @@ def test_a_file_past_the_riff_limit_becomes_rf64_byte_for_byte(tmp_path: Path) -
         [find_ffmpeg(), "-hide_banner", "-i", str(path)], capture_output=True, text=True, check=False
     ).stderr
     assert "Input #0, wav" in probe
-    try:  # Python's wave reads RF64 from 3.14 on; older versions refuse it rather than misread it
+    try:  # Python's wave (3.11) refuses RF64; whatever its version, it must never misread the file
         result: object = frames_in(path)
     except wave.Error as exc:
         result = exc
