@@ -489,12 +489,10 @@ class FFmpegSink(AudioSink):
         and wait for each file to be finished."""
         if self.closed:
             return
-        if not self._opened:
-            self.closed = True
-            return
-        if not self._running:
-            self._run()  # an empty recording still gets a valid, empty mix file
         self.closed = True
+        if not self._running:
+            self._release_claim()
+            return
         end = self._slots + 1 if self._open else self._slots
         errors: list[SinkError] = []
         if self._mix is not None:
@@ -519,6 +517,15 @@ class FFmpegSink(AudioSink):
             log.warning("FFmpegSink replaced %.2f s of audio with silence: ffmpeg did not keep up", overflow / 192_000)
         if errors:
             raise errors[0]
+
+    def _release_claim(self) -> None:
+        """Nothing was recorded (no slot ever came, or listen() was refused): remove the empty file claimed for
+        the mix, so no unplayable file is left behind."""
+        path = self._mix_path
+        if path is not None and path.exists() and path.stat().st_size == 0:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        self._mix_path = None
 
     def _all_tracks(self) -> list[_Track]:
         tracks = list(self._tracks.values())

@@ -169,6 +169,7 @@ def test_a_refused_open_cleans_up_what_already_started(tmp_path: Path, leftovers
     with pytest.raises(SinkError, match="not-a-folder"):
         sink.open()
     assert leftovers.none()
+    assert list((tmp_path / "ok").iterdir()) == [], "the name claimed by the sink opened first is given back"
 
 
 def test_ffmpeg_processes_and_threads_are_reaped_on_stop_and_on_failure(tmp_path: Path, leftovers: Leftovers) -> None:
