@@ -434,7 +434,7 @@ class FFmpegSink(AudioSink):
 
     @property
     def mix_path(self) -> Path | None:
-        """The path of the mixed track, or ``None`` when ``mix=False``."""
+        """The mixed track's path; ``None`` with ``mix=False``, before :meth:`open`, or when nothing was recorded."""
         return self._mix_path
 
     @property

@@ -136,7 +136,7 @@ class WaveSink(AudioSink):
 
     @property
     def mix_path(self) -> Path | None:
-        """The path of ``mix.wav``, or ``None`` when ``mix=False``."""
+        """The path of ``mix.wav`` (``mix-2.wav``... when taken); ``None`` with ``mix=False`` or before :meth:`open`."""
         return self._mix.path if self._mix is not None else None
 
     @property
