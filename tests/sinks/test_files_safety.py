@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,22 +22,18 @@ from discord_voicerecv.sinks.base import SinkUser
 OPUS_SILENCE = b"\xf8\xff\xfe"
 
 
-def ffmpeg_children() -> list[int]:
-    """Pids of this process's children that run ffmpeg (from /proc, so it is state, not timing)."""
-    pids: list[int] = []
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        try:
-            text = (task / "children").read_text()
-        except OSError:
-            continue
-        for pid in text.split():
+def processes_writing_into(folder: Path) -> list[int]:
+    """Pids of the processes whose command line names ``folder`` (the ffmpegs writing there), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
             try:
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if "ffmpeg" in comm:
-                pids.append(int(pid))
-    return pids
+            if str(folder).encode() in cmdline:
+                found.append(int(entry.name))
+    return found
 
 
 def ffmpeg_threads() -> list[threading.Thread]:
@@ -46,14 +41,14 @@ def ffmpeg_threads() -> list[threading.Thread]:
 
 
 class Leftovers:
-    """ffmpeg processes and writer threads that appeared since the test started (earlier tests' do not count)."""
+    """ffmpeg processes writing into the test's folder, and writer threads that appeared since the test started."""
 
-    def __init__(self) -> None:
-        self._pids = set(ffmpeg_children())
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
         self._threads = set(ffmpeg_threads())
 
     def processes(self) -> list[int]:
-        return [pid for pid in ffmpeg_children() if pid not in self._pids]
+        return processes_writing_into(self._folder)
 
     def threads(self) -> list[threading.Thread]:
         return [t for t in ffmpeg_threads() if t not in self._threads]
@@ -63,8 +58,8 @@ class Leftovers:
 
 
 @pytest.fixture
-def leftovers() -> Leftovers:
-    return Leftovers()
+def leftovers(tmp_path: Path) -> Leftovers:
+    return Leftovers(tmp_path)
 
 
 def frame(tick: int, user_id: int, value: int = 1000) -> VoiceFrame:
@@ -177,9 +172,11 @@ def test_ffmpeg_processes_and_threads_are_reaped_on_stop_and_on_failure(tmp_path
     sink.open()
     play(sink, range(10), 11)
     play(sink, range(10, 20), 22)
-    assert len(leftovers.processes()) == 3 and len(leftovers.threads()) == 3
+    running = [track.pipe._process for track in sink._all_tracks()]
+    assert len(running) == 3 and all(process.poll() is None for process in running)
+    assert len(leftovers.threads()) == 3
     sink.cleanup()
-    assert leftovers.none()
+    assert leftovers.none() and all(process.returncode == 0 for process in running), "all reaped"
 
     failing = FFmpegSink(tmp_path / "bad", "flac", extra_args=("-c:a", "no-such-codec"))
     host = MultiSink(failing)
@@ -281,19 +278,6 @@ def test_rtp_forward_creates_its_folder_and_socket_when_opened(tmp_path: Path) -
     assert not opened.sdp_dir.exists() and temp_dirs() == before
 
 
-def _processes_writing_into(folder: Path) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if str(folder).encode() in cmdline:
-                found.append(int(entry.name))
-    return found
-
-
 def test_when_the_bots_loop_crashes_every_ffmpeg_finishes_its_file_and_exits(tmp_path: Path) -> None:
     script = f"""
 import asyncio, threading
@@ -313,9 +297,9 @@ asyncio.run(bot())
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "the bot's loop crashed" in result.stderr
     deadline = time.monotonic() + 20
-    while _processes_writing_into(tmp_path) and time.monotonic() < deadline:
+    while processes_writing_into(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.05)  # the orphaned ffmpegs read the end of their input and finish on their own
-    assert _processes_writing_into(tmp_path) == [], "no ffmpeg left behind"
+    assert processes_writing_into(tmp_path) == [], "no ffmpeg left behind"
     for name in ("mix.flac", "7.flac"):
         pcm = _decode(tmp_path / name)
         assert len(pcm) == 100 * FRAME_BYTES, f"{name}: all the audio handed over before the crash"
