@@ -61,11 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(summary, indent=2, sort_keys=True))
         return 0 if summary.get("ok") else 1
     if args.command == "decode":
-        from .decode import decode_capture, parse_user_names
+        from .decode import DecodeError, check_arguments, decode_capture
 
-        summary = decode_capture(
-            args.capture, mode=args.mode, key=bytes.fromhex(args.key), names=parse_user_names(args.user), out=args.out
-        )
+        try:
+            key, names = check_arguments(args.capture, mode=args.mode, key=args.key, users=args.user, out=args.out)
+            summary = decode_capture(args.capture, mode=args.mode, key=key, names=names, out=args.out)
+        except DecodeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.status
         print(json.dumps(summary, sort_keys=True))
         return 0
     if args.command == "record":

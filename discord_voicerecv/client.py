@@ -239,6 +239,8 @@ class VoiceRecvClient(discord.VoiceClient):
             Not connected to voice.
         AlreadyListening
             A sink is already attached; call :meth:`stop_listening` first.
+        SinkError
+            The sink could not create its files or start its processes (:meth:`AudioSink.open`).
         """
         if not isinstance(sink, AudioSink):
             raise TypeError(f"sink must be an AudioSink, not {type(sink).__name__}")
@@ -254,6 +256,7 @@ class VoiceRecvClient(discord.VoiceClient):
         with self._receiver_lock:
             if self.is_listening():
                 raise AlreadyListening("already listening; call stop_listening() first")
+            hub.open()  # the sink's files and processes appear only now; raising leaves nothing behind
             decryptor = DaveFrameDecryptor(
                 lambda: glue.dave_session(self),
                 lambda: glue.dave_protocol_version(self),

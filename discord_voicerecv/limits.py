@@ -53,6 +53,9 @@ class UserFilterSink(AudioSink):
         self.users: frozenset[int] = user_ids(users) or frozenset()
         self.wants_pcm = sink.wants_pcm
 
+    def open(self) -> None:
+        self.sink.open()
+
     def write(self, user: SinkUser, frame: VoiceFrame) -> None:
         if frame.user_id in self.users:
             self.sink.write(user, frame)
@@ -113,6 +116,9 @@ class LimitSink(AudioSink):
         """The sink's own ``bytes_written`` when it has one, otherwise the audio bytes handed to it."""
         reported = getattr(self.sink, "bytes_written", None)
         return reported if isinstance(reported, int) else self._bytes
+
+    def open(self) -> None:
+        self.sink.open()
 
     def write(self, user: SinkUser, frame: VoiceFrame) -> None:
         if self.reached is not None:

@@ -2,7 +2,9 @@
 
 The token is read from an environment variable and never printed. A progress line (elapsed time, speakers,
 bytes written) goes to stderr about once a second; Ctrl-C or ``--seconds`` finishes the files cleanly and a JSON
-summary is printed on stdout.
+summary is printed on stdout. Further Ctrl-Cs while the files are being finished only say so. Arguments (token
+variable, channel, output folder, format and its ffmpeg) are checked before logging in; nothing is written before
+listening starts, and an existing recording in ``--out`` is never overwritten (new files get ``-2``, ``-3``...).
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 import discord
 
 from .client import VoiceRecvClient
+from .errors import FFmpegNotFound
 from .opus import ensure_discord_opus
+from .sinks._naming import directory_problem
 from .sinks.base import AudioSink
 from .sinks.wave import WaveSink
 
@@ -69,8 +75,11 @@ def make_sink(fmt: str, out: Path) -> AudioSink:
     raise RecordError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
-def run(args: argparse.Namespace, *, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> int:
-    """Run ``record`` with parsed ``args``; returns the exit status."""
+def run(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Run ``record`` with parsed ``args``; returns the exit status. Output goes to ``sys.stdout``/``sys.stderr``
+    as they are at the call unless given."""
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
     token = os.environ.get(args.token_env, "").strip()
     if not token:
         print(f"error: environment variable {args.token_env} is missing or empty; put the bot token in it", file=stderr)
@@ -79,8 +88,22 @@ def run(args: argparse.Namespace, *, stdout: TextIO = sys.stdout, stderr: TextIO
     if args.seconds is not None and not args.seconds > 0:
         print("error: --seconds must be positive", file=stderr)
         return 2
+    if args.channel <= 0:
+        print("error: --channel must be a voice channel id (a positive number)", file=stderr)
+        return 2
+    problem = directory_problem(args.out)
+    if problem is not None:
+        print(f"error: --out {str(args.out)!r}: {problem}", file=stderr)
+        return 2
     try:
-        summary = asyncio.run(_record(args, token, stderr))
+        sink = make_sink(args.format, args.out)
+    except (RecordError, FFmpegNotFound) as exc:
+        print(f"error: {exc}", file=stderr)
+        return 2
+    interrupts = _Interrupts(stderr)
+    try:
+        with interrupts.installed():
+            summary = asyncio.run(_record(args, token, stderr, sink, interrupts))
     except RecordError as exc:
         print(f"error: {_redact(str(exc), token)}", file=stderr)
         return 2
@@ -110,22 +133,60 @@ class _Recorder(discord.Client):
         self.speaking.discard(member.id)
 
 
-async def _record(args: argparse.Namespace, token: str, stderr: TextIO) -> dict[str, Any]:
+class _Interrupts:
+    """Ctrl-C and SIGTERM for the whole command: the first stops the recording, later ones only say that the files
+    are being finished (and are ignored once they are), so no traceback ever cuts the files or the summary short."""
+
+    def __init__(self, stderr: TextIO) -> None:
+        self.count = 0
+        self._stderr = stderr
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle the signals while the block runs; once one came, they stay ignored for the rest of the command."""
+        previous: dict[signal.Signals, Any] = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                previous[signum] = signal.signal(signum, self._on_signal)
+        try:
+            yield
+        finally:
+            for restored, handler in previous.items():
+                signal.signal(restored, signal.SIG_IGN if self.count else handler)
+
+    def attach(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        """Set ``event`` on ``loop`` at the first signal (at once if one already came)."""
+        self._loop, self._event = loop, event
+        if self.count:
+            event.set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        loop, event = self._loop, self._event
+        if loop is None or event is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop just closed
+            if self.count == 1:
+                loop.call_soon_threadsafe(event.set)
+            else:
+                loop.call_soon_threadsafe(self._say_finishing)
+
+    def _say_finishing(self) -> None:
+        print("still finishing the files; they will be complete in a moment", file=self._stderr, flush=True)
+
+
+async def _record(
+    args: argparse.Namespace, token: str, stderr: TextIO, sink: AudioSink, interrupts: _Interrupts
+) -> dict[str, Any]:
     if args.local_discord:
         from .testing import use_local_discord
 
         use_local_discord(args.local_discord)
     ensure_discord_opus()
-    loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
-
-    def interrupt(signum: int) -> None:
-        interrupted.set()
-        loop.remove_signal_handler(signum)  # a second Ctrl-C interrupts at once
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, interrupt, signum)
+    interrupts.attach(asyncio.get_running_loop(), interrupted)
     client = _Recorder()
     runner = asyncio.create_task(client.start(token), name="record: discord client")
     try:
@@ -134,7 +195,7 @@ async def _record(args: argparse.Namespace, token: str, stderr: TextIO) -> dict[
             return {"error": None, "seconds": 0.0, "files": [], "out": str(args.out), "interrupted": True}
         channel = await _voice_channel(client, args.channel)
         vc = await channel.connect(cls=VoiceRecvClient)
-        return await _listen(client, vc, args, interrupted, stderr)
+        return await _listen(client, vc, args, interrupted, stderr, sink)
     finally:
         for vc_ in list(client.voice_clients):
             with contextlib.suppress(Exception):
@@ -172,11 +233,15 @@ async def _voice_channel(client: discord.Client, channel_id: int) -> discord.Voi
 
 
 async def _listen(
-    client: _Recorder, vc: VoiceRecvClient, args: argparse.Namespace, interrupted: asyncio.Event, stderr: TextIO
+    client: _Recorder,
+    vc: VoiceRecvClient,
+    args: argparse.Namespace,
+    interrupted: asyncio.Event,
+    stderr: TextIO,
+    sink: AudioSink,
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     out: Path = args.out
-    sink = make_sink(args.format, out)
     ended = asyncio.Event()
     errors: list[BaseException | None] = []
 

@@ -302,6 +302,10 @@ class SinkHub(AudioSink):
             total += self.main.dropped
         return total
 
+    def open(self) -> None:
+        if self.main is not None:
+            self.main.open()
+
     def write(self, user: SinkUser, frame: VoiceFrame) -> None:
         main = self.main
         if main is not None:

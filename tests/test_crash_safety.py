@@ -248,8 +248,9 @@ async def test_full_disk_ends_a_lone_sink_with_an_error_event_and_the_bot_record
 
 async def test_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
     with _tmpfs(tmp_path / "ro", "ro") as readonly:
+        refused = WaveSink(readonly / "recordings")  # building it touches nothing; opening it fails
         with pytest.raises(SinkError) as info:
-            WaveSink(readonly / "recordings")
+            refused.open()
         assert str(readonly / "recordings") in str(info.value)
         assert "Read-only file system" in str(info.value)
         assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.EROFS

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from discord_voicerecv import decode
 from discord_voicerecv.capture import CapturedDatagram, iter_capture, write_pcap, write_rtpdump
 from discord_voicerecv.cli import main
-from discord_voicerecv.decode import decode_capture, parse_user_names
+from discord_voicerecv.decode import DecodeError, decode_capture, parse_user_names
 from discord_voicerecv.frames import FRAME_SAMPLES
 from discord_voicerecv.opus import OpusEncoder
 from discord_voicerecv.protocol.rtp import build_extension_body, build_rtp_header
@@ -75,10 +77,81 @@ def test_decode_writes_aligned_tracks_that_match_the_sources(capture: Path, tmp_
     assert len(sizes) == 1
 
 
-def test_decode_counts_packets_it_cannot_authenticate(capture: Path, tmp_path: Path) -> None:
-    summary = decode_capture(capture, mode=MODE, key=bytes(32), names={}, out=tmp_path / "bad")
-    assert summary["stats"].get("decrypt_failed", 0) == summary["datagrams"]
-    assert summary["stats"].get("decoded", 0) == 0
+def test_a_wrong_key_of_the_right_length_writes_nothing_and_says_so(capture: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bad"
+    with pytest.raises(DecodeError, match=r"wrong key or mode\?") as caught:
+        decode_capture(capture, mode=MODE, key=bytes(32), names={}, out=out)
+    assert caught.value.status == 1
+    assert not out.exists()
+
+
+def test_cli_wrong_key_exits_non_zero_and_keeps_an_earlier_recording(
+    capture: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o"
+    assert main(["decode", str(capture), "--mode", MODE, "--key", KEY.hex(), "--out", str(out)]) == 0
+    good = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    rc = main(["decode", str(capture), "--mode", MODE, "--key", "00" * 32, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.startswith("error: ") and err.count("\n") == 1 and "wrong key or mode?" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == good
+
+
+def _bad_arguments(tmp_path: Path, capture: Path) -> dict[str, tuple[list[str], str]]:
+    base = {"capture": str(capture), "--mode": MODE, "--key": KEY.hex(), "--out": str(tmp_path / "out")}
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "junk.pcap").write_bytes(b"not a capture at all")
+
+    def args(**changes: str) -> list[str]:
+        merged = dict(base)
+        merged.update({("capture" if k == "capture" else f"--{k}"): v for k, v in changes.items()})
+        out = ["decode", merged.pop("capture")]
+        for key, value in merged.items():
+            out += [key, value]
+        return out
+
+    return {
+        "missing capture": (args(capture=str(tmp_path / "nope.pcap")), "cannot read capture"),
+        "unknown format": (args(capture=str(tmp_path / "junk.pcap")), "not an rtpdump, pcap or pcapng"),
+        "key not hex": (args(key="zz" * 32), "hexadecimal"),
+        "short key": (args(key="00" * 16), "must be 32 bytes"),
+        "bad mode": (args(mode="rot13"), "supported: aead_aes256_gcm_rtpsize"),
+        "bad user": ([*args(), "--user", "alice"], "SSRC=NAME"),
+        "out is a file": (args(out=str(tmp_path / "a-file")), "not a folder"),
+        "out under a file": (args(out=str(tmp_path / "a-file" / "sub")), "is not a folder"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing capture", "unknown format", "key not hex", "short key", "bad mode", "bad user", "out is a file",
+     "out under a file"],
+)  # fmt: skip
+def test_cli_bad_arguments_one_line_exit_2_nothing_created(
+    case: str, capture: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv, message = _bad_arguments(tmp_path, capture)[case]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    rc = main(argv)
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    assert message in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before, "no file or folder created"
+
+
+def test_cli_bad_argument_in_a_subprocess_prints_no_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "discord_voicerecv", "decode", str(tmp_path / "none.pcap"), "--mode", MODE,
+         "--key", KEY.hex(), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: cannot read capture") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_decode_reads_rtpdump_and_prints_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

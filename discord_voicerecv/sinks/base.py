@@ -19,11 +19,12 @@ or ``None`` while the SSRC is not mapped to any user."""
 class AudioSink:
     """Where received audio goes.
 
-    The receiver calls, from one dedicated thread and never concurrently: :meth:`write` for every speaker that
-    has a frame in a 20 ms slot, then :meth:`advance` once for that slot, and :meth:`cleanup` once at the end
-    (after a final :meth:`advance` for the last slot). Slots without any speaker still get an :meth:`advance`, so
-    sinks that keep aligned tracks pad them there. A sink that raises is detached and reported; it never stops
-    the receiver or other sinks.
+    :meth:`open` is called once, when ``listen()`` has accepted the sink and before any other call: a sink touches
+    nothing (no file, folder, socket or process) before it. Then the receiver calls, from one dedicated thread and
+    never concurrently: :meth:`write` for every speaker that has a frame in a 20 ms slot, then :meth:`advance` once
+    for that slot, and :meth:`cleanup` once at the end (after a final :meth:`advance` for the last slot). Slots
+    without any speaker still get an :meth:`advance`, so sinks that keep aligned tracks pad them there. A sink that
+    raises is detached and reported; it never stops the receiver or other sinks.
 
     It has no instance attributes of its own (``__slots__ = ()``), so a subclass that lists its attributes in
     ``__slots__`` gets instances without a ``__dict__``; one that lists none works as usual.
@@ -33,6 +34,10 @@ class AudioSink:
 
     wants_pcm: bool = True
     """Set to False in sinks that only use ``frame.opus``: when no attached sink wants PCM, decoding is skipped."""
+
+    def open(self) -> None:
+        """The sink was accepted: create its files, folders or processes now. Raising refuses the sink, which must
+        then leave nothing behind. Sinks that hold nothing keep this no-op."""
 
     def write(self, user: SinkUser, frame: VoiceFrame) -> None:
         """Receive one speaker's frame for slot ``frame.tick``."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +32,12 @@ _INLINE_SILENCE_SLOTS = 50
 writer thread without being held in memory."""
 _ZEROS = bytes(1 << 16)
 _STDERR_TAIL = 1500
+_SILENCE_SPEEDUP = 20
+"""How much faster than real time an ffmpeg is assumed to encode silence at least (measured: 120-140x for mp3 and
+Opus, 800x for FLAC on a loaded machine): audio queued behind a long silence may wait that long without
+counting as overflow."""
+_EXIT_WAIT = 5.0
+"""Seconds an exiting interpreter (a crashed bot included) gives the writer threads to hand ffmpeg what is queued."""
 
 
 class _Pipe:
@@ -40,11 +48,13 @@ class _Pipe:
     """
 
     __slots__ = (
+        "__weakref__",
         "_cond",
         "_items",
         "_limit",
         "_process",
         "_queued",
+        "_silence",
         "_stderr",
         "_thread",
         "_writing",
@@ -59,6 +69,7 @@ class _Pipe:
         self._limit = limit
         self._items: deque[bytes | int] = deque()
         self._queued = 0
+        self._silence = 0
         self._cond = threading.Condition()
         self._writing = True
         self.closing = False
@@ -79,10 +90,11 @@ class _Pipe:
             raise SinkError(str(path), f"cannot run ffmpeg: {exc.strerror or exc}") from exc
         self._thread = threading.Thread(target=self._run, name=f"ffmpeg {path.name}", daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     def submit(self, data: bytes) -> None:
         with self._cond:
-            if self._queued + len(data) > self._limit:
+            if self._queued + len(data) > self._limit + self._silence // _SILENCE_SPEEDUP:
                 self.overflow += len(data)
                 self._queue_silence(len(data))
             else:
@@ -96,6 +108,7 @@ class _Pipe:
             self._cond.notify()
 
     def _queue_silence(self, nbytes: int) -> None:
+        self._silence += nbytes
         items = self._items
         if items and isinstance(items[-1], int):
             items[-1] += nbytes
@@ -120,6 +133,7 @@ class _Pipe:
 
     def finish(self, deadline: float) -> str | None:
         """Wait for ffmpeg to write the file (until ``deadline`` on the monotonic clock); the failure, or None."""
+        _LIVE.discard(self)
         self.close_input()
         self._thread.join(max(0.0, deadline - time.monotonic()))
         process = self._process
@@ -136,8 +150,13 @@ class _Pipe:
         self._stderr.close()
         return detail
 
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the writer thread to hand ffmpeg everything queued."""
+        self._thread.join(timeout)
+
     def kill(self) -> None:
         """Stop ffmpeg at once (the track is abandoned)."""
+        _LIVE.discard(self)
         self.close_input()
         if self._process.poll() is None:
             self._process.kill()
@@ -172,6 +191,8 @@ class _Pipe:
                         chunk = min(item, len(_ZEROS))
                         stdin.write(_ZEROS if chunk == len(_ZEROS) else _ZEROS[:chunk])
                         item -= chunk
+                        with self._cond:
+                            self._silence -= chunk
             stdin.flush()
         except (OSError, ValueError) as exc:
             self.broken = exc if isinstance(exc, OSError) else OSError(str(exc))
@@ -180,20 +201,40 @@ class _Pipe:
                 stdin.close()
             with self._cond:
                 self._items.clear()
-                self._queued = 0
+                self._queued = self._silence = 0
+
+
+_LIVE: weakref.WeakSet[_Pipe] = weakref.WeakSet()
+"""Pipes not finished yet, for :func:`_drain_at_exit`."""
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    """The interpreter exits with recordings still open (the bot's loop crashed, or nobody stopped listening):
+    let each writer thread hand its ffmpeg the audio queued for it and end its input, so the orphaned ffmpeg
+    processes (in sessions of their own) finish complete files and exit."""
+    pipes = list(_LIVE)
+    deadline = time.monotonic() + _EXIT_WAIT
+    for pipe in pipes:
+        pipe.close_input()
+    for pipe in pipes:
+        pipe.join(max(0.0, deadline - time.monotonic()))
 
 
 class _Track:
-    __slots__ = ("batch", "frames", "pipe")
+    __slots__ = ("batch", "frames", "heard", "pipe")
 
     def __init__(self, pipe: _Pipe) -> None:
         self.pipe = pipe
         self.frames = 0
+        self.heard = 0
+        """The slot after the speaker's last frame."""
         self.batch: list[bytes] = []
 
     def write(self, pcm: bytes) -> None:
         self.batch.append(pcm)
         self.frames += 1
+        self.heard = self.frames
 
     def pad_to(self, slots: int) -> None:
         missing = slots - self.frames
@@ -213,16 +254,16 @@ class _Track:
 
 
 class _MixTrack(AudioSink):
-    """Receives the frames of the internal :class:`MixSink`: one per slot, in order."""
+    """Receives the frames of the internal :class:`MixSink`: one per slot, in order (none before :meth:`open`)."""
 
     __slots__ = ("track",)
 
-    def __init__(self, track: _Track) -> None:
+    def __init__(self, track: _Track | None) -> None:
         self.track = track
 
     def write(self, user: SinkUser, frame: VoiceFrame) -> None:
         track = self.track
-        if frame.tick >= track.frames:
+        if track is not None and frame.tick >= track.frames:
             track.pad_to(frame.tick)
             track.write(frame.pcm)
 
@@ -237,10 +278,21 @@ class FFmpegSink(AudioSink):
     ``listen()``, gaps are silence and all tracks end at the same slot. At :meth:`cleanup` each ffmpeg gets the
     end of its input and the sink waits for it to finish the file.
 
+    A speaker gone quiet for ``idle_timeout`` seconds (left the call, or muted) costs nothing from then on: their
+    ffmpeg sits idle instead of encoding silence. When they speak again, the gap is handed to it at once (encoded
+    far faster than real time, the new audio waiting behind it), so their track stays aligned; if they never do,
+    their file ends less than ``idle_timeout`` after their last frame instead of at the end of the recording.
+    The mix is one continuous track and is always encoded, and :class:`WaveSink` pads every file, since writing
+    zeros costs nothing.
+
+    Building the sink touches nothing. :meth:`open` (when ``listen()`` accepted the sink) creates the folder and
+    claims the mix's file name; the ffmpeg processes start on the receiver's thread, the mix's at the first slot
+    and each speaker's at their first frame.
+
     Parameters
     ----------
     directory:
-        Where the files go; created if missing. Files of the same name are overwritten.
+        Where the files go; created if missing when listening starts (:meth:`open`).
     format:
         The file extension, which picks FFmpeg's muxer and its default codec: ``"flac"``, ``"mp3"``, ``"opus"``,
         ``"ogg"`` (Vorbis), ``"m4a"`` (AAC), ``"webm"``, ``"mka"``, ``"wav"``... The ffmpeg processes run in a
@@ -261,13 +313,20 @@ class FFmpegSink(AudioSink):
         Audio held per track for an ffmpeg that does not keep up.
     finish_timeout:
         Seconds :meth:`cleanup` waits for all ffmpeg processes to finish their files before killing them.
+    overwrite:
+        Reuse the names of existing files. By default an existing file is never touched: the new track takes the
+        first free ``-2``, ``-3``... name (``mix-2.flac``), as for :class:`WaveSink`.
+    idle_timeout:
+        Seconds of silence after which a speaker's ffmpeg is no longer fed silence; ``None`` feeds it to the end,
+        so every file ends at the same slot whatever happens.
 
     Raises
     ------
     FFmpegNotFound
         No ffmpeg executable (from the constructor).
     SinkError
-        The directory cannot be created, an ffmpeg cannot start, or one exited early (from the sink call that
+        The directory cannot be created or an ffmpeg cannot start (from :meth:`open`, or the call that starts a
+        speaker's track), or one exited early (from the sink call that
         notices it, then the sink is detached) or failed to finish its file (from :meth:`cleanup`); the message
         carries the end of ffmpeg's error output.
     """
@@ -277,14 +336,18 @@ class FFmpegSink(AudioSink):
         "_directory",
         "_dropped",
         "_finish_timeout",
+        "_idle_slots",
         "_last_flush",
         "_limit",
         "_mix",
+        "_mix_path",
         "_mix_track",
         "_names",
         "_open",
+        "_opened",
         "_paths",
         "_per_user",
+        "_running",
         "_slots",
         "_tracks",
         "closed",
@@ -303,9 +366,14 @@ class FFmpegSink(AudioSink):
         naming: Naming | None = None,
         buffer_seconds: float = 10.0,
         finish_timeout: float = 30.0,
+        overwrite: bool = False,
+        idle_timeout: float | None = 60.0,
     ) -> None:
         if not (mix or per_user):
             raise ValueError("FFmpegSink needs mix=True or per_user=True")
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise ValueError("idle_timeout must be positive or None")
+        self._idle_slots = None if idle_timeout is None else max(1, round(idle_timeout * FRAMES_PER_SECOND))
         extension = format.lower().lstrip(".")
         if not extension.isalnum():
             raise ValueError(f"format must be a file extension such as 'flac' or 'mp3', not {format!r}")
@@ -322,7 +390,7 @@ class FFmpegSink(AudioSink):
         ]
         self._limit = max(FRAME_BYTES, int(buffer_seconds * FRAMES_PER_SECOND) * FRAME_BYTES)
         self._directory = Path(directory)
-        self._names = FileNamer(self._directory, extension, naming)
+        self._names = FileNamer(self._directory, extension, naming, overwrite=overwrite)
         self._per_user = per_user
         self._tracks: dict[SpeakerKey, _Track] = {}
         self._paths: dict[SpeakerKey, Path] = {}
@@ -331,15 +399,32 @@ class FFmpegSink(AudioSink):
         self._last_flush = 0
         self._dropped = 0
         self.closed = False
+        self._opened = self._running = False
+        self._mix_path: Path | None = None
+        self._mix_track: _Track | None = None
+        self._mix: MixSink | None = MixSink(_MixTrack(None)) if mix else None
+
+    def open(self) -> None:
+        """Create the directory and claim the mix's file name; the ffmpeg processes start on the receiver's thread
+        (the mix's at the first slot, each speaker's at their first frame), so ``listen()`` never waits for them."""
+        if self._opened:
+            return
+        self._opened = True
         try:
             self._directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkError(str(self._directory), exc.strerror or str(exc)) from exc
-        self._mix_track: _Track | None = None
-        self._mix: MixSink | None = None
-        if mix:
-            self._mix_track = self._start(self._names.reserve("mix"))
-            self._mix = MixSink(_MixTrack(self._mix_track))
+        if self._mix is not None:
+            self._mix_path = self._names.reserve("mix")
+
+    def _run(self) -> None:
+        """The first sink call: open when nobody did, and start the mix's ffmpeg."""
+        self.open()
+        self._running = True
+        if self._mix is not None and self._mix_path is not None:
+            track = self._mix_track = self._start(self._mix_path)
+            assert isinstance(self._mix.target, _MixTrack)
+            self._mix.target.track = track
 
     @property
     def files(self) -> Mapping[SpeakerKey, Path]:
@@ -348,8 +433,8 @@ class FFmpegSink(AudioSink):
 
     @property
     def mix_path(self) -> Path | None:
-        """The path of the mixed track, or ``None`` when ``mix=False``."""
-        return self._mix_track.pipe.path if self._mix_track is not None else None
+        """The mixed track's path; ``None`` with ``mix=False``, before :meth:`open`, or when nothing was recorded."""
+        return self._mix_path
 
     @property
     def slots(self) -> int:
@@ -367,6 +452,8 @@ class FFmpegSink(AudioSink):
         return self._dropped + (self._mix.dropped if self._mix is not None else 0)
 
     def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        if not self._running:
+            self._run()
         tick = frame.tick
         if tick != self._slots or self.closed:
             if tick < self._slots or self.closed:
@@ -391,14 +478,20 @@ class FFmpegSink(AudioSink):
         track.write(fit_frame(frame.pcm))
 
     def advance(self, tick: int) -> None:
+        if not self._running:
+            self._run()
         if tick >= self._slots and not self.closed:
             self._close_slots(tick + 1)
 
     def cleanup(self) -> None:
-        """Pad every track to the same length, end ffmpeg's input and wait for each file to be finished."""
+        """Pad every track to the same length (but those of speakers idle for ``idle_timeout``), end ffmpeg's input
+        and wait for each file to be finished."""
         if self.closed:
             return
         self.closed = True
+        if not self._running:
+            self._release_claim()
+            return
         end = self._slots + 1 if self._open else self._slots
         errors: list[SinkError] = []
         if self._mix is not None:
@@ -409,7 +502,8 @@ class FFmpegSink(AudioSink):
         tracks = list(self._all_tracks())
         end = max([end, *(track.frames for track in tracks)])
         for track in tracks:
-            track.pad_to(end)
+            if not self._idle(track):
+                track.pad_to(end)
             track.flush()
             track.pipe.close_input()
         deadline = time.monotonic() + self._finish_timeout
@@ -434,6 +528,15 @@ class FFmpegSink(AudioSink):
         if failure is not None:
             raise SinkError(f"*.{self.format}", f"ffmpeg cannot write this format: {failure}")
 
+    def _release_claim(self) -> None:
+        """Nothing was recorded (no slot ever came, or listen() was refused): remove the empty file claimed for
+        the mix, so no unplayable file is left behind."""
+        path = self._mix_path
+        if path is not None and path.exists() and path.stat().st_size == 0:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        self._mix_path = None
+
     def _all_tracks(self) -> list[_Track]:
         tracks = list(self._tracks.values())
         if self._mix_track is not None:
@@ -451,9 +554,14 @@ class FFmpegSink(AudioSink):
         if end - self._last_flush >= _BATCH_SLOTS:
             self._flush()
 
+    def _idle(self, track: _Track) -> bool:
+        """Whether ``track``'s speaker has been quiet for ``idle_timeout``: its ffmpeg then gets no silence."""
+        return self._idle_slots is not None and self._slots - track.heard >= self._idle_slots
+
     def _flush(self) -> None:
         for track in self._all_tracks():
-            track.pad_to(self._slots)
+            if not self._idle(track):
+                track.pad_to(self._slots)
             track.flush()
             detail = track.pipe.failure()
             if detail is not None:

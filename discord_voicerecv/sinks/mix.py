@@ -71,6 +71,9 @@ class MixSink(AudioSink):
         """How many slots have been mixed and handed to the target."""
         return self._slots
 
+    def open(self) -> None:
+        self.target.open()
+
     def write(self, user: SinkUser, frame: VoiceFrame) -> None:
         tick = frame.tick
         if tick != self._slots:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..frames import VoiceFrame
-from ._common import drop_child
+from ._common import drop_child, log
 from .base import AudioSink, SinkUser
 
 __all__ = ("MultiSink",)
@@ -28,6 +28,19 @@ class MultiSink(AudioSink):
     def sinks(self) -> tuple[AudioSink, ...]:
         """The children not detached by a failure."""
         return self._sinks
+
+    def open(self) -> None:
+        """Open every child; when one refuses, the ones already open are cleaned up and the error propagates."""
+        for index, sink in enumerate(self._sinks):
+            try:
+                sink.open()
+            except BaseException:
+                for opened in self._sinks[:index]:
+                    try:
+                        opened.cleanup()
+                    except Exception:
+                        log.debug("cleanup of %r after a refused open failed", opened, exc_info=True)
+                raise
 
     def write(self, user: SinkUser, frame: VoiceFrame) -> None:
         for sink in self._sinks:

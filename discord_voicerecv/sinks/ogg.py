@@ -70,30 +70,49 @@ class OggOpusSink(AudioSink):
     Parameters
     ----------
     directory:
-        Where the files go; created if missing. Files of the same name are overwritten.
+        Where the files go; created if missing when listening starts (:meth:`open`).
     naming:
         ``naming(user, user_id)`` returns a file name, as for :class:`WaveSink` (``.opus`` is added). By
         default ``<display_name>-<user_id>.opus``, ``<user_id>.opus`` or ``unknown-<ssrc>.opus``.
     flush_interval:
         Seconds of audio between page flushes.
+    overwrite:
+        Reuse the names of existing files. By default an existing file is never touched: the new track takes the
+        first free ``-2``, ``-3``... name, as for :class:`WaveSink`.
 
     Raises
     ------
     SinkError
-        When the directory or a file cannot be created or written (from the constructor and from every sink call).
+        When the directory or a file cannot be created or written (from :meth:`open` and every later sink call).
     """
 
     wants_pcm = False
 
-    __slots__ = ("_directory", "_interval", "_last_sync", "_names", "_open", "_slots", "_tracks", "closed", "dropped")
+    __slots__ = (
+        "_directory",
+        "_interval",
+        "_last_sync",
+        "_names",
+        "_open",
+        "_opened",
+        "_slots",
+        "_tracks",
+        "closed",
+        "dropped",
+    )
 
     def __init__(
-        self, directory: str | os.PathLike[str], *, naming: Naming | None = None, flush_interval: float = 1.0
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        naming: Naming | None = None,
+        flush_interval: float = 1.0,
+        overwrite: bool = False,
     ) -> None:
         if not flush_interval > 0:
             raise ValueError("flush_interval must be positive")
         self._directory = Path(directory)
-        self._names = FileNamer(self._directory, "opus", naming)
+        self._names = FileNamer(self._directory, "opus", naming, overwrite=overwrite)
         self._interval = max(1, int(flush_interval * FRAMES_PER_SECOND))
         self._tracks: dict[SpeakerKey, _Track] = {}
         self._slots = 0
@@ -102,6 +121,13 @@ class OggOpusSink(AudioSink):
         self.closed = False
         self.dropped = 0
         """Frames ignored because their slot was already complete, or a second frame of a speaker for one slot."""
+        self._opened = False
+
+    def open(self) -> None:
+        """Create the directory; each speaker's file is created at their first frame."""
+        if self._opened:
+            return
+        self._opened = True
         try:
             self._directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -118,6 +144,8 @@ class OggOpusSink(AudioSink):
         return self._slots
 
     def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        if not self._opened:
+            self.open()
         tick = frame.tick
         if tick < self._slots or self.closed:
             self.dropped += 1

@@ -16,10 +16,11 @@ class PerUserSink(AudioSink):
     """Route each speaker's frames to a sink of their own.
 
     ``factory(user, ident)`` builds the child sink at the speaker's first frame; ``ident`` is the user id, or the
-    SSRC while the speaker is not mapped to a user. Every child gets :meth:`advance` for every slot from then on
-    and :meth:`cleanup` at the end. A child (or a factory call) that raises is detached and logged on the
-    ``discord_voicerecv.sinks`` logger, kept in :attr:`failures`, and that speaker's frames are dropped from then
-    on; the other speakers carry on. ``wants_pcm`` must be given up front since the children do not exist yet.
+    SSRC while the speaker is not mapped to a user, and opens it (:meth:`AudioSink.open`) there. Every child gets
+    :meth:`advance` for every slot from then on and :meth:`cleanup` at the end. A child (or a factory call) that
+    raises is detached and logged on the ``discord_voicerecv.sinks`` logger, kept in :attr:`failures`, and that
+    speaker's frames are dropped from then on; the other speakers carry on. ``wants_pcm`` must be given up front
+    since the children do not exist yet.
     """
 
     __slots__ = ("_active", "_children", "_closed", "_factory", "_failed", "failures", "wants_pcm")
@@ -73,6 +74,7 @@ class PerUserSink(AudioSink):
             return None
         try:
             child = self._factory(user, frame.user_id if frame.user_id is not None else frame.ssrc)
+            child.open()
         except Exception as exc:
             self._failed.add(key)
             self.failures.append((key, exc))

@@ -131,7 +131,9 @@ class RTPForwardSink(AudioSink):
     payload_type:
         RTP payload type of the streams (dynamic, 96-127), written in the SDP.
     sdp_dir:
-        Where the ``.sdp`` files go; by default a temporary directory removed by :meth:`cleanup`.
+        Where the ``.sdp`` files go; by default a temporary directory removed by :meth:`cleanup`. It is created
+        when listening starts (:meth:`open`, which also opens the sending socket), or in the constructor when
+        ``users`` or ``mix`` give streams up front, whose SDP files players may need before ``listen()``.
     mix:
         Also send the forwarded speakers mixed into one stream (decoded, mixed per slot and encoded once with
         libopus): ``True`` for the next port pair, or the RTP port to use. Its SDP is ``mix.sdp``. The encoder's
@@ -167,6 +169,7 @@ class RTPForwardSink(AudioSink):
         "_bye_delay",
         "_closed",
         "_encoder",
+        "_family",
         "_host",
         "_mix",
         "_mix_pcm",
@@ -178,6 +181,7 @@ class RTPForwardSink(AudioSink):
         "_port_for",
         "_ports",
         "_sdp_dir",
+        "_sdp_ready",
         "_selected",
         "_silence_fill",
         "_sock",
@@ -231,14 +235,13 @@ class RTPForwardSink(AudioSink):
         self.send_errors = 0
         """Datagrams the kernel refused (full socket buffer, unreachable address); they are dropped."""
         self._temp_dir = sdp_dir is None
-        self._sdp_dir = Path(tempfile.mkdtemp(prefix="voicerecv-sdp-")) if sdp_dir is None else Path(sdp_dir)
-        self._namer = FileNamer(self._sdp_dir, "sdp")
-        try:
-            self._sdp_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SinkError(str(self._sdp_dir), exc.strerror or str(exc)) from exc
-        self._sock = socket.socket(family, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
+        self._sdp_dir: Path | None = None if sdp_dir is None else Path(sdp_dir)
+        self._sdp_ready = False
+        self._family = family
+        self._sock: socket.socket | None = None
+        self._namer: FileNamer | None = None
+        if mix is not False or (users is not None and per_user):
+            self._make_sdp_dir()  # streams known now get their SDP files now, so players can start before listen()
         try:
             self._mix: _Output | None = None
             self._encoder: OpusEncoder | None = None
@@ -247,7 +250,7 @@ class RTPForwardSink(AudioSink):
                 from ..opus import OpusEncoder
 
                 port = self._allocate(None if mix is True else int(mix))
-                self._mix = self._open_output(None, port, self._namer.reserve("mix").name, "mix")
+                self._mix = self._open_output(None, port, self._names().reserve("mix").name, "mix")
                 self._mix.report_offset = _MIX_LOOKAHEAD
                 self._encoder = OpusEncoder(bitrate=96_000, fec=False, expected_loss_pct=0)
             self.wants_pcm = self._mix is not None
@@ -260,10 +263,47 @@ class RTPForwardSink(AudioSink):
                         if ident not in self._outputs:
                             self._pending.append(self._open_user(ident, user, ident))
         except BaseException:
-            self._sock.close()
-            if self._temp_dir:
-                shutil.rmtree(self._sdp_dir, ignore_errors=True)
+            self._remove_temp_dir()
             raise
+
+    def open(self) -> None:
+        """Create the SDP folder (unless streams given up front did already) and the sending socket."""
+        if self._sock is not None:
+            return
+        self._make_sdp_dir()
+        sock = socket.socket(self._family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        self._sock = sock
+
+    def _socket(self) -> socket.socket:
+        sock = self._sock
+        if sock is None:
+            raise OSError("RTPForwardSink is not open")
+        return sock
+
+    def _make_sdp_dir(self) -> None:
+        if self._sdp_ready:
+            return
+        if self._sdp_dir is None:
+            self._sdp_dir = Path(tempfile.mkdtemp(prefix="voicerecv-sdp-"))
+        else:
+            try:
+                self._sdp_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SinkError(str(self._sdp_dir), exc.strerror or str(exc)) from exc
+        self._sdp_ready = True
+
+    def _names(self) -> FileNamer:
+        """The namer of SDP files, in the SDP folder (created now if it was not)."""
+        self._make_sdp_dir()
+        if self._namer is None:
+            assert self._sdp_dir is not None
+            self._namer = FileNamer(self._sdp_dir, "sdp")
+        return self._namer
+
+    def _remove_temp_dir(self) -> None:
+        if self._temp_dir and self._sdp_dir is not None:
+            shutil.rmtree(self._sdp_dir, ignore_errors=True)
 
     @property
     def streams(self) -> Mapping[SpeakerKey, ForwardedStream]:
@@ -276,13 +316,16 @@ class RTPForwardSink(AudioSink):
         return self._mix.info if self._mix is not None else None
 
     @property
-    def sdp_dir(self) -> Path:
-        """The directory holding the ``.sdp`` files."""
+    def sdp_dir(self) -> Path | None:
+        """The directory holding the ``.sdp`` files; ``None`` while a temporary one is not created yet (it is when
+        listening starts, or in the constructor for streams given up front)."""
         return self._sdp_dir
 
     def write(self, user: SinkUser, frame: VoiceFrame) -> None:
         if self._closed:
             return
+        if self._sock is None:
+            self.open()
         tick = frame.tick
         if self._anchor is None:
             self._anchor = (time.time(), tick)
@@ -311,6 +354,8 @@ class RTPForwardSink(AudioSink):
     def advance(self, tick: int) -> None:
         if self._closed:
             return
+        if self._sock is None:
+            self.open()
         if self._anchor is None:
             self._anchor = (time.time(), tick)
         if self._pending:
@@ -348,8 +393,11 @@ class RTPForwardSink(AudioSink):
         outputs = [out for out in self._outputs.values() if out is not None]
         if self._mix is not None:
             outputs.append(self._mix)
-        if self._temp_dir:
-            shutil.rmtree(self._sdp_dir, ignore_errors=True)
+        self._remove_temp_dir()
+        if self._sock is None:
+            if not outputs:
+                return
+            self.open()  # players may already read the streams given up front: tell them they ended
         if self._bye_delay > 0:
             timer = threading.Timer(self._bye_delay, self._say_goodbye, args=(outputs,))
             timer.name = "voicerecv-rtp-bye"
@@ -369,7 +417,7 @@ class RTPForwardSink(AudioSink):
         )
         out.sequence += 1
         try:
-            self._sock.sendto(header + payload, out.rtp_addr)
+            self._socket().sendto(header + payload, out.rtp_addr)
         except OSError:
             self.send_errors += 1
             return
@@ -415,11 +463,12 @@ class RTPForwardSink(AudioSink):
                 tick = out.next_tick if out.next_tick is not None else (self._anchor[1] if self._anchor else 0)
                 self._send_rtcp(out, self._sender_report(out, tick) + build_bye((out.ssrc,)))
         finally:
-            self._sock.close()
+            if self._sock is not None:
+                self._sock.close()
 
     def _send_rtcp(self, out: _Output, packet: bytes) -> None:
         try:
-            self._sock.sendto(packet, out.rtcp_addr)
+            self._socket().sendto(packet, out.rtcp_addr)
         except OSError:
             self.send_errors += 1
 
@@ -435,7 +484,7 @@ class RTPForwardSink(AudioSink):
 
     def _open_user(self, key: SpeakerKey, user: SinkUser, ident: int) -> _Output:
         port = self._allocate(self._port_for(user, ident) if self._port_for is not None else None)
-        name = self._namer.speaker_path(user, None if isinstance(key, str) else ident, ident).name
+        name = self._names().speaker_path(user, None if isinstance(key, str) else ident, ident).name
         out = self._open_output(user, port, name, name[:-4])
         self._outputs[key] = out
         self._streams[key] = out.info
@@ -455,6 +504,8 @@ class RTPForwardSink(AudioSink):
             session_name=f"discord-voicerecv {name}",
             session_id=ssrc,
         )
+        self._make_sdp_dir()
+        assert self._sdp_dir is not None
         path = self._sdp_dir / file_name
         try:
             path.write_text(text, encoding="utf-8", newline="")

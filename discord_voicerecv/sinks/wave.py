@@ -43,7 +43,7 @@ class WaveSink(AudioSink):
     Parameters
     ----------
     directory:
-        Where the files go; created if missing. Files of the same name are overwritten.
+        Where the files go; created if missing when listening starts (:meth:`open`). Nothing is created before.
     mix:
         Write ``mix.wav``, the sum of all speakers (saturated to the 16-bit range).
     per_user:
@@ -53,6 +53,9 @@ class WaveSink(AudioSink):
         is not mapped to a user). It is made safe for file systems, ``.wav`` is added when missing, and clashes get
         a ``-2``, ``-3``... suffix. By default: ``<display_name>-<user_id>.wav`` when a member or user is known at
         the speaker's first frame, ``<user_id>.wav`` otherwise, and ``unknown-<ssrc>.wav`` for unmapped SSRCs.
+    overwrite:
+        Reuse the names of existing files, truncating them. By default an existing file is never touched: the new
+        track takes the first free ``-2``, ``-3``... name (``mix-2.wav`` for a second recording in the folder).
     header_interval:
         Seconds of audio between header updates. The headers are rewritten in place and flushed at least this
         often, so a crash leaves playable files holding everything up to the last update.
@@ -60,7 +63,7 @@ class WaveSink(AudioSink):
     Raises
     ------
     SinkError
-        When the directory or a file cannot be created or written (from the constructor and from every sink call).
+        When the directory or a file cannot be created or written (from :meth:`open` and every later sink call).
     """
 
     __slots__ = (
@@ -69,12 +72,14 @@ class WaveSink(AudioSink):
         "_last_sync",
         "_mix",
         "_namer",
+        "_opened",
         "_paths",
         "_pending",
         "_pending_keys",
         "_per_user",
         "_slots",
         "_tracks",
+        "_want_mix",
         "closed",
         "dropped",
     )
@@ -87,6 +92,7 @@ class WaveSink(AudioSink):
         per_user: bool = True,
         naming: Naming | None = None,
         header_interval: float = 1.0,
+        overwrite: bool = False,
     ) -> None:
         if not (mix or per_user):
             raise ValueError("WaveSink needs mix=True or per_user=True")
@@ -97,7 +103,8 @@ class WaveSink(AudioSink):
         self._interval = max(1, int(header_interval * FRAMES_PER_SECOND))
         self._tracks: dict[SpeakerKey, _Track] = {}
         self._paths: dict[SpeakerKey, Path] = {}
-        self._namer = FileNamer(self._directory, "wav", naming)
+        self._namer = FileNamer(self._directory, "wav", naming, overwrite=overwrite)
+        self._want_mix = mix
         self._pending: list[bytes] = []
         self._pending_keys: set[SpeakerKey] = set()
         self._slots = 0
@@ -105,12 +112,19 @@ class WaveSink(AudioSink):
         self.dropped = 0
         """Frames ignored because their slot was already complete, or a second frame of a speaker for one slot."""
         self.closed = False
+        self._opened = False
+        self._mix: WavWriter | None = None
+
+    def open(self) -> None:
+        """Create the directory and ``mix.wav`` (under the first free name); speakers' files follow as they speak."""
+        if self._opened:
+            return
+        self._opened = True
         try:
             self._directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkError(str(self._directory), exc.strerror or str(exc)) from exc
-        self._mix: WavWriter | None = None
-        if mix:
+        if self._want_mix:
             self._mix = WavWriter(self._namer.reserve("mix"), rate=SAMPLE_RATE, channels=CHANNELS)
 
     @property
@@ -120,7 +134,7 @@ class WaveSink(AudioSink):
 
     @property
     def mix_path(self) -> Path | None:
-        """The path of ``mix.wav``, or ``None`` when ``mix=False``."""
+        """The path of ``mix.wav`` (``mix-2.wav``... when taken); ``None`` with ``mix=False`` or before :meth:`open`."""
         return self._mix.path if self._mix is not None else None
 
     @property
@@ -129,6 +143,8 @@ class WaveSink(AudioSink):
         return self._slots
 
     def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        if not self._opened:
+            self.open()
         tick = frame.tick
         if tick != self._slots or self.closed:
             if tick < self._slots or self.closed:
@@ -156,6 +172,8 @@ class WaveSink(AudioSink):
             self._pending.append(pcm)
 
     def advance(self, tick: int) -> None:
+        if not self._opened:
+            self.open()
         if tick >= self._slots and not self.closed:
             self._close_slots(tick + 1)
 
@@ -164,6 +182,8 @@ class WaveSink(AudioSink):
         if self.closed:
             return
         self.closed = True
+        if not self._opened:
+            return
         end = self._slots + 1 if self._pending or self._pending_keys else self._slots
         end = max([end, *(track.frames for track in self._tracks.values())])
         error: SinkError | None = None

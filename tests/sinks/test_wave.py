@@ -14,6 +14,7 @@ import pytest
 from discord_voicerecv.errors import SinkError, VoiceRecvError
 from discord_voicerecv.frames import FRAME_BYTES, FRAME_SAMPLES, VoiceFrame
 from discord_voicerecv.sinks import SinkUser, WaveSink
+from discord_voicerecv.sinks._wavfile import HEADER_SIZE
 
 ANN = discord.User(
     state=None,  # type: ignore[arg-type]
@@ -85,7 +86,7 @@ def test_files_are_aligned_padded_and_equal_length(tmp_path: Path) -> None:
     assert sorted(p.name for p in all_paths(sink)) == ["22.wav", "Ann_.._Ä_b-11.wav", "mix.wav", "unknown-999.wav"]
     assert set(sink.files) == {11, 22, f"ssrc:{UNKNOWN_SSRC}"}
     for path in all_paths(sink):
-        assert path.stat().st_size == 44 + TOTAL_SLOTS * FRAME_BYTES
+        assert path.stat().st_size == HEADER_SIZE + TOTAL_SLOTS * FRAME_BYTES
         params, samples = read(path)
         assert (params.nchannels, params.sampwidth, params.framerate) == (2, 2, 48_000)
         assert params.nframes == TOTAL_SLOTS * FRAME_SAMPLES
@@ -248,13 +249,16 @@ def test_speakers_are_told_apart_by_user_id_before_the_member_is_cached(tmp_path
 
 def test_disk_errors_raise_sink_error_naming_the_file(tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("a file, not a directory")
+    refused = WaveSink(tmp_path / "taken")
     with pytest.raises(SinkError, match="taken") as caught:
-        WaveSink(tmp_path / "taken")
+        refused.open()
     assert isinstance(caught.value, VoiceRecvError)
     assert isinstance(caught.value.__cause__, OSError)
 
-    (tmp_path / "rec" / "22.wav").mkdir(parents=True)
     sink = WaveSink(tmp_path / "rec")
+    sink.open()
+    (tmp_path / "rec" / "mix.wav").unlink()
+    (tmp_path / "rec").rmdir()
     with pytest.raises(SinkError, match=r"22\.wav") as caught:
         sink.write(BOB, frame(0, 22, 1))
     assert caught.value.path == str(tmp_path / "rec" / "22.wav")
@@ -287,4 +291,4 @@ def test_memory_stays_flat_over_a_long_recording(tmp_path: Path) -> None:
     assert after_long - after_short < 16 * 1024
     assert peak < 256 * 1024
     for path in all_paths(sink):
-        assert path.stat().st_size == 44 + 12_000 * FRAME_BYTES
+        assert path.stat().st_size == HEADER_SIZE + 12_000 * FRAME_BYTES
