@@ -34,11 +34,18 @@ def has_libopus(ffmpeg: str) -> bool:
 
 
 def audio_codec(path: str | os.PathLike[str], ffmpeg: str | None = None) -> str:
-    """The codec name ffmpeg reports for the first audio stream of ``path``."""
-    probe = subprocess.run([find_ffmpeg(ffmpeg), "-hide_banner", "-i", os.fspath(path)], capture_output=True, text=True)
+    """The codec name ffmpeg reports for the first audio stream of ``path``.
+
+    Raises
+    ------
+    subprocess.CalledProcessError
+        ffmpeg found no audio stream in the file.
+    """
+    command = [find_ffmpeg(ffmpeg), "-hide_banner", "-i", os.fspath(path)]
+    probe = subprocess.run(command, capture_output=True, text=True)
     found = _AUDIO_CODEC.search(probe.stderr)
-    if found is None:
-        raise ValueError(f"{os.fspath(path)}: no audio stream ({probe.stderr.strip().splitlines()[-1:]})")
+    if found is None:  # ffmpeg cannot read the file (yet), or it holds no audio
+        raise subprocess.CalledProcessError(probe.returncode, command, probe.stdout, probe.stderr)
     return found.group(1)
 
 
@@ -50,7 +57,7 @@ def decode_file(path: str | os.PathLike[str], *, ffmpeg: str | None = None) -> b
     RuntimeError
         The file holds Opus and this ffmpeg build has no libopus decoder.
     subprocess.CalledProcessError
-        ffmpeg could not read the file.
+        ffmpeg could not read the file or found no audio in it.
     """
     exe = find_ffmpeg(ffmpeg)
     decoder: list[str] = []
