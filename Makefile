@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 LINT_PATHS := $(wildcard discord_voicerecv tests examples bench fuzz)
 
-.PHONY: setup demo test lint unit e2e bench chaos fuzz docs clean
+.PHONY: setup demo test test-ffmpeg lint unit e2e bench chaos fuzz docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ e2e: setup
 
 test: lint
 	$(PY) -m pytest -q -m "not slow"
+
+# The tests that run an ffmpeg, again with another one: `make test-ffmpeg FFMPEG_BINARY=/path/to/ffmpeg`.
+test-ffmpeg: setup
+	FFMPEG_BINARY="$(FFMPEG_BINARY)" $(PY) -m pytest -q -m "ffmpeg and not slow"
 
 bench: setup
 	$(PY) bench/run.py

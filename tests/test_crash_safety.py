@@ -98,6 +98,7 @@ async def _slot_reported(stdout: asyncio.StreamReader, slot: int) -> int:
             return int(line.split()[1])
 
 
+@pytest.mark.ffmpeg
 async def test_sigkill_mid_recording_leaves_playable_files(tmp_path: Path) -> None:
     async with LocalDiscord() as local:
         speakers = [local.add_speaker(clip="en_gb_female"), local.add_speaker(clip="de_male")]

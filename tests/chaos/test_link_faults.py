@@ -181,6 +181,7 @@ def test_cli_flags_make_link_conditions_and_a_fault_plan() -> None:
     assert plan_from_args(_parser().parse_args([])).is_calm
 
 
+@pytest.mark.e2e
 async def test_chaos_monkey_moves_the_server_changes_ssrcs_and_silences_paths() -> None:
     async with LocalDiscord(speakers=2) as local:
         speakers = list(local.voice.speakers.values())
@@ -199,6 +200,7 @@ async def test_chaos_monkey_moves_the_server_changes_ssrcs_and_silences_paths() 
         assert times == sorted(times)
 
 
+@pytest.mark.e2e
 async def test_local_discord_command_runs_the_scheduled_faults() -> None:
     root = Path(__file__).resolve().parents[2]
     proc = await asyncio.create_subprocess_exec(

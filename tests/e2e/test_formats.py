@@ -12,6 +12,7 @@ from pathlib import Path
 
 import discord
 import numpy as np
+import pytest
 
 from discord_voicerecv import (
     CallbackSink,
@@ -36,6 +37,8 @@ from discord_voicerecv.testing.decoding import decode_samples as decoded
 RATE = 48_000
 CLIPS = ("en_gb_female", "de_male", "fr_female")
 SLOT = 1 / 50
+
+pytestmark = pytest.mark.ffmpeg
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:

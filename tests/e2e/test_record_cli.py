@@ -118,6 +118,7 @@ async def test_sigint_leaves_complete_playable_wav_files_and_never_prints_the_to
     assert score >= 0.9
 
 
+@pytest.mark.ffmpeg
 @pytest.mark.parametrize("fmt", ["ogg", "mp3"])
 async def test_sigint_finishes_compressed_files_cleanly(local: LocalDiscord, tmp_path: Path, fmt: str) -> None:
     alice = local.add_speaker(clip="fr_female")
@@ -147,6 +148,7 @@ async def test_sigint_finishes_compressed_files_cleanly(local: LocalDiscord, tmp
         assert float(native @ exact / np.sqrt((native @ native) * (exact @ exact))) >= 0.99
 
 
+@pytest.mark.ffmpeg
 async def test_seconds_stops_by_itself_with_exact_files(local: LocalDiscord, tmp_path: Path) -> None:
     local.add_speaker(clip="de_male").start()
     out = tmp_path / "timed"

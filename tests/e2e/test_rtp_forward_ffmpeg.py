@@ -11,6 +11,7 @@ from pathlib import Path
 
 import discord
 import numpy as np
+import pytest
 
 from discord_voicerecv import MultiSink, RTPForwardSink, SinkUser, VoiceRecvClient, WaveSink
 from discord_voicerecv.ffmpeg import find_ffmpeg
@@ -24,6 +25,8 @@ from discord_voicerecv.testing.decoding import decode_samples as _decode
 
 RATE = 48_000
 CLIPS = {"alice": "en_gb_female", "bob": "fr_female"}
+
+pytestmark = pytest.mark.ffmpeg
 
 
 def _free_ports(pairs: int) -> int:

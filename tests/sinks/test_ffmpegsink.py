@@ -33,6 +33,8 @@ STALL = 60
 """Seconds a stalled fake ffmpeg sleeps without reading its input."""
 AAC_FRAME_SAMPLES = 1024
 
+pytestmark = pytest.mark.ffmpeg
+
 
 def noise(seed: int, tick: int, scale: int = 12_000) -> bytes:
     rng = np.random.default_rng(seed * 100_003 + tick)

@@ -23,6 +23,8 @@ ANN = discord.Object(id=11)
 BOB = discord.Object(id=22)
 TOTAL = 150
 
+pytestmark = pytest.mark.ffmpeg
+
 
 def reference_crc(data: bytes) -> int:
     crc = 0
