@@ -60,7 +60,7 @@ async def test_flac_mp3_ogg_opus_and_utterances_from_three_speakers(local: Local
         assert isinstance(channel, discord.VoiceChannel)
         vc = await channel.connect(cls=VoiceRecvClient)
         speakers = [local.add_speaker(clip=clip) for clip in CLIPS]
-        await asyncio.sleep(0.5)
+        await local.voice.wait_dave_settled(timeout=10)
         flac = FFmpegSink(tmp_path / "flac", "flac")
         mp3 = FFmpegSink(tmp_path / "mp3", "mp3")
         ogg = OggOpusSink(tmp_path / "ogg")

@@ -32,7 +32,6 @@ async def _connect(client: discord.Client, local: LocalDiscord) -> VoiceRecvClie
 async def _speakers(local: LocalDiscord, count: int) -> list[SimulatedSpeaker]:
     speakers = [local.add_speaker(clip=CLIPS[i % len(CLIPS)]) for i in range(count)]
     await local.voice.wait_dave_settled(timeout=10)
-    await asyncio.sleep(0.2)
     return speakers
 
 

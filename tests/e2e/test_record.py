@@ -46,7 +46,7 @@ async def test_plain_discord_py_bot_playing_a_clip_is_recorded_faithfully(local:
         assert type(pvc) is discord.VoiceClient
         assert rvc.mode == "aead_aes256_gcm_rtpsize"
         assert pvc.mode == "aead_xchacha20_poly1305_rtpsize"
-        await asyncio.sleep(0.5)  # DAVE group of two settles
+        await local.voice.wait_dave_settled(timeout=10)
         sink = WaveSink(tmp_path)
         started = time.monotonic()
         rvc.listen(sink)
@@ -87,7 +87,7 @@ async def test_two_simulated_speakers_under_loss_and_reorder_stay_aligned(tmp_pa
                 vc = await _voice_channel(recorder, local).connect(cls=VoiceRecvClient)
                 alice = local.add_speaker(clip="en_gb_female")
                 bob = local.add_speaker(clip="de_male")
-                await asyncio.sleep(0.5)
+                await local.voice.wait_dave_settled(timeout=10)
                 sink = WaveSink(tmp_path)
                 loop = asyncio.get_running_loop()
                 started = loop.time()
@@ -131,7 +131,8 @@ async def test_recv_client_plays_with_aes_gcm_while_listening(dave: bool, tmp_pa
                 avc = await _voice_channel(a, local).connect(cls=VoiceRecvClient)
                 bvc = await _voice_channel(b, local).connect(cls=VoiceRecvClient)
                 assert bvc.mode == "aead_aes256_gcm_rtpsize"
-                await asyncio.sleep(0.5)
+                if dave:
+                    await local.voice.wait_dave_settled(timeout=10)
                 sink_a, sink_b = WaveSink(tmp_path / "a"), WaveSink(tmp_path / "b")
                 avc.listen(sink_a)
                 bvc.listen(sink_b)

@@ -107,7 +107,7 @@ async def test_ffmpeg_records_each_forwarded_speaker_and_the_mix_from_the_sdp(
             channel = recorder.get_channel(local.voice_channel_id)
             assert isinstance(channel, discord.VoiceChannel)
             vc = await channel.connect(cls=VoiceRecvClient)
-            await asyncio.sleep(0.5)
+            await local.voice.wait_dave_settled(timeout=10)
             vc.listen(MultiSink(sink, heard))
             await asyncio.sleep(0.3)
             for speaker in speakers.values():
@@ -180,7 +180,7 @@ async def test_on_stream_starts_ffmpeg_for_a_new_speaker_with_opus_only_forwardi
             channel = recorder.get_channel(local.voice_channel_id)
             assert isinstance(channel, discord.VoiceChannel)
             vc = await channel.connect(cls=VoiceRecvClient)
-            await asyncio.sleep(0.5)
+            await local.voice.wait_dave_settled(timeout=10)
             vc.listen(sink)
             speaker.speak()
             await speaker.wait_idle()
