@@ -81,7 +81,8 @@ def _reference(speaker: SimulatedSpeaker, start: float, end: float, listened: fl
 
 def _check_present(samples: Any, speaker: SimulatedSpeaker, listened: float, upto: float) -> None:
     """The second of speech sent before ``upto`` (seconds after listening started) is in ``samples``, near where
-    it was sent. Where exactly is a timing claim (the child's clock against ours): bench/timeline.py measures it."""
+    it was sent. Where exactly is a timing claim (the child's clock against ours): tests/e2e/test_record.py checks
+    alignment to the sender's clock in the timing tier."""
     reference, at = _reference(speaker, upto - 1.0, upto, listened)
     first = max(0, int((at - 0.5) * RATE))
     window = samples[first : first + len(reference) // 4 + int(1.0 * RATE)]

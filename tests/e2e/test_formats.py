@@ -88,7 +88,7 @@ async def test_flac_mp3_ogg_opus_and_utterances_from_three_speakers(local: Local
     assert len(lengths) == 1
     length = lengths.pop()
     # Every file covers every slot of the session; the timeline never runs ahead of the clock. (That it keeps up
-    # with the clock is a timing claim: bench/timeline.py measures it.)
+    # with the clock is a timing claim: tests/e2e/test_record.py checks it in the timing tier.)
     assert length == ogg.slots * FRAME_SAMPLES
     assert length / RATE <= listened + SLOT
     lags: dict[int, int] = {}

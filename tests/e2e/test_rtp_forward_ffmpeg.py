@@ -130,7 +130,8 @@ async def test_ffmpeg_records_each_forwarded_speaker_and_the_mix_from_the_sdp(
     assert stats["decrypt_failed"] == 0
 
     # Where the speech sits in the files is judged against what the bot itself heard (the WaveSink of the same
-    # session), sample for sample; where that sits against the speakers' clocks is a timing claim (bench/).
+    # session), sample for sample; where that sits against the speakers' clocks is a timing claim (the timing tier
+    # of tests/e2e/test_record.py).
     mix = _decode(files["mix"][0])
     assert len(mix) == heard.slots * FRAME_SAMPLES, f"mix: {len(mix)} samples, the bot heard {heard.slots} slots"
     assert heard.mix_path is not None

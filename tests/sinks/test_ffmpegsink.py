@@ -210,13 +210,29 @@ def test_a_stalled_ffmpeg_never_blocks_the_sink(tmp_path: Path) -> None:
         sink.write(ANN, frame(tick, 11, noise(1, tick % 7)))
         sink.advance(tick)
     # A sink that waited for the stalled ffmpeg would take the whole stall; how fast each call returns is a timing
-    # claim, measured by bench/latency.py.
+    # claim (the next test, in the timing tier).
     assert time.monotonic() - started < STALL / 2
     assert sink.overflow > 0
     started = time.monotonic()
     with pytest.raises(SinkError, match="did not finish"):
         sink.cleanup()
     assert time.monotonic() - started < STALL / 2
+
+
+@pytest.mark.timing
+@pytest.mark.skipif(sys.platform == "win32", reason="fake ffmpeg is a shell script")
+def test_every_sink_call_returns_within_100_ms_while_ffmpeg_stalls(tmp_path: Path) -> None:
+    tool = fake_ffmpeg(tmp_path / "ffmpeg", f"exec sleep {STALL}")
+    sink = FFmpegSink(tmp_path / "out", "flac", ffmpeg=tool, buffer_seconds=0.2, finish_timeout=0.5)
+    slowest = 0.0
+    for tick in range(500):
+        started = time.perf_counter()
+        sink.write(ANN, frame(tick, 11, noise(1, tick % 7)))
+        sink.advance(tick)
+        slowest = max(slowest, time.perf_counter() - started)
+    with pytest.raises(SinkError, match="did not finish"):
+        sink.cleanup()
+    assert slowest < 0.1, f"a sink call took {slowest * 1000:.0f} ms"
 
 
 def test_mixed_track_of_chosen_speakers_through_mix_sink(tmp_path: Path) -> None:
