@@ -4,7 +4,8 @@
 Discord's settings (64 kbit/s stereo, ``voip``, in-band FEC on with 10 % expected loss) and with FEC off, writes
 each as an Ogg Opus file, and decodes both with every ffmpeg given (default: ``find_ffmpeg()``) through its native
 ``opus`` decoder. Each row is the normalised correlation of that decode with libopus' decode of the same packets:
-about 1 means the native decoder plays the file, about 0 means it plays noise.
+about 1 means the native decoder plays the file, about 0 means it plays noise. The last column is the FEC stream
+written by ``OggOpusSink(reencode=True)``, against the same reference (one generation of coding loss included).
 """
 
 from __future__ import annotations
@@ -23,26 +24,38 @@ if str(_HERE.parent) not in sys.path:
     sys.path.insert(0, str(_HERE.parent))
 
 from discord_voicerecv.ffmpeg import find_ffmpeg  # noqa: E402
-from discord_voicerecv.frames import FRAME_SAMPLES  # noqa: E402
+from discord_voicerecv.frames import FRAME_SAMPLES, VoiceFrame  # noqa: E402
 from discord_voicerecv.opus import OpusDecoder, OpusEncoder  # noqa: E402
+from discord_voicerecv.sinks import OggOpusSink  # noqa: E402
 from discord_voicerecv.sinks._ogg import OggOpusWriter  # noqa: E402
 from discord_voicerecv.testing.clips import clip_frames  # noqa: E402
 
 CLIP = "en_us_male"
 
 
-def encode(path: Path, *, fec: bool) -> bytes:
-    """Write the clip as Ogg Opus; return libopus' own decode of the packets written."""
+def encode(path: Path, *, fec: bool) -> tuple[bytes, list[bytes]]:
+    """Write the clip as Ogg Opus; return libopus' own decode of the packets written, and the packets."""
     encoder = OpusEncoder(application="voip", fec=fec, expected_loss_pct=10 if fec else 0)
     decoder = OpusDecoder()
     writer = OggOpusWriter(path, serial=1, vendor="bench", comments=[])
-    reference = []
+    reference, packets = [], []
     for pcm in clip_frames(CLIP):
         packet = encoder.encode(pcm)
         writer.add(packet, FRAME_SAMPLES)
+        packets.append(packet)
         reference.append(decoder.decode(packet))
     writer.close(writer.samples)
-    return b"".join(reference)
+    return b"".join(reference), packets
+
+
+def reencode(directory: Path, packets: list[bytes]) -> Path:
+    """The packets through ``OggOpusSink(reencode=True)``, as one speaker from slot 0."""
+    sink = OggOpusSink(directory, reencode=True)
+    for tick, packet in enumerate(packets):
+        sink.write(None, VoiceFrame(1, 1, tick, b"", packet, tick, tick * FRAME_SAMPLES))
+        sink.advance(tick)
+    sink.cleanup()
+    return next(iter(sink.files.values()))
 
 
 def native_decode(ffmpeg: str, path: Path) -> bytes:
@@ -70,11 +83,14 @@ def main() -> None:
     binaries = args.ffmpeg or [find_ffmpeg()]
     with tempfile.TemporaryDirectory() as tmp:
         files = {fec: Path(tmp) / f"fec{int(fec)}.opus" for fec in (True, False)}
-        references = {fec: encode(path, fec=fec) for fec, path in files.items()}
-        print(f"{'ffmpeg':<40} {'FEC on':>8} {'FEC off':>8}")
+        encoded = {fec: encode(path, fec=fec) for fec, path in files.items()}
+        references = {fec: reference for fec, (reference, _) in encoded.items()}
+        reencoded = reencode(Path(tmp) / "reencoded", encoded[True][1])
+        print(f"{'ffmpeg':<40} {'FEC on':>8} {'FEC off':>8} {'re-encoded':>10}")
         for ffmpeg in binaries:
             scores = [correlation(native_decode(ffmpeg, files[fec]), references[fec]) for fec in (True, False)]
-            print(f"{version(ffmpeg):<40} {scores[0]:>8.4f} {scores[1]:>8.4f}")
+            scores.append(correlation(native_decode(ffmpeg, reencoded), references[True]))
+            print(f"{version(ffmpeg):<40} {scores[0]:>8.4f} {scores[1]:>8.4f} {scores[2]:>10.4f}")
 
 
 if __name__ == "__main__":
