@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 LINT_PATHS := $(wildcard discord_voicerecv tests examples bench fuzz)
 
-.PHONY: setup demo test lint unit e2e bench chaos fuzz docs clean
+.PHONY: setup demo test test-ffmpeg lint unit e2e bench chaos fuzz docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,16 +23,23 @@ lint: setup
 	$(PY) -m ruff format --check $(LINT_PATHS)
 	$(PY) -m mypy
 
+# Tiers (markers in pyproject.toml): unit, e2e (the local Discord, discord.py clients, subprocess bots), slow (long
+# chaos runs), timing (wall-clock and CPU-time margins: benchmarks, so `make test` passes on a loaded machine).
 unit: setup
-	$(PY) -m pytest -q -m "not e2e and not slow"
+	$(PY) -m pytest -q -m "not e2e and not slow and not timing"
 
 e2e: setup
-	$(PY) -m pytest -q -m "e2e and not slow"
+	$(PY) -m pytest -q -m "e2e and not slow and not timing"
 
 test: lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not timing"
+
+# The tests that run an ffmpeg, again with another one: `make test-ffmpeg FFMPEG_BINARY=/path/to/ffmpeg`.
+test-ffmpeg: setup
+	FFMPEG_BINARY="$(FFMPEG_BINARY)" $(PY) -m pytest -q -m "ffmpeg and not slow and not timing"
 
 bench: setup
+	$(PY) -m pytest -q -m timing
 	$(PY) bench/run.py
 
 chaos: setup

@@ -35,8 +35,9 @@ from .sinks.wave import WaveSink
 __all__ = ("FORMATS", "add_arguments", "make_sink", "run")
 
 FORMATS = ("wav", "flac", "mp3", "ogg")
-"""Output formats: ``wav`` (WaveSink), ``flac``/``mp3`` (FFmpegSink), ``ogg`` (per-speaker ``.opus`` files with the
-Opus packets as received, from OggOpusSink, plus an encoded ``mix.opus``)."""
+"""Output formats: ``wav`` (WaveSink), ``flac``/``mp3`` (FFmpegSink), ``ogg`` (per-speaker ``.opus`` files re-encoded
+without in-band FEC by ``OggOpusSink(reencode=True)`` so that every player decodes them, plus an encoded
+``mix.opus``)."""
 
 PROGRESS_INTERVAL = 1.0
 _READY_TIMEOUT = 60.0
@@ -69,7 +70,7 @@ def make_sink(fmt: str, out: Path) -> AudioSink:
         from .sinks.multi import MultiSink
         from .sinks.ogg import OggOpusSink
 
-        return MultiSink(OggOpusSink(out), FFmpegSink(out, format="opus", per_user=False))
+        return MultiSink(OggOpusSink(out, reencode=True), FFmpegSink(out, format="opus", per_user=False))
     if fmt in FORMATS:
         return FFmpegSink(out, format=fmt)
     raise RecordError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

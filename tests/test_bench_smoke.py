@@ -63,6 +63,7 @@ def _median_ratio(bench: dict[str, object], mode: str, sink: str, passes: int = 
     return f, o, o / f, frames
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("mode", ["xchacha", "aesgcm"])
 def test_pipeline_stays_within_3x_of_the_c_floor(bench: dict[str, object], mode: str) -> None:
     floor_us, ours_us, ratio, frames = _median_ratio(bench, mode, "noop")
@@ -71,6 +72,7 @@ def test_pipeline_stays_within_3x_of_the_c_floor(bench: dict[str, object], mode:
     assert ratio < 3.0
 
 
+@pytest.mark.timing
 def test_opus_passthrough_costs_a_fraction_of_decoding(bench: dict[str, object]) -> None:
     _, ours_us, ratio, frames = _median_ratio(bench, "xchacha", "opus")
     print(f"\nopus-only: ours {ours_us:.1f} us/packet, {ratio:.2f} of the decoding floor")

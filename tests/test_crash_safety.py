@@ -1,7 +1,8 @@
 """Recordings survive their process being killed, a full disk and a directory that cannot be written.
 
 A bot in a subprocess records a local Discord into WAV and Ogg Opus files and is killed with SIGKILL mid-sentence:
-every file must open with a standard reader and hold the audio up to about a second before the kill. A sink on a
+every file must open with a standard reader and hold the audio up to one flush interval before the last slot the
+process had handed its sinks. A sink on a
 full (1 MB tmpfs) or read-only file system must fail with a clear :class:`SinkError`, be stopped alone, and leave
 the voice connection and any other sink running.
 """
@@ -26,33 +27,44 @@ import pytest
 
 from discord_voicerecv import MultiSink, OggOpusSink, VoiceRecvClient, WaveSink
 from discord_voicerecv.errors import SinkError
-from discord_voicerecv.ffmpeg import find_ffmpeg
 from discord_voicerecv.opus import ensure_discord_opus
 from discord_voicerecv.testing import LocalDiscord, restore_discord, use_local_discord
 from discord_voicerecv.testing.analysis import normalized_xcorr
 from discord_voicerecv.testing.bots import new_client, running
+from discord_voicerecv.testing.decoding import decode_samples
 from discord_voicerecv.testing.speakers import SimulatedSpeaker
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 48_000
-HEADER_INTERVAL = 1.0
+SLOTS_PER_SECOND = 50
+FLUSH_SLOTS = SLOTS_PER_SECOND  # WaveSink's header_interval and OggOpusSink's flush_interval: 1 s
+KILL_AT_SLOT = 165
 PLAYOUT_DELAY = 0.1
 
 _CHILD = """
 import asyncio, sys, time
-from discord_voicerecv import MultiSink, OggOpusSink, VoiceRecvClient, WaveSink
+from discord_voicerecv import AudioSink, MultiSink, OggOpusSink, VoiceRecvClient, WaveSink
 from discord_voicerecv.opus import ensure_discord_opus
 from discord_voicerecv.testing import use_local_discord
 from discord_voicerecv.testing.bots import new_client, running
+
+class Progress(AudioSink):
+    wants_pcm = False
+    def write(self, user, frame):
+        pass
+    def advance(self, tick):
+        if tick % 5 == 0:
+            print("SLOT", tick, flush=True)
 
 async def main(url, channel_id, out, playout_delay):
     ensure_discord_opus()
     use_local_discord(url)
     async with running(new_client(), "crash-recorder") as client:
         vc = await client.get_channel(channel_id).connect(cls=VoiceRecvClient)
-        vc.listen(MultiSink(WaveSink(out + "/wav"), OggOpusSink(out + "/ogg")), playout_delay=playout_delay)
+        sink = MultiSink(WaveSink(out + "/wav"), OggOpusSink(out + "/ogg"), Progress())
+        vc.listen(sink, playout_delay=playout_delay)
         print("LISTENING", time.monotonic(), flush=True)
         await asyncio.sleep(3600)
 
@@ -68,24 +80,26 @@ def _reference(speaker: SimulatedSpeaker, start: float, end: float, listened: fl
 
 
 def _check_present(samples: Any, speaker: SimulatedSpeaker, listened: float, upto: float) -> None:
-    """The second of speech before ``upto`` (seconds after listening started) is in ``samples`` where it belongs."""
+    """The second of speech sent before ``upto`` (seconds after listening started) is in ``samples``, near where
+    it was sent. Where exactly is a timing claim (the child's clock against ours): tests/e2e/test_record.py checks
+    alignment to the sender's clock in the timing tier."""
     reference, at = _reference(speaker, upto - 1.0, upto, listened)
-    first = max(0, int((at - 0.2) * RATE))
-    window = samples[first : first + len(reference) // 4 + int(0.4 * RATE)]
+    first = max(0, int((at - 0.5) * RATE))
+    window = samples[first : first + len(reference) // 4 + int(1.0 * RATE)]
     score, lag = normalized_xcorr(window, reference)
-    error = (first + lag) / RATE - at
-    assert score >= 0.9 and abs(error) <= 0.02, f"{speaker.name}: score {score:.2f}, {error * 1000:+.1f} ms"
+    assert score >= 0.9, f"{speaker.name}: score {score:.2f} at {(first + lag) / RATE - at:+.3f} s"
 
 
-def _decode_ogg(path: Path) -> Any:
-    raw = subprocess.run(
-        [find_ffmpeg(), "-v", "error", "-i", str(path), "-f", "s16le", "-ar", "48000", "-ac", "2", "-"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    return np.frombuffer(raw, dtype="<i2").reshape(-1, 2)
+async def _slot_reported(stdout: asyncio.StreamReader, slot: int) -> int:
+    """Read the child's progress until it reports ``slot`` or later: every sink has then been advanced that far."""
+    while True:
+        line = (await asyncio.wait_for(stdout.readline(), 30)).decode()
+        assert line.startswith("SLOT"), line
+        if int(line.split()[1]) >= slot:
+            return int(line.split()[1])
 
 
+@pytest.mark.ffmpeg
 async def test_sigkill_mid_recording_leaves_playable_files(tmp_path: Path) -> None:
     async with LocalDiscord() as local:
         speakers = [local.add_speaker(clip="en_gb_female"), local.add_speaker(clip="de_male")]
@@ -102,8 +116,7 @@ async def test_sigkill_mid_recording_leaves_playable_files(tmp_path: Path) -> No
             await local.voice.wait_dave_settled(timeout=10)
             for speaker in speakers:
                 speaker.start()
-            await asyncio.sleep(3.3)
-            killed = asyncio.get_running_loop().time()
+            reported = await _slot_reported(proc.stdout, KILL_AT_SLOT)
             proc.send_signal(signal.SIGKILL)
             assert await proc.wait() == -signal.SIGKILL
         finally:
@@ -113,10 +126,10 @@ async def test_sigkill_mid_recording_leaves_playable_files(tmp_path: Path) -> No
             for speaker in speakers:
                 speaker.stop_now()
 
-    elapsed = killed - listened
+    # The sinks had completed slot ``reported`` (the progress sink comes last); they flush every FLUSH_SLOTS slots.
+    least = (reported + 1 - FLUSH_SLOTS) / SLOTS_PER_SECOND
     wavs = sorted((tmp_path / "wav").glob("*.wav"))
     assert {p.name for p in wavs} == {"mix.wav", *(f"Speaker_{n}-{s.user_id}.wav" for n, s in enumerate(speakers, 1))}
-    bound = HEADER_INTERVAL + PLAYOUT_DELAY + 0.02
     report = []
     for path in wavs:
         with wave.open(str(path), "rb") as wav:
@@ -124,19 +137,17 @@ async def test_sigkill_mid_recording_leaves_playable_files(tmp_path: Path) -> No
             frames = wav.getnframes()
             samples = np.frombuffer(wav.readframes(frames), dtype="<i2").reshape(-1, 2)
         assert len(samples) == frames, f"{path.name}: the header promises more than the file holds"
-        missing = elapsed - frames / RATE
-        report.append(f"{path.name}: {frames / RATE:.2f} s of {elapsed:.2f} s (missing {missing:.2f} s)")
-        assert missing <= bound, report[-1]
+        report.append(f"{path.name}: {frames / RATE:.2f} s, slot {reported} reported")
+        assert frames / RATE >= least, report[-1]
         for speaker in speakers:
             if str(speaker.user_id) in path.name:
                 _check_present(samples, speaker, listened, frames / RATE - 0.05)
     oggs = sorted((tmp_path / "ogg").glob("*.opus"))
     assert len(oggs) == len(speakers)
     for path, speaker in zip(oggs, sorted(speakers, key=lambda s: s.name), strict=True):
-        samples = _decode_ogg(path)
-        missing = elapsed - len(samples) / RATE
-        report.append(f"{path.name}: {len(samples) / RATE:.2f} s (missing {missing:.2f} s)")
-        assert missing <= bound, report[-1]
+        samples = decode_samples(path)
+        report.append(f"{path.name}: {len(samples) / RATE:.2f} s, slot {reported} reported")
+        assert len(samples) / RATE >= least, report[-1]
         _check_present(samples, speaker, listened, len(samples) / RATE - 0.05)
     print("\n" + "\n".join(report))
 
@@ -211,7 +222,8 @@ async def test_full_disk_stops_that_sink_alone(tmp_path: Path) -> None:
             multi = MultiSink(doomed, healthy)
             bot.vc.listen(multi)
             await _wait(lambda: bool(multi.failures), timeout=20)
-            await asyncio.sleep(0.5)
+            failed_at = healthy.slots
+            await _wait(lambda: healthy.slots > failed_at + 25)
             assert bot.vc.is_listening() and bot.vc.is_connected()
             bot.vc.stop_listening()
             await bot.vc.wait_listening_stopped()
@@ -240,7 +252,7 @@ async def test_full_disk_ends_a_lone_sink_with_an_error_event_and_the_bot_record
             assert not bot.vc.is_listening() and bot.vc.is_connected()
             again = WaveSink(tmp_path / "again")
             bot.vc.listen(again)
-            await asyncio.sleep(1.0)
+            await _wait(lambda: again.slots >= 40 and bool(again.files))
             bot.vc.stop_listening()
             await bot.vc.wait_listening_stopped()
             assert again.slots >= 40 and again.files
@@ -262,7 +274,7 @@ async def test_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
             multi = MultiSink(healthy, late_wav, late_ogg)
             bot.vc.listen(multi)
             await _wait(lambda: len(multi.failures) == 2, timeout=10)
-            await asyncio.sleep(0.5)
+            await _wait(lambda: healthy.slots > 25 and bool(healthy.files))
             assert bot.vc.is_listening()
             bot.vc.stop_listening()
             await bot.vc.wait_listening_stopped()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import discord
 import pytest
@@ -26,22 +25,18 @@ def _frame(user_id: int | None, tick: int, *, fill: int = 1) -> VoiceFrame:
     )
 
 
-def _write_from_thread(sink: AudioSink, frames: list[VoiceFrame]) -> float:
-    """Write ``frames`` (then cleanup) on another thread, as the receiver does; returns the seconds it took."""
-    took: list[float] = []
+def _write_from_thread(sink: AudioSink, frames: list[VoiceFrame]) -> None:
+    """Write ``frames`` (then cleanup) on another thread, as the receiver does."""
 
     def run() -> None:
-        started = time.perf_counter()
         for frame in frames:
             sink.write(discord.Object(id=frame.user_id or 1), frame)
             sink.advance(frame.tick)
-        took.append(time.perf_counter() - started)
         sink.cleanup()
 
     thread = threading.Thread(target=run)
     thread.start()
     thread.join()
-    return took[0]
 
 
 async def _collect(stream: AudioStream) -> list[StreamFrame]:
@@ -66,15 +61,12 @@ async def test_frames_written_on_a_thread_come_out_in_order_with_timestamps() ->
 
 async def test_a_waiting_consumer_is_woken_by_a_write() -> None:
     stream = AudioStream()
-    waiter = asyncio.create_task(stream.get(timeout=2))
+    waiter = asyncio.create_task(stream.get(timeout=30))
     await asyncio.sleep(0.05)
     assert not waiter.done()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     await asyncio.to_thread(stream.write, None, _frame(7, 0))
-    frame = await waiter
+    frame = await waiter  # a write that did not wake the waiter would end in TimeoutError
     assert frame is not None and frame.user_id == 7
-    assert loop.time() - started < 0.5
 
 
 async def test_users_filter_and_opus_only() -> None:
@@ -90,8 +82,8 @@ async def test_a_consumer_that_stops_reading_loses_the_newest_frames_per_speaker
     stream = AudioStream(max_queue_seconds=0.2)  # 10 frames per speaker
     assert stream.max_frames == 10
     frames = [_frame(user, tick) for tick in range(1000) for user in (1, 2)]
-    took = await asyncio.to_thread(_write_from_thread, stream, frames)
-    assert took < 1.0, f"2000 writes took {took:.3f}s"
+    # Nobody reads: a writer that waited for room would never finish.
+    await asyncio.wait_for(asyncio.to_thread(_write_from_thread, stream, frames), 30)
     assert stream.queued == 20
     assert stream.dropped == 1980 and stream.dropped_by_user == {1: 990, 2: 990}
     got = await _collect(stream)

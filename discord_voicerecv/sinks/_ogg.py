@@ -104,7 +104,14 @@ class OggOpusWriter:
     )
 
     def __init__(
-        self, path: Path, *, serial: int, channels: int = 2, vendor: str = "", comments: Sequence[str] = ()
+        self,
+        path: Path,
+        *,
+        serial: int,
+        channels: int = 2,
+        pre_skip: int = 0,
+        vendor: str = "",
+        comments: Sequence[str] = (),
     ) -> None:
         self.path = path
         self.serial = serial & 0xFFFF_FFFF
@@ -120,7 +127,7 @@ class OggOpusWriter:
             self._file: BinaryIO | None = open(path, "wb")  # noqa: SIM115
         except OSError as exc:
             raise self._error(exc) from exc
-        self._write_page(FLAG_BOS, 0, [opus_head(channels=channels)])
+        self._write_page(FLAG_BOS, 0, [opus_head(channels=channels, pre_skip=pre_skip)])
         self._write_page(0, 0, [opus_tags(vendor, comments)])
         self.flush()
 

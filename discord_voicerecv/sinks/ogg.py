@@ -1,4 +1,4 @@
-"""Record every speaker's Opus packets as received into Ogg Opus files: no decoding, no re-encoding."""
+"""Record every speaker's Opus packets into Ogg Opus files: as received, or re-encoded without in-band FEC."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
-from ..errors import SinkError
-from ..frames import FRAME_SAMPLES, FRAMES_PER_SECOND, OPUS_SILENCE, VoiceFrame
+from ..errors import OpusError, SinkError
+from ..frames import FRAME_BYTES, FRAME_SAMPLES, FRAMES_PER_SECOND, OPUS_SILENCE, SILENT_PCM, VoiceFrame
+from ..opus import OpusDecoder, OpusEncoder
 from ..protocol.opus_toc import frame_samples, packet_samples
 from ._common import SpeakerKey, speaker_key
 from ._naming import FileNamer, Naming
@@ -21,6 +22,9 @@ __all__ = ("OggOpusSink",)
 _VENDOR = "discord-voicerecv"
 _CELT_FILLERS = ((480, b"\xf0"), (240, b"\xe8"), (120, b"\xe0"))
 """One-byte CELT packets (fullband, one zero-length frame) of 10, 5 and 2.5 ms: concealment, silence at a start."""
+_REENCODE_PRE_SKIP = 312
+"""libopus' encoder delay at 48 kHz (2.5 ms lookahead + 4 ms delay compensation): re-encoded audio comes out this
+many samples late, and the Ogg pre-skip (RFC 7845 section 4.2) takes it back off, keeping files sample-aligned."""
 
 
 def _concealment_packet(toc: int | None) -> bytes:
@@ -37,16 +41,39 @@ def _concealment_packet(toc: int | None) -> bytes:
 
 
 class _Track:
-    __slots__ = ("last_tick", "toc", "writer")
+    __slots__ = ("decoder", "encoder", "last_tick", "tail", "toc", "writer")
 
-    def __init__(self, writer: OggOpusWriter) -> None:
+    def __init__(self, writer: OggOpusWriter, encoder: OpusEncoder | None) -> None:
         self.writer = writer
         self.last_tick = -1
         self.toc: int | None = None
+        self.encoder = encoder
+        self.decoder: OpusDecoder | None = None
+        self.tail = False
+        """The encoder still holds the end of the last frame it was given (its lookahead)."""
+
+    def reencode(self, frame: VoiceFrame) -> None:
+        """Encode the frame's PCM (decoded here when the receiver did not) as 20 ms packets without FEC."""
+        assert self.encoder is not None
+        pcm = frame.pcm
+        if len(pcm) != FRAME_BYTES:
+            if self.decoder is None:
+                self.decoder = OpusDecoder()
+            try:
+                pcm = self.decoder.decode(frame.opus or None)
+            except OpusError:
+                pcm = self.decoder.decode(None)
+        for start in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
+            self.writer.add(self.encoder.encode(pcm[start : start + FRAME_BYTES]), FRAME_SAMPLES)
+            self.tail = True
 
     def fill_to(self, samples: int) -> None:
         """Opus silence up to ``samples``: what Discord itself sends, and digital silence in every decoder."""
         writer = self.writer
+        if self.tail and samples - writer.samples >= FRAME_SAMPLES:
+            assert self.encoder is not None
+            writer.add(self.encoder.encode(SILENT_PCM), FRAME_SAMPLES)  # the end of the talk spurt, in its place
+            self.tail = False
         while samples - writer.samples >= FRAME_SAMPLES:
             writer.add(OPUS_SILENCE, FRAME_SAMPLES)
         for size, packet in _CELT_FILLERS:
@@ -57,8 +84,12 @@ class _Track:
 class OggOpusSink(AudioSink):
     """Write each speaker's Opus packets, bit for bit as received, to an Ogg Opus file of their own (RFC 7845).
 
-    Nothing is decoded (``wants_pcm`` is False, so the receiver skips decoding when no other sink needs PCM) and
-    nothing is re-encoded: the cheapest way to keep a lossless copy of what Discord delivered. Like
+    By default nothing is decoded (``wants_pcm`` is False, so the receiver skips decoding when no other sink needs
+    PCM) and nothing is re-encoded: the cheapest way to keep a lossless copy of what Discord delivered. Discord
+    clients put in-band FEC in their packets, which ffmpeg's native Opus decoder before 6.0 (Debian 12's 5.1,
+    Ubuntu 22.04's 4.4) turns into noise; players built on it (ffplay, mpv) then play such files garbled. With
+    ``reencode=True`` the sink takes the receiver's decoded PCM and writes it re-encoded by libopus without FEC,
+    which every decoder plays, at the cost of one encode per speaker frame and one generation of coding loss. Like
     :class:`WaveSink`, every file starts at the first slot of ``listen()`` and all end at the same slot: slots
     where the speaker sent nothing hold Opus silence frames (``F8 FF FE``, what Discord sends itself), and frames
     lost inside a talk spurt hold packets asking the player's decoder for concealment. The headers declare
@@ -79,6 +110,10 @@ class OggOpusSink(AudioSink):
     overwrite:
         Reuse the names of existing files. By default an existing file is never touched: the new track takes the
         first free ``-2``, ``-3``... name, as for :class:`WaveSink`.
+    reencode:
+        Re-encode every frame without in-band FEC (see above) instead of keeping the packets as received.
+    bitrate:
+        Bits per second of the re-encoded stereo stream (``reencode=True`` only).
 
     Raises
     ------
@@ -86,15 +121,15 @@ class OggOpusSink(AudioSink):
         When the directory or a file cannot be created or written (from :meth:`open` and every later sink call).
     """
 
-    wants_pcm = False
-
     __slots__ = (
+        "_bitrate",
         "_directory",
         "_interval",
         "_last_sync",
         "_names",
         "_open",
         "_opened",
+        "_reencode",
         "_slots",
         "_tracks",
         "closed",
@@ -108,9 +143,15 @@ class OggOpusSink(AudioSink):
         naming: Naming | None = None,
         flush_interval: float = 1.0,
         overwrite: bool = False,
+        reencode: bool = False,
+        bitrate: int = 96_000,
     ) -> None:
         if not flush_interval > 0:
             raise ValueError("flush_interval must be positive")
+        if not 6_000 <= bitrate <= 510_000:
+            raise ValueError("bitrate must be 6000-510000 bits per second")
+        self._reencode = reencode
+        self._bitrate = bitrate
         self._directory = Path(directory)
         self._names = FileNamer(self._directory, "opus", naming, overwrite=overwrite)
         self._interval = max(1, int(flush_interval * FRAMES_PER_SECOND))
@@ -132,6 +173,11 @@ class OggOpusSink(AudioSink):
             self._directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkError(str(self._directory), exc.strerror or str(exc)) from exc
+
+    @property
+    def wants_pcm(self) -> bool:  # type: ignore[override]
+        """True only when re-encoding: passthrough needs nothing decoded."""
+        return self._reencode
 
     @property
     def files(self) -> Mapping[SpeakerKey, Path]:
@@ -162,6 +208,9 @@ class OggOpusSink(AudioSink):
         track.last_tick = tick
         self._open = True
         track.fill_to(tick * FRAME_SAMPLES)
+        if track.encoder is not None:
+            track.reencode(frame)
+            return
         packet = frame.opus
         samples = packet_samples(packet) if packet else None
         if samples and packet is not None:
@@ -185,12 +234,15 @@ class OggOpusSink(AudioSink):
         if self.closed:
             return
         self.closed = True
-        end = (self._slots + 1 if self._open else self._slots) * FRAME_SAMPLES
+        skip = _REENCODE_PRE_SKIP if self._reencode else 0
+        end = (self._slots + 1 if self._open else self._slots) * FRAME_SAMPLES + skip
         end = max([end, *(track.writer.flushed_samples for track in self._tracks.values())])
         error: SinkError | None = None
+        step = _CELT_FILLERS[-1][0]
+        padded = -(-end // step) * step  # whole packets past the end; the last page's granule trims them
         for track in self._tracks.values():
             try:
-                track.fill_to(end)
+                track.fill_to(padded)
                 track.writer.close(end)
             except SinkError as exc:
                 error = error or exc
@@ -212,6 +264,10 @@ class OggOpusSink(AudioSink):
         if isinstance(display, str) and display:
             comments.append(f"TITLE={display}")
         path = self._names.path_for(user, frame)
-        writer = OggOpusWriter(path, serial=secrets.randbits(32), vendor=_VENDOR, comments=comments)
-        track = self._tracks[key] = _Track(writer)
+        skip = _REENCODE_PRE_SKIP if self._reencode else 0
+        writer = OggOpusWriter(path, serial=secrets.randbits(32), pre_skip=skip, vendor=_VENDOR, comments=comments)
+        encoder = None
+        if self._reencode:
+            encoder = OpusEncoder(bitrate=self._bitrate, application="audio", fec=False, expected_loss_pct=0)
+        track = self._tracks[key] = _Track(writer, encoder)
         return track

@@ -1,8 +1,9 @@
 """A recording through faults that hit a whole connection: the voice server moving, the voice websocket dropping,
 a speaker's SSRC changing, the UDP path going silent, delay spikes and damaged packets.
 
-Speakers talk continuously on perfect uplinks, so anything missing from a track is the fault's doing; the track's
-end must still line up with what was sent within 20 ms.
+Speakers talk continuously on perfect uplinks, so anything missing from a track is the fault's doing. Every test
+runs twice: judged on content and accounting, and (in the timing tier, ``make bench``) also on the track lining up
+with what was sent within 20 ms of the senders' clock, which a loaded machine can miss.
 """
 
 from __future__ import annotations
@@ -45,12 +46,21 @@ async def _finish(session: RecordingSession, after: float) -> None:
     await session.stop()
 
 
-def _check_alignment(session: RecordingSession) -> list[float]:
+@pytest.fixture(params=["state", pytest.param("timing", marks=pytest.mark.timing)])
+def tier(request: pytest.FixtureRequest) -> str:
+    """``timing`` adds the wall-clock alignment bound to a test's content checks."""
+    tier: str = request.param
+    return tier
+
+
+def _check_alignment(session: RecordingSession, tier: str) -> list[float]:
     assert session.sink is not None
     errors = []
     for speaker in session.speakers:
         error, score = alignment_error(speaker, session.sink.files[speaker.user_id], session.started)
-        assert abs(error) <= MAX_ALIGNMENT_ERROR and score >= 0.9, f"{speaker.name}: {error * 1000:+.1f} ms ({score})"
+        assert score >= 0.9, f"{speaker.name}: score {score} ({error * 1000:+.1f} ms)"
+        if tier == "timing":
+            assert abs(error) <= MAX_ALIGNMENT_ERROR, f"{speaker.name}: {error * 1000:+.1f} ms ({score})"
         errors.append(error)
     return errors
 
@@ -69,7 +79,7 @@ def _missing_seconds(session: RecordingSession) -> list[float]:
     return out
 
 
-async def test_voice_server_move_mid_recording_loses_at_most_200_ms(tmp_path: Path) -> None:
+async def test_voice_server_move_mid_recording_loses_at_most_200_ms(tmp_path: Path, tier: str) -> None:
     async with RecordingSession(tmp_path, speakers=TWO) as session:
         assert session.vc is not None
         old_endpoint = session.local.voice.endpoint
@@ -80,12 +90,12 @@ async def test_voice_server_move_mid_recording_loses_at_most_200_ms(tmp_path: Pa
         await _finish(session, 2.0)
         assert new_endpoint != old_endpoint and session.vc.endpoint == new_endpoint
     lost = _missing_seconds(session)
-    errors = _check_alignment(session)
+    errors = _check_alignment(session, tier)
     print(f"\nmove: lost {[f'{s * 1000:.0f} ms' for s in lost]}, alignment {[f'{e * 1000:+.1f}' for e in errors]} ms")
     assert max(lost) <= 0.200
 
 
-async def test_voice_websocket_drop_loses_nothing(tmp_path: Path) -> None:
+async def test_voice_websocket_drop_loses_nothing(tmp_path: Path, tier: str) -> None:
     """The voice websocket closes with 4015 mid-recording; media keeps flowing over UDP while the client resumes
     (op7 on a new websocket, see ``ReceivingConnectionState._connect``), so the recording misses nothing."""
     async with RecordingSession(tmp_path, speakers=TWO) as session:
@@ -95,12 +105,12 @@ async def test_voice_websocket_drop_loses_nothing(tmp_path: Path) -> None:
         stats = session.stats
         assert stats is not None
     lost = _missing_seconds(session)
-    _check_alignment(session)
+    _check_alignment(session, tier)
     assert lost == [0.0, 0.0], f"frames missing after a websocket drop: {lost}"
     assert stats["decrypt_failed"] == 0
 
 
-async def test_speaker_ssrc_change_mid_stream(tmp_path: Path) -> None:
+async def test_speaker_ssrc_change_mid_stream(tmp_path: Path, tier: str) -> None:
     async with RecordingSession(tmp_path, speakers=TWO) as session:
         await _talk(session, 1.2)
         first = session.speakers[0]
@@ -112,12 +122,12 @@ async def test_speaker_ssrc_change_mid_stream(tmp_path: Path) -> None:
     ssrcs = {r.ssrc for r in session.tap.of_user(first.user_id)}
     assert ssrcs == {old_ssrc, new_ssrc}
     lost = _missing_seconds(session)
-    _check_alignment(session)
+    _check_alignment(session, tier)
     print(f"\nSSRC change: lost {[f'{s * 1000:.0f} ms' for s in lost]}")
     assert lost[0] <= 0.100 and lost[1] == 0.0
 
 
-async def test_udp_path_silent_for_a_second(tmp_path: Path) -> None:
+async def test_udp_path_silent_for_a_second(tmp_path: Path, tier: str) -> None:
     async with RecordingSession(tmp_path, speakers=TWO) as session:
         await _talk(session, 1.0)
         session.local.voice.blackout(session.bot_id, 1.0)
@@ -126,7 +136,7 @@ async def test_udp_path_silent_for_a_second(tmp_path: Path) -> None:
     missing = _accounts(session)
     assert link.outages == 1 and 80 <= link.outage_dropped <= 110
     assert sum(account.absent + account.concealed for account in missing) == link.outage_dropped
-    _check_alignment(session)
+    _check_alignment(session, tier)
 
 
 async def _spiky_recording(tmp_path: Path, spike_ms: float) -> RecordingSession:
@@ -139,11 +149,11 @@ async def _spiky_recording(tmp_path: Path, spike_ms: float) -> RecordingSession:
     return session
 
 
-async def test_delay_spikes_within_the_playout_delay_are_absorbed(tmp_path: Path) -> None:
+async def test_delay_spikes_within_the_playout_delay_are_absorbed(tmp_path: Path, tier: str) -> None:
     session = await _spiky_recording(tmp_path, spike_ms=70)
     assert session.stats is not None and session.stats["late"] == 0
     assert _missing_seconds(session) == [0.0, 0.0]
-    _check_alignment(session)
+    _check_alignment(session, tier)
 
 
 @pytest.mark.xfail(
@@ -151,16 +161,16 @@ async def test_delay_spikes_within_the_playout_delay_are_absorbed(tmp_path: Path
     reason="known bug: a delay spike longer than the playout delay re-anchors the talk spurt (Timeline.place), "
     "leaving the rest of the spurt late by about spike - playout_delay",
 )
-async def test_delay_spikes_beyond_the_playout_delay_keep_alignment(tmp_path: Path) -> None:
+async def test_delay_spikes_beyond_the_playout_delay_keep_alignment(tmp_path: Path, tier: str) -> None:
     session = await _spiky_recording(tmp_path, spike_ms=250)
     stats = session.stats
     assert stats is not None
     accounts = _accounts(session)
     assert sum(account.late for account in accounts) <= stats["late"]
-    _check_alignment(session)
+    _check_alignment(session, tier)
 
 
-async def test_truncated_and_bit_flipped_packets_are_counted_and_concealed(tmp_path: Path) -> None:
+async def test_truncated_and_bit_flipped_packets_are_counted_and_concealed(tmp_path: Path, tier: str) -> None:
     damaging = LinkConditions(truncate=0.03, corrupt=0.03, seed=9)
     async with RecordingSession(tmp_path, speakers=TWO, downlink=damaging) as session:
         await _talk(session, 0.2)
@@ -175,7 +185,7 @@ async def test_truncated_and_bit_flipped_packets_are_counted_and_concealed(tmp_p
     assert stats["internal_error"] == 0
     accounts = _accounts(session)
     assert sum(account.missing for account in accounts) == damaged
-    _check_alignment(session)
+    _check_alignment(session, tier)
 
 
 @pytest.mark.slow
@@ -204,7 +214,7 @@ async def test_recording_through_three_minutes_of_scheduled_faults(tmp_path: Pat
         with wave.open(str(path), "rb") as wav:
             lengths.add(wav.getnframes())
     assert len(lengths) == 1 and len(sink.files) == 3
-    errors = _check_alignment(session)
+    errors = _check_alignment(session, "timing")
     print(
         f"\n{len(kinds)} faults ({', '.join(sorted(set(kinds)))}); alignment {[f'{e * 1000:+.1f}' for e in errors]} ms"
     )

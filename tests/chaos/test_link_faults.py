@@ -181,14 +181,23 @@ def test_cli_flags_make_link_conditions_and_a_fault_plan() -> None:
     assert plan_from_args(_parser().parse_args([])).is_calm
 
 
+@pytest.mark.e2e
 async def test_chaos_monkey_moves_the_server_changes_ssrcs_and_silences_paths() -> None:
     async with LocalDiscord(speakers=2) as local:
         speakers = list(local.voice.speakers.values())
         ssrcs = {s.ssrc for s in speakers}
         endpoint = local.voice.endpoint
         plan = ChaosPlan(move_every=0.05, ssrc_change_every=0.03, blackout_every=0.03, blackout_seconds=0.1, seed=3)
+        deadline = asyncio.get_running_loop().time() + 20
         async with ChaosMonkey(local, plan) as monkey:
-            await asyncio.sleep(0.6)
+
+            def every_fault_happened() -> bool:
+                kinds = {event.kind for event in monkey.events}
+                return kinds == {"move", "ssrc_change", "blackout"} and {s.ssrc for s in speakers}.isdisjoint(ssrcs)
+
+            while not every_fault_happened():
+                assert asyncio.get_running_loop().time() < deadline, monkey.events
+                await asyncio.sleep(0.05)
         kinds = {event.kind for event in monkey.events}
         assert kinds == {"move", "ssrc_change", "blackout"}
         assert local.voice.endpoint != endpoint
@@ -199,6 +208,7 @@ async def test_chaos_monkey_moves_the_server_changes_ssrcs_and_silences_paths() 
         assert times == sorted(times)
 
 
+@pytest.mark.e2e
 async def test_local_discord_command_runs_the_scheduled_faults() -> None:
     root = Path(__file__).resolve().parents[2]
     proc = await asyncio.create_subprocess_exec(
@@ -210,13 +220,23 @@ async def test_local_discord_command_runs_the_scheduled_faults() -> None:
         assert proc.stdout is not None and proc.stderr is not None
         line = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
         assert line["url"].startswith("http://127.0.0.1:")
-        await asyncio.sleep(1.5)
+        seen: list[str] = []
+
+        async def until_both_faults() -> None:
+            assert proc.stderr is not None
+            while not any("chaos: move" in t for t in seen) or not any("chaos: ssrc_change" in t for t in seen):
+                text = await proc.stderr.readline()
+                if not text:
+                    return
+                seen.append(text.decode())
+
+        await asyncio.wait_for(until_both_faults(), 20)
         proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), 10)
+        _, rest = await asyncio.wait_for(proc.communicate(), 10)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    log = err.decode()
+    log = "".join(seen) + rest.decode()
     assert proc.returncode == 0, log
     assert "chaos: move" in log and "chaos: ssrc_change" in log

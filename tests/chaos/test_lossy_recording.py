@@ -32,7 +32,8 @@ def _frames(path: Path) -> int:
         return wav.getnframes()
 
 
-async def _record(tmp_path: Path, seconds: float, seed: int) -> None:
+async def _record(tmp_path: Path, seconds: float, seed: int, tier: str = "timing") -> None:
+    """Record; ``tier`` "timing" adds the 20 ms bound on alignment to the senders' clock to the content checks."""
     specs = [SpeakerSpec(clip, dataclasses.replace(NETWORK, seed=seed * 10 + n)) for n, (clip, _) in enumerate(VOICES)]
     async with RecordingSession(tmp_path, speakers=specs) as session:
         talks = []
@@ -70,13 +71,16 @@ async def _record(tmp_path: Path, seconds: float, seed: int) -> None:
             assert account.unexplained_absent == 0, "a lost frame inside a talk spurt was neither concealed"
             assert account.late <= counters.get("late", 0)
             assert counters.get("late", 0) + counters.get("duplicate", 0) == account.late + link.duplicated
-            assert abs(error) <= MAX_ALIGNMENT_ERROR and score >= 0.7, report[-1]
+            assert score >= 0.7, report[-1]
+            if tier == "timing":
+                assert abs(error) <= MAX_ALIGNMENT_ERROR, report[-1]
         print("\n" + "\n".join(report))
         assert len(sink.files) == len(VOICES)
 
 
-async def test_three_speakers_through_a_bad_network_short(tmp_path: Path) -> None:
-    await _record(tmp_path, 20.0, seed=1)
+@pytest.mark.parametrize("tier", ["state", pytest.param("timing", marks=pytest.mark.timing)])
+async def test_three_speakers_through_a_bad_network_short(tmp_path: Path, tier: str) -> None:
+    await _record(tmp_path, 20.0, seed=1, tier=tier)
 
 
 @pytest.mark.slow

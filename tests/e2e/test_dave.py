@@ -125,6 +125,11 @@ class Recording:
         return [f.opus for uid, f in self.frames if uid == user_id and f.opus is not None and not f.concealed]
 
 
+PLAYOUT_DELAY = 0.3
+"""Playout delay of these recordings: room for the scheduling stalls of a loaded machine, where the simulated
+senders, the relay and the bot share one process; what is judged here is content, not latency."""
+
+
 def start_recording(vc: VoiceRecvClient, directory: Path) -> Recording:
     recording = Recording(WaveSink(directory))
 
@@ -132,7 +137,7 @@ def start_recording(vc: VoiceRecvClient, directory: Path) -> Recording:
         recording.frames.append((frame.user_id or 0, frame))
 
     recording.started = time.monotonic()
-    vc.listen(MultiSink(recording.sink, CallbackSink(collect, wants_pcm=False)))
+    vc.listen(MultiSink(recording.sink, CallbackSink(collect, wants_pcm=False)), playout_delay=PLAYOUT_DELAY)
     return recording
 
 

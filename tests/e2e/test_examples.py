@@ -30,7 +30,7 @@ async def test_record_cog_records_the_callers_channel(local: LocalDiscord, tmp_p
         command = local.send_message(local.text_channel_id, "!record", author=speaker.user_id)
         reply = await local.wait_for_message(after=command["id"], timeout=10)
         assert reply["content"].startswith("Recording to")
-        await asyncio.sleep(0.3)
+        await local.voice.wait_dave_settled(timeout=10)
         speaker.speak()
         await speaker.wait_idle()
         command = local.send_message(local.text_channel_id, "!stop", author=speaker.user_id)

@@ -32,7 +32,6 @@ async def _connect(client: discord.Client, local: LocalDiscord) -> VoiceRecvClie
 async def _speakers(local: LocalDiscord, count: int) -> list[SimulatedSpeaker]:
     speakers = [local.add_speaker(clip=CLIPS[i % len(CLIPS)]) for i in range(count)]
     await local.voice.wait_dave_settled(timeout=10)
-    await asyncio.sleep(0.2)
     return speakers
 
 
@@ -90,11 +89,11 @@ async def _every_frame_to_a_stalling_consumer(local: LocalDiscord, seconds: floa
         assert [f.opus for f in mine] == [s.opus for s in speaker.sent], f"{speaker.name}: every frame, in order"
         ticks = [f.tick for f in mine]
         assert ticks == sorted(set(ticks))
+        # On the listening timeline, never before it was sent (how soon after is a timing claim, checked against
+        # the senders' clock by the timing tier of tests/e2e/test_record.py).
         first_sent = speaker.sent[0].sent_at - listen_started
-        counters = {k: v for k, v in stats.items() if v and not isinstance(v, dict)}
-        assert abs(mine[0].elapsed - first_sent) <= 0.06, (
-            f"{speaker.name}: {mine[0].elapsed:.3f} vs {first_sent:.3f}; {counters}"
-        )
+        assert mine[0].elapsed == pytest.approx(mine[0].tick * 0.02)
+        assert mine[0].elapsed >= first_sent - 0.02, f"{speaker.name}: {mine[0].elapsed:.3f} vs {first_sent:.3f}"
         assert mine[0].wall_time == pytest.approx(stream.started_at + mine[0].elapsed)
         assert len(mine[0].pcm) == 3840
     assert stats["sink_queue_full"] == 0 and stats["late"] == 0
@@ -147,7 +146,8 @@ async def test_a_consumer_that_stops_loses_counted_frames_and_stalls_nothing(
     assert wave.mix_path is not None
     for path in [*wave.files.values(), wave.mix_path]:
         _, _, samples = read_wav(path)
-        assert abs(len(samples) / 48_000 - listened) <= 0.06, "the file sink got every slot"
+        assert len(samples) == wave.slots * 960, "the file sink got every slot"
+        assert len(samples) / 48_000 <= listened + 0.02, "the timeline never runs ahead of the clock"
 
 
 async def test_a_stream_alone_starts_listening_and_closing_it_stops(local: LocalDiscord) -> None:

@@ -99,10 +99,13 @@ async def test_a_fresh_voice_session_mid_recording_keeps_the_files_and_resumes_a
     assert stats["decrypt_failed"] == 0 and stats["decoded"] > 150
     assert list(recording.sink.files) == [alice.user_id], "one file per speaker across the reconnect"
     _, _, samples = read_wav(recording.sink.files[alice.user_id])
-    assert abs(len(samples) / RATE - (stopped - recording.started)) <= 0.06, "the timeline kept running"
-
     track = recording.track(alice.user_id)
     outage = timeline.settled - timeline.left
+    # The timeline kept running through the outage: a paused one would fall short by the whole outage; how closely
+    # it follows the clock otherwise is a timing claim (the timing tier of tests/e2e/test_record.py).
+    span = stopped - recording.started
+    assert len(samples) == recording.sink.slots * 960
+    assert span - outage / 2 <= len(samples) / RATE <= span + 0.02, (len(samples) / RATE, span, outage)
     around = lost_frames(track, alice.sent, recording.started, within=(timeline.dropped - 0.3, timeline.settled + 0.6))
     resumed = lost_frames(
         track, alice.sent, recording.started, within=(timeline.settled + CHANGE_BUDGET, timeline.settled + 0.8)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
 import socket
 import subprocess
 import time
@@ -12,26 +11,22 @@ from pathlib import Path
 
 import discord
 import numpy as np
+import pytest
 
 from discord_voicerecv import MultiSink, RTPForwardSink, SinkUser, VoiceRecvClient, WaveSink
+from discord_voicerecv.ffmpeg import find_ffmpeg
+from discord_voicerecv.frames import FRAME_SAMPLES
 from discord_voicerecv.sinks.rtp_forward import _MIX_LOOKAHEAD
 from discord_voicerecv.testing import LocalDiscord
 from discord_voicerecv.testing.analysis import normalized_xcorr, read_wav
 from discord_voicerecv.testing.bots import new_client, running
 from discord_voicerecv.testing.clips import load_clip
+from discord_voicerecv.testing.decoding import decode_samples as _decode
 
 RATE = 48_000
 CLIPS = {"alice": "en_gb_female", "bob": "fr_female"}
 
-
-def _ffmpeg() -> str:
-    found = shutil.which("ffmpeg")
-    if found is not None:
-        return found
-    import imageio_ffmpeg
-
-    exe: str = imageio_ffmpeg.get_ffmpeg_exe()
-    return exe
+pytestmark = pytest.mark.ffmpeg
 
 
 def _free_ports(pairs: int) -> int:
@@ -66,7 +61,7 @@ def _bound_udp_ports() -> set[int]:
 
 def _record(sdp: Path, outputs: list[Path]) -> subprocess.Popen[bytes]:
     """ffmpeg reading the SDP and copying the Opus packets, untouched, into every output file."""
-    command = [_ffmpeg(), "-hide_banner", "-nostats", "-loglevel", "warning"]
+    command = [find_ffmpeg(), "-hide_banner", "-nostats", "-loglevel", "warning"]
     command += ["-protocol_whitelist", "file,udp,rtp", "-i", str(sdp)]
     for out in outputs:
         command += ["-map", "0:a", "-c:a", "copy", "-y", str(out)]
@@ -81,15 +76,6 @@ def _finish(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bool, int, s
     except subprocess.TimeoutExpired:
         _, err = proc.communicate(b"q", timeout=10)
         return False, proc.returncode, err.decode(errors="replace")
-
-
-def _decode(path: Path) -> np.ndarray:
-    wav = path.with_suffix(path.suffix + ".wav")
-    command = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(path), "-ar", str(RATE), str(wav)]
-    subprocess.run(command, check=True, timeout=30)
-    rate, _, samples = read_wav(wav)
-    assert rate == RATE
-    return samples
 
 
 async def test_ffmpeg_records_each_forwarded_speaker_and_the_mix_from_the_sdp(
@@ -121,9 +107,7 @@ async def test_ffmpeg_records_each_forwarded_speaker_and_the_mix_from_the_sdp(
             channel = recorder.get_channel(local.voice_channel_id)
             assert isinstance(channel, discord.VoiceChannel)
             vc = await channel.connect(cls=VoiceRecvClient)
-            await asyncio.sleep(0.5)
-            loop = asyncio.get_running_loop()
-            started = loop.time()
+            await local.voice.wait_dave_settled(timeout=10)
             vc.listen(MultiSink(sink, heard))
             await asyncio.sleep(0.3)
             for speaker in speakers.values():
@@ -132,7 +116,6 @@ async def test_ffmpeg_records_each_forwarded_speaker_and_the_mix_from_the_sdp(
                 await asyncio.sleep(0.3)
             vc.stop_listening()
             await vc.wait_listening_stopped()
-            listened = loop.time() - started
             stats = vc.receive_stats()
         ended = {name: await asyncio.to_thread(_finish, proc, 10) for name, proc in procs.items()}
     finally:
@@ -147,24 +130,23 @@ async def test_ffmpeg_records_each_forwarded_speaker_and_the_mix_from_the_sdp(
     assert sink.send_errors == 0
     assert stats["decrypt_failed"] == 0
 
+    # Where the speech sits in the files is judged against what the bot itself heard (the WaveSink of the same
+    # session), sample for sample; where that sits against the speakers' clocks is a timing claim (the timing tier
+    # of tests/e2e/test_record.py).
     mix = _decode(files["mix"][0])
-    assert abs(len(mix) / RATE - listened) <= 0.04, f"mix: {len(mix) / RATE:.3f}s of audio, listened {listened:.3f}s"
+    assert len(mix) == heard.slots * FRAME_SAMPLES, f"mix: {len(mix)} samples, the bot heard {heard.slots} slots"
     assert heard.mix_path is not None
     _same_as_heard(mix, heard.mix_path, "mix", min_score=0.95, delay=_MIX_LOOKAHEAD)
     for name, speaker in speakers.items():
         clip = load_clip(CLIPS[name])
-        first_audio = next(frame for frame in speaker.sent if not frame.silence)
-        expected = first_audio.sent_at - started
         for path in files[name]:
             samples = _decode(path)
             assert len(samples) == len(mix), f"{path.name}: {len(samples)} samples, the mix has {len(mix)}"
             _same_as_heard(samples, heard.files[speaker.user_id], path.name, min_score=0.99)
-            score, lag = normalized_xcorr(samples, clip)
+            score, _ = normalized_xcorr(samples, clip)
             assert score >= 0.9, f"{path.name}: score {score:.3f}; {_heard_vs_clip(heard, speaker.user_id, clip)}"
-            assert abs(lag / RATE - expected) <= 0.04, f"{path.name}: at {lag / RATE:.3f}s, sent at {expected:.3f}s"
-        score, lag = normalized_xcorr(mix, clip)
+        score, _ = normalized_xcorr(mix, clip)
         assert score >= 0.9, f"mix vs {name}: score {score:.3f}"
-        assert abs(lag / RATE - expected) <= 0.04, f"mix: {name} at {lag / RATE:.3f}s, sent at {expected:.3f}s"
 
 
 def _same_as_heard(recorded: np.ndarray, heard: Path, label: str, *, min_score: float, delay: int = 0) -> None:
@@ -200,7 +182,7 @@ async def test_on_stream_starts_ffmpeg_for_a_new_speaker_with_opus_only_forwardi
             channel = recorder.get_channel(local.voice_channel_id)
             assert isinstance(channel, discord.VoiceChannel)
             vc = await channel.connect(cls=VoiceRecvClient)
-            await asyncio.sleep(0.5)
+            await local.voice.wait_dave_settled(timeout=10)
             vc.listen(sink)
             speaker.speak()
             await speaker.wait_idle()

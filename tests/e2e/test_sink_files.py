@@ -53,6 +53,7 @@ async def test_a_refused_listen_touches_no_file_and_starts_no_process(local: Loc
         assert not (tmp_path / "other").exists()
         assert ffmpeg_children() == processes_before
         assert not [t for t in threading.enumerate() if t.ident not in threads_before and t.name.startswith("ffmpeg")]
-        await asyncio.to_thread(vc.stop_listening)
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
         await vc.disconnect()
     assert not [t.name for t in threading.enumerate() if t.ident not in threads_before and t.name.startswith("ffmpeg")]

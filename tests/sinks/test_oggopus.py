@@ -15,12 +15,16 @@ from discord_voicerecv.opus import OpusDecoder, OpusEncoder, packet_samples
 from discord_voicerecv.sinks import CallbackSink, MultiSink, OggOpusSink
 from discord_voicerecv.sinks._ogg import FLAG_BOS, FLAG_EOS, build_page, ogg_crc
 from discord_voicerecv.sinks.ogg import _concealment_packet
+from discord_voicerecv.testing.analysis import normalized_xcorr
 from discord_voicerecv.testing.clips import clip_frames
+from discord_voicerecv.testing.decoding import decode_file
 from discord_voicerecv.testing.ogg import iter_pages, read_packets
 
 ANN = discord.Object(id=11)
 BOB = discord.Object(id=22)
 TOTAL = 150
+
+pytestmark = pytest.mark.ffmpeg
 
 
 def reference_crc(data: bytes) -> int:
@@ -32,15 +36,24 @@ def reference_crc(data: bytes) -> int:
     return crc
 
 
-def decode_with_ffmpeg(path: Path, *, libopus: bool = False) -> bytes:
-    """Decode with ffmpeg: its own Opus decoder by default, or libopus (what browsers and most players use)."""
-    decoder = ["-c:a", "libopus"] if libopus else []
+def decode_natively(path: Path) -> bytes:
+    """Decode with ffmpeg's own Opus decoder (what ffplay and mpv use), not libopus."""
     result = subprocess.run(
-        [find_ffmpeg(), "-v", "error", *decoder, "-i", str(path), "-f", "s16le", "-ac", "2", "-ar", "48000", "pipe:1"],
+        [find_ffmpeg(), "-v", "error", "-c:a", "opus", "-i", str(path), "-f", "s16le", "-ac", "2", "-ar", "48000",
+         "pipe:1"],
         capture_output=True,
         check=True,
-    )
+    )  # fmt: skip
     return result.stdout
+
+
+def has_lbrr(packet: bytes) -> bool:
+    """Whether a one-frame 10/20 ms SILK or hybrid packet carries in-band FEC: the (mid) channel's LBRR flag follows
+    its voice-activity flag (RFC 6716 section 4.2.3); both are even-odds bits, the top two of the first byte."""
+    config = packet[0] >> 3
+    if config >= 16 or packet[0] & 3 != 0 or len(packet) < 2 or (config < 12 and config & 3 > 1):
+        return False
+    return bool(packet[1] >> 6 & 1)
 
 
 def similarity(a: bytes, b: bytes) -> float:
@@ -74,17 +87,25 @@ class Script:
         self.bob_packets = [bob_encoder.encode(pcm) for pcm in list(clip_frames("fr_female"))[:50]]
         self.sent: dict[int, dict[int, bytes | None]] = {11: {}, 22: {}}
 
-    def play(self, sink: OggOpusSink | MultiSink, until: int = TOTAL) -> None:
+    def play(self, sink: OggOpusSink | MultiSink, until: int = TOTAL, *, pcm: bool = False) -> None:
+        """Hand the sink the script's frames; with ``pcm``, decoded as the receiver would (PLC for the lost one)."""
+        decoders = {11: OpusDecoder(), 22: OpusDecoder()}
         for tick in range(until):
-            if tick in self.ann_ticks:
-                packet = self.packets[self.ann_ticks.index(tick)] if tick != self.lost_tick else None
-                self.sent[11][tick] = packet
-                sink.write(ANN, opus_frame(tick, 11, packet))
-            if tick in self.bob_ticks:
-                packet = self.bob_packets[tick - 40]
-                self.sent[22][tick] = packet
-                sink.write(BOB, opus_frame(tick, 22, packet))
+            for user, uid, packet in self._due(tick):
+                self.sent[uid][tick] = packet
+                frame = opus_frame(tick, uid, packet)
+                if pcm:
+                    frame.pcm = decoders[uid].decode(packet)
+                sink.write(user, frame)
             sink.advance(tick)
+
+    def _due(self, tick: int) -> list[tuple[discord.Object, int, bytes | None]]:
+        due: list[tuple[discord.Object, int, bytes | None]] = []
+        if tick in self.ann_ticks:
+            due.append((ANN, 11, self.packets[self.ann_ticks.index(tick)] if tick != self.lost_tick else None))
+        if tick in self.bob_ticks:
+            due.append((BOB, 22, self.bob_packets[tick - 40]))
+        return due
 
 
 def test_ogg_crc_matches_the_bitwise_definition() -> None:
@@ -150,16 +171,48 @@ def test_ffmpeg_decodes_the_expected_duration_in_sync_with_libopus(tmp_path: Pat
     script.play(sink)
     sink.cleanup()
     ann = sink.files[11]
-    decoded = decode_with_ffmpeg(ann)
+    decoded = decode_file(ann)
     assert len(decoded) == TOTAL * FRAME_SAMPLES * 4
-    assert len(decode_with_ffmpeg(sink.files[22])) == len(decoded)
+    assert len(decode_file(sink.files[22])) == len(decoded)
     assert not any(decoded[: 10 * FRAME_SAMPLES * 4]), "silence before the speaker is first heard"
     decoder = OpusDecoder()
     reference = b"".join(decoder.decode(packet) for packet, _ in audio_packets(ann))
-    assert similarity(decode_with_ffmpeg(ann, libopus=True), reference) >= 0.999, "same decoder, same samples"
-    # ffmpeg's own decoder is a different implementation; it conceals the lost frame at slot 30 poorly.
-    voiced = slice(40 * FRAME_SAMPLES * 4, 70 * FRAME_SAMPLES * 4)
-    assert similarity(decoded[voiced], reference[voiced]) >= 0.98
+    assert similarity(decoded, reference) >= 0.999, "same decoder, same samples"
+
+
+def received_pcm(script: Script) -> bytes:
+    """Ann's track as the receiver decodes it with libopus: silence where she sent nothing, concealment at a loss."""
+    decoder = OpusDecoder()
+    track = bytearray()
+    for tick in range(TOTAL):
+        if tick in script.sent[11]:
+            track += decoder.decode(script.sent[11][tick])
+        else:
+            track += bytes(FRAME_SAMPLES * 4)
+    return bytes(track)
+
+
+@pytest.mark.parametrize("receiver_decodes", [True, False], ids=["receiver-pcm", "own-decoder"])
+def test_reencoded_files_play_in_every_opus_decoder_in_sync(tmp_path: Path, receiver_decodes: bool) -> None:
+    script = Script()
+    assert any(has_lbrr(packet) for packet in script.packets), "the script sends in-band FEC, as Discord does"
+    sink = OggOpusSink(tmp_path, reencode=True)
+    assert sink.wants_pcm is True, "the receiver's decode (with its FEC recovery) is what gets re-encoded"
+    script.play(sink, pcm=receiver_decodes)
+    sink.cleanup()
+    reference = received_pcm(script)
+    ann = sink.files[11]
+    assert not any(has_lbrr(packet) for packet, _ in audio_packets(ann))
+    head = read_packets(ann.read_bytes())[0][0]
+    pre_skip = struct.unpack_from("<H", head, 10)[0]
+    assert read_packets(ann.read_bytes())[-1][1] == TOTAL * FRAME_SAMPLES + pre_skip
+    decoded = decode_file(ann)
+    assert len(decoded) == len(reference) == len(decode_file(sink.files[22]))
+    score, lag = normalized_xcorr(decoded, reference)
+    assert score >= 0.99 and lag == 0, f"one generation of coding loss, sample-aligned: {score:.4f} at {lag}"
+    last = slice(69 * FRAME_SAMPLES * 4, 70 * FRAME_SAMPLES * 4)  # Ann's last frame before her pause
+    assert similarity(decoded[last], reference[last]) >= 0.95, "the end of a talk spurt stays in its place"
+    assert similarity(decode_natively(ann), reference) >= 0.99, "ffmpeg's own decoder plays it too, on every version"
 
 
 def test_a_killed_process_leaves_a_file_playable_to_the_last_second(tmp_path: Path) -> None:
@@ -171,7 +224,7 @@ def test_a_killed_process_leaves_a_file_playable_to_the_last_second(tmp_path: Pa
     pages = list(iter_pages(crashed.read_bytes()))
     assert pages[-1].granule >= (120 - 50) * FRAME_SAMPLES
     assert not pages[-1].flags & FLAG_EOS
-    assert len(decode_with_ffmpeg(crashed)) == pages[-1].granule * 4
+    assert len(decode_file(crashed)) == pages[-1].granule * 4
     sink.cleanup()
 
 
@@ -194,7 +247,7 @@ def test_longer_packets_and_late_or_duplicate_frames(tmp_path: Path) -> None:
     starts = [start for _, start in audio_packets(sink.files[11])]
     assert starts == [0, 960, 1920, 3840, 4800]
     assert read_packets(sink.files[11].read_bytes())[-1][1] == 6 * FRAME_SAMPLES
-    assert len(decode_with_ffmpeg(sink.files[11])) == len(decode_with_ffmpeg(sink.files["ssrc:999"]))
+    assert len(decode_file(sink.files[11])) == len(decode_file(sink.files["ssrc:999"]))
 
 
 def test_concealment_packets_last_20_ms_in_every_mode() -> None:

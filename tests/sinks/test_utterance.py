@@ -179,6 +179,7 @@ def test_16k_mono_matches_a_floating_point_reference_and_saturates() -> None:
     assert to_16k_mono(b"") == b"" and to_16k_mono(b"\x01\x00") == b""
 
 
+@pytest.mark.timing
 def test_16k_mono_is_fast_enough_for_long_utterances() -> None:
     audio = tone(300, 10.0)
     started = time.process_time()

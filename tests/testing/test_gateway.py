@@ -16,6 +16,8 @@ from discord.ext import commands
 from discord_voicerecv.testing import LocalDiscord, restore_discord, use_local_discord
 from discord_voicerecv.testing.voice import VoiceServer
 
+pytestmark = pytest.mark.e2e
+
 STUB_VOICE_PORT = 65001
 
 

@@ -131,6 +131,7 @@ async def test_reorder_lets_later_packets_overtake_and_loses_nothing() -> None:
     assert link.stats.delivered == 40
 
 
+@pytest.mark.timing
 async def test_reorder_delay_is_one_to_three_intervals() -> None:
     loop = asyncio.get_running_loop()
     arrivals: list[float] = []
@@ -142,6 +143,7 @@ async def test_reorder_delay_is_one_to_three_intervals() -> None:
     assert FRAME_INTERVAL <= arrivals[0] - start <= 3.5 * FRAME_INTERVAL + 0.15
 
 
+@pytest.mark.timing
 async def test_jitter_delays_within_bound() -> None:
     loop = asyncio.get_running_loop()
     arrivals: list[float] = []

@@ -119,6 +119,7 @@ async def test_aiohttp_trusts_the_local_ca_only_while_patched(certificate: Local
     )
 
 
+@pytest.mark.e2e
 async def test_ca_pem_is_fetched_from_the_url_when_not_in_this_process() -> None:
     async with LocalDiscord() as local:
         patch_module._forget_ca(local.url)  # as if the server ran in another process
@@ -162,6 +163,7 @@ def test_certificate_covers_loopback_and_passes_strict_checks(certificate: Local
     assert certificate.hosts == ("127.0.0.1", "localhost")
 
 
+@pytest.mark.e2e
 async def test_local_discord_command_serves_bots_of_another_process() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     code = "import sys; from discord_voicerecv.testing.cli import main; sys.exit(main(sys.argv[1:]))"

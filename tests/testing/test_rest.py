@@ -14,6 +14,8 @@ import pytest
 from discord_voicerecv.testing import LocalDiscord, restore_discord, use_local_discord
 from discord_voicerecv.testing.voice import VoiceServer
 
+pytestmark = pytest.mark.e2e
+
 
 class _NoVoice:
     """The REST API never touches voice: a stand-in without sockets."""

@@ -23,6 +23,8 @@ from discord_voicerecv.testing.tls import LocalCertificate, generate_certificate
 from discord_voicerecv.testing.voice import DEFAULT_MODES, VoiceServer
 from discord_voicerecv.testing.voice_probe import VoiceProbe
 
+pytestmark = pytest.mark.e2e
+
 GUILD = 1001
 CHANNEL = 2002
 
