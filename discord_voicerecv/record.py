@@ -50,7 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="wav", help="file format (default wav)")
     parser.add_argument("--seconds", type=float, default=None, metavar="N", help="stop after N seconds")
     parser.add_argument("--stop-when-alone", action="store_true", help="stop when everyone else has left the channel")
-    parser.add_argument("--local-discord", metavar="URL", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--local-discord",
+        metavar="URL",
+        default=None,
+        help="record from a local Discord (the url printed by `discord-voicerecv local-discord`) instead of Discord",
+    )
 
 
 def make_sink(fmt: str, out: Path) -> AudioSink:
