@@ -119,7 +119,10 @@ async def _record(args: argparse.Namespace, token: str, stderr: TextIO) -> dict[
     if args.local_discord:
         from .testing import use_local_discord
 
-        use_local_discord(args.local_discord)
+        try:
+            use_local_discord(args.local_discord)
+        except ValueError as exc:
+            raise RecordError(f"--local-discord: {exc}") from exc
     ensure_discord_opus()
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
