@@ -1,5 +1,6 @@
 """The documentation: its Python snippets compile, its links and anchors resolve, every page is in the nav, and
-every API reference entry names a real object. (``make docs`` builds the site itself with ``--strict``.)"""
+every API reference entry names a real object. ``tests/e2e/test_doc_samples.py`` runs every snippet against the
+local Discord; ``make docs`` builds the site itself with ``--strict``."""
 
 from __future__ import annotations
 
