@@ -22,8 +22,11 @@ from typing import Any, TextIO
 import discord
 
 from .client import VoiceRecvClient
+from .frames import FRAME_BYTES, FRAME_SAMPLES, SAMPLE_RATE, VoiceFrame
+from .limits import StopReason
 from .opus import ensure_discord_opus
-from .sinks.base import AudioSink
+from .sinks.base import AudioSink, SinkUser
+from .sinks.multi import MultiSink
 from .sinks.wave import WaveSink
 
 __all__ = ("FORMATS", "add_arguments", "make_sink", "run")
@@ -135,12 +138,14 @@ async def _record(args: argparse.Namespace, token: str, stderr: TextIO) -> dict[
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, interrupt, signum)
     client = _Recorder()
+    print("logging in to Discord...", file=stderr, flush=True)
     runner = asyncio.create_task(client.start(token), name="record: discord client")
     try:
         await _wait_ready(client, runner, interrupted)
         if interrupted.is_set():
             return {"error": None, "seconds": 0.0, "files": [], "out": str(args.out), "interrupted": True}
         channel = await _voice_channel(client, args.channel)
+        print(f"joining #{channel.name}...", file=stderr, flush=True)
         vc = await channel.connect(cls=VoiceRecvClient)
         return await _listen(client, vc, args, interrupted, stderr)
     finally:
@@ -194,30 +199,30 @@ async def _listen(
 
     started_wall = time.time()
     started = loop.time()
-    vc.listen(sink, after=after, max_duration=args.seconds, stop_when_alone=args.stop_when_alone)
+    tally = _Tally()
+    vc.listen(MultiSink(sink, tally), after=after, max_duration=args.seconds, stop_when_alone=args.stop_when_alone)
     name = getattr(vc.channel, "name", args.channel)
     print(f"recording #{name} to {out} as {args.format}; Ctrl-C stops", file=stderr, flush=True)
     tty = stderr.isatty()
     while not ended.is_set() and not interrupted.is_set():
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(_either(ended, interrupted), PROGRESS_INTERVAL)
-        line = _progress(loop.time() - started, client, _bytes_written(out, started_wall))
+        line = _progress(loop.time() - started, client, vc, tally.bytes)
         print(("\r" + line + "\x1b[K") if tty else line, end="" if tty else "\n", file=stderr, flush=True)
     if tty:
         print(file=stderr)
     if vc.is_listening():
         await asyncio.to_thread(vc.stop_listening)
     await ended.wait()
-    seconds = loop.time() - started
     stats = vc.receive_stats()
     reason = vc.stop_reason
     error = errors[0] if errors else None
     files = sorted(str(p) for p in out.iterdir() if p.is_file() and p.stat().st_mtime >= started_wall - 1)
-    print(f"stopped ({reason.value if reason else 'stopped'}); {len(files)} files in {out}", file=stderr, flush=True)
+    print(f"{_stopped(reason, args.seconds)}; {_plural(len(files), 'file')} in {out}", file=stderr, flush=True)
     return {
         "out": str(out),
         "format": args.format,
-        "seconds": round(seconds, 2),
+        "seconds": round(tally.seconds, 3),
         "files": files,
         "bytes": _bytes_written(out, started_wall),
         "speakers": sorted(str(u) for u in client.heard),
@@ -225,6 +230,46 @@ async def _listen(
         "error": None if error is None else f"{type(error).__name__}: {error}",
         "stats": {k: v for k, v in stats.items() if not isinstance(v, dict)},
     }
+
+
+class _Tally(AudioSink):
+    """Counts what the files are given: audio bytes (20 ms of PCM per speaker frame) and timeline slots."""
+
+    wants_pcm = False
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.slots = 0
+
+    def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        self.bytes += FRAME_BYTES
+
+    def advance(self, tick: int) -> None:
+        self.slots = tick + 1
+
+    @property
+    def seconds(self) -> float:
+        """The recording's timeline so far: what every file holds."""
+        return self.slots * FRAME_SAMPLES / SAMPLE_RATE
+
+
+_STOPPED = {
+    StopReason.STOPPED: "stopped on request",
+    StopReason.DISCONNECTED: "stopped: disconnected from voice",
+    StopReason.MAX_BYTES: "stopped at the size limit",
+    StopReason.ALONE: "stopped: everyone else left the channel",
+    StopReason.ERROR: "stopped by an error",
+}
+
+
+def _stopped(reason: StopReason | None, seconds: float | None) -> str:
+    if reason is StopReason.MAX_DURATION:
+        return f"stopped after {seconds:g} s"
+    return _STOPPED.get(reason, "stopped") if reason is not None else "stopped"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 async def _either(*events: asyncio.Event) -> None:
@@ -236,10 +281,12 @@ async def _either(*events: asyncio.Event) -> None:
             waiter.cancel()
 
 
-def _progress(elapsed: float, client: _Recorder, written: int) -> str:
+def _progress(elapsed: float, client: _Recorder, vc: VoiceRecvClient, written: int) -> str:
     minutes, seconds = divmod(int(elapsed), 60)
+    me = client.user.id if client.user is not None else None
+    present = [uid for uid in getattr(vc.channel, "voice_states", {}) if uid != me]
     return (
-        f"recording {minutes:02d}:{seconds:02d}  speakers {len(client.heard)} ({len(client.speaking)} speaking)  "
+        f"recording {minutes:02d}:{seconds:02d}  speakers {len(present)} ({len(client.speaking)} speaking)  "
         f"written {_size(written)}"
     )
 
