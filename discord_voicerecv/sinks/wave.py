@@ -10,7 +10,7 @@ from types import MappingProxyType
 from ..errors import SinkError
 from ..frames import CHANNELS, FRAME_BYTES, SAMPLE_RATE, VoiceFrame
 from ._common import SpeakerKey, fit_frame, speaker_key
-from ._mix import mix_pcm
+from ._mix import Limiter
 from ._naming import FileNamer, Naming
 from ._wavfile import WavWriter
 from .base import AudioSink, SinkUser
@@ -69,6 +69,7 @@ class WaveSink(AudioSink):
         "_directory",
         "_interval",
         "_last_sync",
+        "_limiter",
         "_mix",
         "_names",
         "_naming",
@@ -112,6 +113,7 @@ class WaveSink(AudioSink):
             self._directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SinkError(str(self._directory), exc.strerror or str(exc)) from exc
+        self._limiter = Limiter()
         self._mix: WavWriter | None = None
         if mix:
             self._mix = WavWriter(self._namer.reserve("mix"), rate=SAMPLE_RATE, channels=CHANNELS)
@@ -193,9 +195,10 @@ class WaveSink(AudioSink):
         if count <= 0:
             return
         if self._mix is not None:
-            self._mix.write(mix_pcm(self._pending, FRAME_BYTES))
+            self._mix.write(self._limiter.mix(self._pending, FRAME_BYTES))
             if count > 1:
                 self._mix.write_silence((count - 1) * FRAME_BYTES)
+                self._limiter.skip(count - 1)
         self._pending.clear()
         self._pending_keys.clear()
         self._slots = end
