@@ -192,6 +192,9 @@ SAMPLES: dict[tuple[str, int], Sample] = {
     ("docs/local-discord.md", 3): Sample(lambda h: h.namespace["local"] is not h.local),
     ("docs/local-discord.md", 4): Sample(lambda h: h.local.voice.link_stats(h.bot.user.id).delivered > 0),  # type: ignore[union-attr]
     ("docs/local-discord.md", 5): Sample(_ran_pytest, script=True),
+    # docs/migration.md
+    ("docs/migration.md", 0): Sample(lambda h: any(line.endswith(" 3840") for line in h.printed)),
+    ("docs/migration.md", 1): Sample(lambda h: sum(line.endswith(".wav") for line in h.printed) >= 2),
     # docs/recipes/rtp-forward.md
     ("docs/recipes/rtp-forward.md", 0): Sample(lambda h: len(h.files("recordings/*.webm")) >= 2, after=_record_channel),
     ("docs/recipes/rtp-forward.md", 1): Sample(lambda h: len(h.files("streams/*.webm")) >= 2, after=_forward_on_stream),
