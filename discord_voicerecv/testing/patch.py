@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import socket
 import ssl
 import urllib.request
 from collections.abc import Iterator
@@ -82,7 +83,7 @@ class _ScopedTrust(ssl.SSLContext):
             server_hostname = server_hostname.decode("ascii", "replace")
         return self._local.get(_host_key(server_hostname or ""), self._default)
 
-    def wrap_bio(  # type: ignore[override]
+    def wrap_bio(
         self,
         incoming: ssl.MemoryBIO,
         outgoing: ssl.MemoryBIO,
@@ -95,8 +96,16 @@ class _ScopedTrust(ssl.SSLContext):
             incoming, outgoing, server_side=server_side, server_hostname=server_hostname, session=session
         )
 
-    def wrap_socket(self, sock: Any, *args: Any, server_hostname: str | bytes | None = None, **kwargs: Any) -> Any:
-        return self._pick(server_hostname).wrap_socket(sock, *args, server_hostname=server_hostname, **kwargs)
+    def wrap_socket(  # type: ignore[override]
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        *,
+        server_hostname: str | bytes | None = None,
+        **kwargs: Any,
+    ) -> ssl.SSLSocket:
+        context = self._pick(server_hostname)
+        return context.wrap_socket(sock, server_side=server_side, server_hostname=server_hostname, **kwargs)
 
 
 def _host_key(host: str) -> str:

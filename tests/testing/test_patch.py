@@ -311,3 +311,21 @@ def test_local_discord_command_rejects_bad_link_options(argv: list[str]) -> None
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
+
+
+async def test_blocking_sockets_get_the_same_scoped_trust(certificate: LocalCertificate, tls_server: int) -> None:
+    import socket
+
+    use_local_discord("http://127.0.0.1:1", ca_pem=certificate.ca_pem)
+    scoped = aiohttp.connector._SSL_CONTEXT_VERIFIED
+
+    def handshake(name: str) -> str:
+        with (
+            socket.create_connection(("127.0.0.1", tls_server)) as raw,
+            scoped.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            return str(tls.version())
+
+    assert (await asyncio.to_thread(handshake, "127.0.0.1")).startswith("TLS")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await asyncio.to_thread(handshake, "example.com")  # another name: aiohttp's own context, no local CA
