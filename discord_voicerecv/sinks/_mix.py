@@ -23,7 +23,7 @@ _HEADROOM = 16
 """Scaled lanes carry this many times 32768 of bias so that they stay non-negative for every gain up to 16."""
 
 LIMIT = 29_205
-"""The mix limiter's ceiling: -1 dBFS. A slot whose sum would peak above it is turned down to it."""
+"""The mix limiter's ceiling: -1 dBFS. A slot whose sum would clip is turned down to peak here."""
 RELEASE_DB_PER_SLOT = 0.75
 """How fast the limiter's gain comes back up after a loud slot: 0.75 dB per 20 ms (6 dB in 160 ms)."""
 _RELEASE = 10 ** (RELEASE_DB_PER_SLOT / 20)
@@ -84,9 +84,15 @@ def mix_pcm(frames: Sequence[bytes], nbytes: int) -> bytes:
         return bytes(nbytes)
     if count == 1:
         return bytes(frames[0])
-    if count > _MAX_FRAMES:
-        raise ValueError(f"cannot mix more than {_MAX_FRAMES} frames at once")
     m = _masks(nbytes)
+    even, odd = _lane_sums(frames, m)
+    return _assemble(_clip_lanes(even, count, nbytes, m), _clip_lanes(odd, count, nbytes, m), nbytes, m)
+
+
+def _lane_sums(frames: Sequence[bytes], m: _Masks) -> tuple[int, int]:
+    """The even and the odd samples' sums of offset-binary samples (true sum + count * 32768), one per 32-bit lane."""
+    if len(frames) > _MAX_FRAMES:
+        raise ValueError(f"cannot mix more than {_MAX_FRAMES} frames at once")
     flip, low16 = m.flip, m.low16
     even = 0
     total = 0
@@ -96,40 +102,41 @@ def mix_pcm(frames: Sequence[bytes], nbytes: int) -> bytes:
         even += value & low16
         total += value
     # The odd samples' sum, each lane shifted up 16 bits, is what the even lanes leave of the whole sum.
-    odd = (total - even) >> 16
-    even = _clip_lanes(even, count, nbytes, m)
-    odd = _clip_lanes(odd, count, nbytes, m)
+    return even, (total - even) >> 16
+
+
+def _assemble(even: int, odd: int, nbytes: int, m: _Masks) -> bytes:
     return ((even | (odd << 16)) ^ m.flip).to_bytes(nbytes, "little")
+
+
+def _fits(lanes: int, count: int, nbytes: int, m: _Masks) -> bool:
+    """Every lane's sum is within the int16 range (the mix needs no saturation)."""
+    return (lanes + _ge_bias(nbytes, count)) & m.range_mask == m.range_bits
+
+
+def _peak(lanes: int, count: int, nbytes: int) -> int:
+    values = array(_LANE, lanes.to_bytes(nbytes, "little"))
+    if sys.byteorder == "big":
+        values.byteswap()
+    bias = count * 32_768
+    return max(max(values) - bias, bias - min(values))
 
 
 def sum_peak(frames: Sequence[bytes], nbytes: int) -> int:
     """The largest magnitude the sample-by-sample sum of ``frames`` reaches, before any saturation."""
-    m = _masks(nbytes)
-    flip, low16 = m.flip, m.low16
-    even = 0
-    total = 0
-    for frame in frames:
-        value = int.from_bytes(frame, "little") ^ flip
-        even += value & low16
-        total += value
-    odd = (total - even) >> 16
-    bias = len(frames) * 32_768  # each lane holds the sum of offset-binary samples: true sum + count * 32768
-    peak = 0
-    for lanes in (even, odd):
-        values = array(_LANE, lanes.to_bytes(nbytes, "little"))
-        if sys.byteorder == "big":
-            values.byteswap()
-        peak = max(peak, max(values) - bias, bias - min(values))
-    return peak
+    if not frames:
+        return 0
+    even, odd = _lane_sums(frames, _masks(nbytes))
+    return max(_peak(even, len(frames), nbytes), _peak(odd, len(frames), nbytes))
 
 
 class Limiter:
     """Mixes slot after slot like :func:`mix_pcm`, but turns a slot down instead of letting its sum clip.
 
-    When the speakers of a slot would sum above :data:`LIMIT`, each of them is scaled by the same gain so that the
-    sum peaks at the limit (instant attack, no clipped samples); the gain then returns to 1 by
-    :data:`RELEASE_DB_PER_SLOT` per slot. Slots that fit are the exact sum, so a lone speaker or a quiet call
-    is untouched. One limiter per mixed track: the gain carries from one slot to the next.
+    When the speakers of a slot would sum beyond full scale, each of them is scaled by the same gain so that the
+    sum peaks at :data:`LIMIT` (-1 dBFS; instant attack, no clipped samples); the gain then returns to 1 by
+    :data:`RELEASE_DB_PER_SLOT` per slot. A slot that fits is the exact sum, so a lone speaker or a quiet call is
+    untouched, at the cost of a plain sum. One limiter per mixed track: the gain carries from slot to slot.
     """
 
     __slots__ = ("gain", "limited")
@@ -147,15 +154,23 @@ class Limiter:
 
     def mix(self, frames: Sequence[bytes], nbytes: int) -> bytes:
         """The mix of one slot's frames (each ``nbytes`` long; none for a silent slot), limited."""
-        if self.gain >= 1.0 and len(frames) < 2:
-            return mix_pcm(frames, nbytes)
-        peak = sum_peak(frames, nbytes) if frames else 0
+        count = len(frames)
+        if count == 0:
+            self.skip(1)
+            return bytes(nbytes)
+        if count == 1 and self.gain >= 1.0:
+            return bytes(frames[0])
+        m = _masks(nbytes)
+        even, odd = _lane_sums(frames, m)
+        if self.gain >= 1.0 and _fits(even, count, nbytes, m) and _fits(odd, count, nbytes, m):
+            return _assemble(_clip_lanes(even, count, nbytes, m), _clip_lanes(odd, count, nbytes, m), nbytes, m)
+        peak = max(_peak(even, count, nbytes), _peak(odd, count, nbytes))
         gain = min(1.0, self.gain * _RELEASE, LIMIT / peak if peak > LIMIT else 1.0)
         if gain < 1.0:
             gain = math.floor(gain * _ONE) / _ONE  # the gain stage's own step, rounded down: never above the limit
         self.gain = gain
         if gain >= 1.0:
-            return mix_pcm(frames, nbytes)
+            return _assemble(_clip_lanes(even, count, nbytes, m), _clip_lanes(odd, count, nbytes, m), nbytes, m)
         self.limited += 1
         return mix_pcm([scale_pcm(frame, gain) for frame in frames], nbytes)
 
