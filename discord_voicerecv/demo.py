@@ -79,7 +79,7 @@ async def run_demo(
     ]
     return {
         "ok": stats.get("decoded", 0) > 0 and all(row["match"] is not False and row["file"] for row in rows),
-        "seconds": round(elapsed, 2),
+        "seconds": max((row["seconds"] for row in rows), default=round(elapsed, 2)),  # what the files hold
         "out": str(out),
         "mix": str(sink.mix_path),
         "speakers": rows,
@@ -138,7 +138,7 @@ def _match_score(path: Path, clip: str) -> float | None:
 def format_summary(summary: Mapping[str, Any]) -> str:
     """The demo's result for people: a line per speaker, the mix, the counters that matter."""
     rows: list[dict[str, Any]] = summary["speakers"]
-    lines = [f"Recorded {summary['seconds']:.1f} s from {_plural(len(rows), 'speaker')} into {summary['out']}"]
+    lines = [f"Recorded {summary['seconds']:.2f} s from {_plural(len(rows), 'speaker')} into {summary['out']}"]
     width = max([len(r["name"]) for r in rows] + [7])
     clip_width = max([len(str(r["clip"])) for r in rows] + [4])
     lines.append(f"  {'speaker':<{width}}  {'clip':<{clip_width}}  {'seconds':>7}  matches clip  file")
