@@ -1,8 +1,9 @@
 """``discord-voicerecv local-discord``: serve a local Discord until interrupted.
 
 The first line on stdout is one JSON object, ``{"url", "guild_id", "voice_channel_id", "text_channel_id",
-"speakers"}``, so a script or another process can read it, call ``use_local_discord(url)`` and start its bots. The
-simulated speakers talk (their clips over and over, with pauses) unless ``--quiet``.
+"speakers", "guilds"}``, so a script or another process can read it, call ``use_local_discord(url)`` and start its
+bots. The simulated speakers talk (their clips over and over, with pauses) unless ``--quiet``. With ``--guilds N``
+each guild (on its own shard) gets ``--speakers`` of them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def _count(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
 def _non_negative(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -53,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="REST/gateway port (default: a free one)")
-    parser.add_argument("--speakers", type=_count, default=0, help="simulated speakers in the voice channel")
+    parser.add_argument("--speakers", type=_count, default=0, help="simulated speakers in each voice channel")
+    parser.add_argument(
+        "--guilds", type=_positive, default=1, help="guilds to serve, spread over shards as Discord does (default 1)"
+    )
     talk = parser.add_argument_group("speakers", "what the simulated speakers say")
     talk.add_argument(
         "--clip",
@@ -141,19 +152,32 @@ async def _serve(local: LocalDiscord, plan: ChaosPlan | None = None, talk: Talk 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     async with local, ChaosMonkey(local, plan or ChaosPlan()):
-        speakers = []
-        for index in range(talk.speakers):
-            clip = talk.clips[index % len(talk.clips)] if talk.clips else None
-            speaker = local.add_speaker(clip=clip)
-            if not talk.quiet:
-                speaker.start(pause=talk.pause)
-            speakers.append({"user_id": speaker.user_id, "name": speaker.name, "clip": speaker.clip})
+        guilds = []
+        turn = 0
+        for guild in local.guilds.values():
+            speakers = []
+            for _ in range(talk.speakers):
+                clip = talk.clips[turn % len(talk.clips)] if talk.clips else None
+                turn += 1
+                speaker = local.add_speaker(clip=clip, guild_id=guild.id)
+                if not talk.quiet:
+                    speaker.start(pause=talk.pause)
+                speakers.append({"user_id": speaker.user_id, "name": speaker.name, "clip": speaker.clip})
+            guilds.append(
+                {
+                    "guild_id": guild.id,
+                    "voice_channel_id": guild.voice_channel_id,
+                    "text_channel_id": guild.text_channel_id,
+                    "speakers": speakers,
+                }
+            )
         line = {
             "url": local.url,
             "guild_id": local.guild_id,
             "voice_channel_id": local.voice_channel_id,
             "text_channel_id": local.text_channel_id,
-            "speakers": speakers,
+            "speakers": guilds[0]["speakers"],
+            "guilds": guilds,
         }
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
@@ -174,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         dave=not args.no_dave,
         link=None if link.is_perfect else link,
+        guilds=args.guilds,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(local, plan_from_args(args), talk_from_args(args)))

@@ -87,3 +87,16 @@ async def test_quiet_speakers_send_nothing(tmp_path: Path) -> None:
         assert [s["name"] for s in info["speakers"]] == ["Speaker 1"]
         stats = await record(info, tmp_path, 1.5)
     assert stats["packets"] == 0
+
+
+async def test_several_guilds_on_different_shards_each_with_its_speakers() -> None:
+    async with local_discord_process("--guilds", "2", "--speakers", "1", "--quiet") as info:
+        guilds = info["guilds"]
+        assert len(guilds) == 2 and guilds[0]["guild_id"] == info["guild_id"]
+        assert {(g["guild_id"] >> 22) % 2 for g in guilds} == {0, 1}  # one per shard of a 2-shard bot
+        client = new_client()
+        async with running(client, "cli-guilds"):
+            for guild in guilds:
+                channel = client.get_channel(guild["voice_channel_id"])
+                assert isinstance(channel, discord.VoiceChannel) and channel.guild.id == guild["guild_id"]
+                assert [m.id for m in channel.members] == [s["user_id"] for s in guild["speakers"]]

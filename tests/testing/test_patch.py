@@ -277,7 +277,7 @@ async def test_local_discord_command_serves_bots_of_another_process() -> None:
     try:
         line = await asyncio.wait_for(process.stdout.readline(), 20)
         info = json.loads(line)
-        assert set(info) == {"url", "guild_id", "voice_channel_id", "text_channel_id", "speakers"}
+        assert set(info) == {"url", "guild_id", "voice_channel_id", "text_channel_id", "speakers", "guilds"}
         await asyncio.to_thread(use_local_discord, info["url"])  # fetches the CA over HTTP
 
         intents = discord.Intents.default()
