@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--speakers", type=int, default=3)
     demo.add_argument("--out", type=Path, default=Path("recordings"))
     demo.add_argument("--no-dave", action="store_true", help="turn DAVE end-to-end encryption off (legacy)")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
 
     sub.add_parser(
         "local-discord", help="serve a local Discord on loopback (see --help of the subcommand)", add_help=False
@@ -53,12 +54,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     if args.command == "demo":
-        from .demo import run_demo
+        from .demo import format_summary, run_demo
 
         summary = asyncio.run(
-            run_demo(seconds=args.seconds, speakers=args.speakers, out=args.out, dave=not args.no_dave)
+            run_demo(
+                seconds=args.seconds,
+                speakers=args.speakers,
+                out=args.out,
+                dave=not args.no_dave,
+                progress=lambda line: print(line, file=sys.stderr, flush=True),
+            )
         )
-        print(json.dumps(summary, indent=2, sort_keys=True))
+        print(json.dumps(summary, indent=2, sort_keys=True) if args.json else format_summary(summary))
         return 0 if summary.get("ok") else 1
     if args.command == "decode":
         from .decode import DecodeError, check_arguments, decode_capture

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from discord import ClientException
+
 __all__ = (
     "AlreadyListening",
     "CaptureFormatError",
     "DecryptionFailed",
     "FFmpegNotFound",
     "MalformedPacket",
-    "NotListening",
     "OpusError",
     "OpusNotAvailable",
     "SinkError",
@@ -60,12 +61,11 @@ class OpusError(VoiceRecvError, RuntimeError):
         self.code = code
 
 
-class AlreadyListening(VoiceRecvError, RuntimeError):
-    """``listen()`` was called while a sink is already attached. Call ``stop_listening()`` first."""
+class AlreadyListening(VoiceRecvError, ClientException):
+    """``listen()`` was called while a sink is already attached. Call ``stop_listening()`` first.
 
-
-class NotListening(VoiceRecvError, RuntimeError):
-    """An operation needs an active ``listen()``."""
+    A :class:`discord.ClientException`, as discord.py raises for ``play()`` while already playing audio.
+    """
 
 
 class E2EEDecryptError(VoiceRecvError, ValueError):

@@ -27,9 +27,12 @@ import discord
 
 from .client import VoiceRecvClient
 from .errors import FFmpegNotFound
+from .frames import FRAME_BYTES, FRAME_SAMPLES, SAMPLE_RATE, VoiceFrame
+from .limits import StopReason
 from .opus import ensure_discord_opus
 from .sinks._naming import directory_problem
-from .sinks.base import AudioSink
+from .sinks.base import AudioSink, SinkUser
+from .sinks.multi import MultiSink
 from .sinks.wave import WaveSink
 
 __all__ = ("FORMATS", "add_arguments", "make_sink", "run")
@@ -57,7 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="wav", help="file format (default wav)")
     parser.add_argument("--seconds", type=float, default=None, metavar="N", help="stop after N seconds")
     parser.add_argument("--stop-when-alone", action="store_true", help="stop when everyone else has left the channel")
-    parser.add_argument("--local-discord", metavar="URL", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--local-discord",
+        metavar="URL",
+        default=None,
+        help="record from a local Discord (the url printed by `discord-voicerecv local-discord`) instead of Discord",
+    )
 
 
 def make_sink(fmt: str, out: Path) -> AudioSink:
@@ -184,17 +192,22 @@ async def _record(
     if args.local_discord:
         from .testing import use_local_discord
 
-        use_local_discord(args.local_discord)
+        try:
+            use_local_discord(args.local_discord)
+        except ValueError as exc:
+            raise RecordError(f"--local-discord: {exc}") from exc
     ensure_discord_opus()
     interrupted = asyncio.Event()
     interrupts.attach(asyncio.get_running_loop(), interrupted)
     client = _Recorder()
+    print("logging in to Discord...", file=stderr, flush=True)
     runner = asyncio.create_task(client.start(token), name="record: discord client")
     try:
         await _wait_ready(client, runner, interrupted)
         if interrupted.is_set():
             return {"error": None, "seconds": 0.0, "files": [], "out": str(args.out), "interrupted": True}
         channel = await _voice_channel(client, args.channel)
+        print(f"joining #{channel.name}...", file=stderr, flush=True)
         vc = await channel.connect(cls=VoiceRecvClient)
         return await _listen(client, vc, args, interrupted, stderr, sink)
     finally:
@@ -252,14 +265,15 @@ async def _listen(
 
     started_wall = time.time()
     started = loop.time()
-    vc.listen(sink, after=after, max_duration=args.seconds, stop_when_alone=args.stop_when_alone)
+    tally = _Tally()
+    vc.listen(MultiSink(sink, tally), after=after, max_duration=args.seconds, stop_when_alone=args.stop_when_alone)
     name = getattr(vc.channel, "name", args.channel)
     print(f"recording #{name} to {out} as {args.format}; Ctrl-C stops", file=stderr, flush=True)
     tty = stderr.isatty()
     while not ended.is_set() and not interrupted.is_set():
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(_either(ended, interrupted), PROGRESS_INTERVAL)
-        line = _progress(loop.time() - started, client, _bytes_written(out, started_wall))
+        line = _progress(loop.time() - started, client, vc, tally.bytes)
         print(("\r" + line + "\x1b[K") if tty else line, end="" if tty else "\n", file=stderr, flush=True)
     if tty:
         print(file=stderr)
@@ -267,16 +281,15 @@ async def _listen(
         vc.stop_listening()
         await vc.wait_listening_stopped()
     await ended.wait()
-    seconds = loop.time() - started
     stats = vc.receive_stats()
     reason = vc.stop_reason
     error = errors[0] if errors else None
     files = sorted(str(p) for p in out.iterdir() if p.is_file() and p.stat().st_mtime >= started_wall - 1)
-    print(f"stopped ({reason.value if reason else 'stopped'}); {len(files)} files in {out}", file=stderr, flush=True)
+    print(f"{_stopped(reason, args.seconds)}; {_plural(len(files), 'file')} in {out}", file=stderr, flush=True)
     return {
         "out": str(out),
         "format": args.format,
-        "seconds": round(seconds, 2),
+        "seconds": round(tally.seconds, 3),
         "files": files,
         "bytes": _bytes_written(out, started_wall),
         "speakers": sorted(str(u) for u in client.heard),
@@ -284,6 +297,46 @@ async def _listen(
         "error": None if error is None else f"{type(error).__name__}: {error}",
         "stats": {k: v for k, v in stats.items() if not isinstance(v, dict)},
     }
+
+
+class _Tally(AudioSink):
+    """Counts what the files are given: audio bytes (20 ms of PCM per speaker frame) and timeline slots."""
+
+    wants_pcm = False
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.slots = 0
+
+    def write(self, user: SinkUser, frame: VoiceFrame) -> None:
+        self.bytes += FRAME_BYTES
+
+    def advance(self, tick: int) -> None:
+        self.slots = tick + 1
+
+    @property
+    def seconds(self) -> float:
+        """The recording's timeline so far: what every file holds."""
+        return self.slots * FRAME_SAMPLES / SAMPLE_RATE
+
+
+_STOPPED = {
+    StopReason.STOPPED: "stopped on request",
+    StopReason.DISCONNECTED: "stopped: disconnected from voice",
+    StopReason.MAX_BYTES: "stopped at the size limit",
+    StopReason.ALONE: "stopped: everyone else left the channel",
+    StopReason.ERROR: "stopped by an error",
+}
+
+
+def _stopped(reason: StopReason | None, seconds: float | None) -> str:
+    if reason is StopReason.MAX_DURATION:
+        return f"stopped after {seconds:g} s"
+    return _STOPPED.get(reason, "stopped") if reason is not None else "stopped"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 async def _either(*events: asyncio.Event) -> None:
@@ -295,10 +348,12 @@ async def _either(*events: asyncio.Event) -> None:
             waiter.cancel()
 
 
-def _progress(elapsed: float, client: _Recorder, written: int) -> str:
+def _progress(elapsed: float, client: _Recorder, vc: VoiceRecvClient, written: int) -> str:
     minutes, seconds = divmod(int(elapsed), 60)
+    me = client.user.id if client.user is not None else None
+    present = [uid for uid in getattr(vc.channel, "voice_states", {}) if uid != me]
     return (
-        f"recording {minutes:02d}:{seconds:02d}  speakers {len(client.heard)} ({len(client.speaking)} speaking)  "
+        f"recording {minutes:02d}:{seconds:02d}  speakers {len(present)} ({len(client.speaking)} speaking)  "
         f"written {_size(written)}"
     )
 

@@ -1,10 +1,12 @@
 """The documentation: its Python snippets compile, its links and anchors resolve, every page is in the nav, and
-every API reference entry names a real object. (``make docs`` builds the site itself with ``--strict``.)"""
+every API reference entry names a real object. ``tests/e2e/test_doc_samples.py`` runs every snippet against the
+local Discord; ``make docs`` builds the site itself with ``--strict``."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import re
 import unicodedata
 from pathlib import Path
@@ -121,3 +123,29 @@ def test_api_reference_entries_name_real_objects() -> None:
 def test_the_slug_matches_the_toc_extension() -> None:
     assert _slug("Live audio: `async for`") == "live-audio-async-for"
     assert _slug("Decode a capture") == "decode-a-capture"
+
+
+def test_the_docs_extension_turns_rest_into_markdown() -> None:
+    griffe = pytest.importorskip("griffe")
+    spec = importlib.util.spec_from_file_location("sphinx_roles", DOCS / "_ext" / "sphinx_roles.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = "Use it as the ``cls`` of :meth:`discord.abc.Connectable.connect`::\n\n    vc = await connect()\n\nDone."
+    assert module._literal_blocks(text).splitlines() == [
+        "Use it as the ``cls`` of :meth:`discord.abc.Connectable.connect`:",
+        "",
+        "```python",
+        "vc = await connect()",
+        "```",
+        "",
+        "Done.",
+    ]
+    extension = module.SphinxRoles()
+    package = griffe.load("discord_voicerecv", search_paths=[str(ROOT)])
+    extension.on_package(pkg=package)
+    docstring = package["VoiceRecvClient"].docstring.value
+    assert ":meth:`" not in docstring and ":class:`" not in docstring
+    assert "`discord.abc.Connectable.connect`" in docstring  # outside the API page: code, not a link
+    listen = package["VoiceRecvClient.listen"].docstring.value
+    assert "[`stop_listening`][discord_voicerecv.VoiceRecvClient.stop_listening]" in listen  # on it: a link

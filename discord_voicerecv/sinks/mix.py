@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from functools import lru_cache
 
-from ..frames import FRAME_BYTES, FRAME_SAMPLES, SILENT_PCM, VoiceFrame
+from ..frames import FRAME_BYTES, FRAME_SAMPLES, VoiceFrame
 from ._common import SpeakerKey, fit_frame, speaker_key
-from ._mix import _clip_lanes, _masks, _replicate, mix_pcm
+from ._mix import MAX_GAIN, Limiter, scale_pcm
 from .base import AudioSink, SinkUser
 
 __all__ = ("MAX_GAIN", "MIX_SSRC", "MixSink", "scale_pcm")
 
 MIX_SSRC = 0
 """The SSRC of the frames a :class:`MixSink` emits (with ``user_id=None``); Discord never gives a user SSRC 0."""
-MAX_GAIN = 16.0
-"""Largest per-user gain (+24 dB)."""
-
-_ONE = 256
-"""Gains are applied in fixed point with 8 fractional bits (steps of 0.004, about 0.03 dB)."""
-_HEADROOM = 16
-"""Scaled lanes carry this many times 32768 of bias so that they stay non-negative for every gain up to 16."""
 
 
 class MixSink(AudioSink):
     """Sum the speakers of every slot into one frame and pass it on to ``target``: a mixed track in any format.
 
-    ``target`` gets exactly one frame per slot, in order and on the listening timeline: the saturated sum of the
-    slot's speakers, or silence when nobody spoke, followed by ``target.advance(tick)``; then ``cleanup()`` at the
+    ``target`` gets exactly one frame per slot, in order and on the listening timeline: the sum of the slot's
+    speakers (turned down instead of clipping when loud voices overlap: a peak limiter at -1 dBFS), or silence
+    when nobody spoke, followed by ``target.advance(tick)``; then ``cleanup()`` at the
     end. The frames have ``user_id=None``, ``ssrc=MIX_SSRC``, no Opus packet, and ``user`` is ``None``, so
     :class:`FFmpegSink` names the track ``mix`` (``MixSink(FFmpegSink(out, "mp3", mix=False))`` writes
     ``mix.mp3``) and callbacks can tell it apart. Errors of ``target`` propagate.
@@ -44,7 +37,17 @@ class MixSink(AudioSink):
         Linear gain per user id, from 0 (left out) to :data:`MAX_GAIN`; others are mixed at 1.0.
     """
 
-    __slots__ = ("_closed", "_gains", "_include", "_pending", "_pending_keys", "_slots", "dropped", "target")
+    __slots__ = (
+        "_closed",
+        "_gains",
+        "_include",
+        "_limiter",
+        "_pending",
+        "_pending_keys",
+        "_slots",
+        "dropped",
+        "target",
+    )
 
     def __init__(
         self,
@@ -61,6 +64,7 @@ class MixSink(AudioSink):
         self._gains = dict(gains or {})
         self._pending: list[bytes] = []
         self._pending_keys: set[SpeakerKey] = set()
+        self._limiter = Limiter()
         self._slots = 0
         self._closed = False
         self.dropped = 0
@@ -119,7 +123,7 @@ class MixSink(AudioSink):
         target = self.target
         while self._slots < end:
             tick = self._slots
-            pcm = mix_pcm(self._pending, FRAME_BYTES) if self._pending else SILENT_PCM
+            pcm = self._limiter.mix(self._pending, FRAME_BYTES)
             self._pending.clear()
             self._pending_keys.clear()
             self._slots = tick + 1
@@ -128,34 +132,3 @@ class MixSink(AudioSink):
             )  # fmt: skip
             target.write(None, mixed)
             target.advance(tick)
-
-
-@lru_cache(maxsize=64)
-def _scale_constants(nbytes: int, factor: int) -> tuple[int, int]:
-    lanes = nbytes // 4
-    bias = 32_768 * (_ONE - factor) + _HEADROOM * 32_768 * _ONE + _ONE // 2
-    return _replicate(bias, lanes), _replicate(0xFF_FFFF, lanes)
-
-
-def scale_pcm(pcm: bytes, gain: float) -> bytes:
-    """s16le PCM multiplied by ``gain`` (0 to :data:`MAX_GAIN`), rounded and saturated to the int16 range.
-
-    Pure Python at the cost of a few big-integer operations per frame (the lane technique of the mixer), so it
-    can run for every speaker in every slot; ``len(pcm)`` must be a multiple of 4.
-    """
-    if not 0.0 <= gain <= MAX_GAIN:
-        raise ValueError(f"gain must be within [0, {MAX_GAIN}], not {gain!r}")
-    factor = round(gain * _ONE)
-    nbytes = len(pcm)
-    if factor == _ONE or nbytes == 0:
-        return bytes(pcm)
-    m = _masks(nbytes)
-    bias, low24 = _scale_constants(nbytes, factor)
-    value = int.from_bytes(pcm, "little") ^ m.flip
-    # Each 32-bit lane holds u * factor + bias with u = sample + 32768; after >> 8 it is
-    # round(sample * gain) + 32768 + 16 * 32768, which the mixer's clipping treats as a sum of 17 samples.
-    even = (((value & m.low16) * factor + bias) >> 8) & low24
-    odd = ((((value >> 16) & m.low16) * factor + bias) >> 8) & low24
-    even = _clip_lanes(even, _HEADROOM + 1, nbytes, m)
-    odd = _clip_lanes(odd, _HEADROOM + 1, nbytes, m)
-    return ((even | (odd << 16)) ^ m.flip).to_bytes(nbytes, "little")

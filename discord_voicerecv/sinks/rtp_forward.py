@@ -22,7 +22,7 @@ from ..protocol.rtcp import SDES_CNAME, SdesChunk, SourceDescription, build_bye,
 from ..protocol.rtp import build_rtp_header
 from ..sdp import opus_sdp
 from ._common import SpeakerKey, fit_frame, log
-from ._mix import mix_pcm
+from ._mix import Limiter
 from ._naming import FileNamer
 from .base import AudioSink, SinkUser
 
@@ -171,6 +171,7 @@ class RTPForwardSink(AudioSink):
         "_encoder",
         "_family",
         "_host",
+        "_limiter",
         "_mix",
         "_mix_pcm",
         "_namer",
@@ -246,6 +247,7 @@ class RTPForwardSink(AudioSink):
             self._mix: _Output | None = None
             self._encoder: OpusEncoder | None = None
             self._mix_pcm: list[bytes] = []
+            self._limiter = Limiter()
             if mix is not False:
                 from ..opus import OpusEncoder
 
@@ -430,11 +432,12 @@ class RTPForwardSink(AudioSink):
             mix.next_tick = mix.report_tick = tick
         if frames:
             assert self._encoder is not None
-            packet = self._encoder.encode(mix_pcm(frames, FRAME_BYTES))
+            packet = self._encoder.encode(self._limiter.mix(frames, FRAME_BYTES))
             frames.clear()
             self._send(mix, tick, packet, mix.marker)
             mix.marker = False
         else:
+            self._limiter.skip(1)
             if self._silence_fill:
                 self._send(mix, tick, OPUS_SILENCE, False)
             mix.marker = True

@@ -10,7 +10,7 @@ from types import MappingProxyType
 from ..errors import SinkError
 from ..frames import CHANNELS, FRAME_BYTES, FRAMES_PER_SECOND, SAMPLE_RATE, VoiceFrame
 from ._common import SpeakerKey, fit_frame, speaker_key
-from ._mix import mix_pcm
+from ._mix import Limiter
 from ._naming import FileNamer, Naming
 from ._wavfile import WavWriter
 from .base import AudioSink, SinkUser
@@ -70,6 +70,7 @@ class WaveSink(AudioSink):
         "_directory",
         "_interval",
         "_last_sync",
+        "_limiter",
         "_mix",
         "_namer",
         "_opened",
@@ -114,6 +115,7 @@ class WaveSink(AudioSink):
         self.closed = False
         self._opened = False
         self._mix: WavWriter | None = None
+        self._limiter = Limiter()
 
     def open(self) -> None:
         """Create the directory and ``mix.wav`` (under the first free name); speakers' files follow as they speak."""
@@ -210,9 +212,10 @@ class WaveSink(AudioSink):
         if count <= 0:
             return
         if self._mix is not None:
-            self._mix.write(mix_pcm(self._pending, FRAME_BYTES))
+            self._mix.write(self._limiter.mix(self._pending, FRAME_BYTES))
             if count > 1:
                 self._mix.write_silence((count - 1) * FRAME_BYTES)
+                self._limiter.skip(count - 1)
         self._pending.clear()
         self._pending_keys.clear()
         self._slots = end

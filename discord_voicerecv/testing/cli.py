@@ -1,7 +1,9 @@
 """``discord-voicerecv local-discord``: serve a local Discord until interrupted.
 
-The first line on stdout is one JSON object, ``{"url", "guild_id", "voice_channel_id", "text_channel_id"}``, so a
-script or another process can read it, call ``use_local_discord(url)`` and start its bots.
+The first line on stdout is one JSON object, ``{"url", "guild_id", "voice_channel_id", "text_channel_id",
+"speakers", "guilds"}``, so a script or another process can read it, call ``use_local_discord(url)`` and start its
+bots. The simulated speakers talk (their clips over and over, with pauses) unless ``--quiet``. With ``--guilds N``
+each guild (on its own shard) gets ``--speakers`` of them.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .chaos import ChaosMonkey, ChaosPlan
+from .clips import list_clips
 from .link import LinkConditions
 from .server import LocalDiscord
 
@@ -27,6 +31,20 @@ def _percent(text: str) -> float:
     if not 0.0 <= value <= 100.0:
         raise argparse.ArgumentTypeError(f"{text} is not a percentage between 0 and 100")
     return value / 100.0
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must not be negative")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
 
 
 def _non_negative(text: str) -> float:
@@ -43,7 +61,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="REST/gateway port (default: a free one)")
-    parser.add_argument("--speakers", type=int, default=0, help="simulated speakers in the voice channel")
+    parser.add_argument("--speakers", type=_count, default=0, help="simulated speakers in each voice channel")
+    parser.add_argument(
+        "--guilds", type=_positive, default=1, help="guilds to serve, spread over shards as Discord does (default 1)"
+    )
+    talk = parser.add_argument_group("speakers", "what the simulated speakers say")
+    talk.add_argument(
+        "--clip",
+        action="append",
+        choices=list_clips(),
+        metavar="NAME",
+        help=f"a clip to speak, repeat for several (given to speakers in turn); one of {', '.join(list_clips())}",
+    )
+    talk.add_argument(
+        "--pause", type=_non_negative, default=1.0, metavar="S", help="seconds of quiet between clips (default 1)"
+    )
+    talk.add_argument("--quiet", action="store_true", help="speakers join the channel but never talk")
     parser.add_argument("--no-dave", action="store_true", help="no DAVE end-to-end encryption in voice")
     parser.add_argument("--loss", type=_percent, default=0.0, metavar="PCT", help="voice packet loss, percent")
     parser.add_argument("--reorder", type=_percent, default=0.0, metavar="PCT", help="voice reordering, percent")
@@ -97,18 +130,54 @@ def plan_from_args(args: argparse.Namespace) -> ChaosPlan:
     )
 
 
-async def _serve(local: LocalDiscord, plan: ChaosPlan | None = None) -> None:
+@dataclass(frozen=True)
+class Talk:
+    """The simulated speakers to add: how many, their clips (in turn), the quiet between clips, or silent."""
+
+    speakers: int = 0
+    clips: Sequence[str] = ()
+    pause: float = 1.0
+    quiet: bool = False
+
+
+def talk_from_args(args: argparse.Namespace) -> Talk:
+    """The speakers the flags ask for."""
+    return Talk(speakers=args.speakers, clips=args.clip or list_clips(), pause=args.pause, quiet=args.quiet)
+
+
+async def _serve(local: LocalDiscord, plan: ChaosPlan | None = None, talk: Talk = Talk()) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     async with local, ChaosMonkey(local, plan or ChaosPlan()):
+        guilds = []
+        turn = 0
+        for guild in local.guilds.values():
+            speakers = []
+            for _ in range(talk.speakers):
+                clip = talk.clips[turn % len(talk.clips)] if talk.clips else None
+                turn += 1
+                speaker = local.add_speaker(clip=clip, guild_id=guild.id)
+                if not talk.quiet:
+                    speaker.start(pause=talk.pause)
+                speakers.append({"user_id": speaker.user_id, "name": speaker.name, "clip": speaker.clip})
+            guilds.append(
+                {
+                    "guild_id": guild.id,
+                    "voice_channel_id": guild.voice_channel_id,
+                    "text_channel_id": guild.text_channel_id,
+                    "speakers": speakers,
+                }
+            )
         line = {
             "url": local.url,
             "guild_id": local.guild_id,
             "voice_channel_id": local.voice_channel_id,
             "text_channel_id": local.text_channel_id,
+            "speakers": guilds[0]["speakers"],
+            "guilds": guilds,
         }
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
@@ -127,10 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     local = LocalDiscord(
         host=args.host,
         port=args.port,
-        speakers=args.speakers,
         dave=not args.no_dave,
         link=None if link.is_perfect else link,
+        guilds=args.guilds,
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(local, plan_from_args(args)))
+        asyncio.run(_serve(local, plan_from_args(args), talk_from_args(args)))
     return 0

@@ -2,8 +2,9 @@
 
 Sans-I/O: the local voice gateway feeds it what members do (join, op26 key package, op28 commit/welcome, op23
 ready, op31 invalid, leave) and sends the `Outbound` messages it returns, in order. It follows the DAVE whitepaper
-(https://daveprotocol.com): the first two members with key packages create the group (each is sent Add proposals
-for the others, the first valid commit wins), later joiners are added and leavers removed by external proposals to
+(https://daveprotocol.com): while no group is established, each key package's Add proposal goes at once to every
+other member of the call, a joiner gets the proposals already in flight, and the first valid commit creates the
+group; later joiners are added and leavers removed by external proposals to
 the established members, a sole remaining member is reset, and version changes go through op21/op22 (downgrade)
 or op24 with epoch 1 (upgrade, re-creating the group).
 """
@@ -220,6 +221,8 @@ class DaveGroupCoordinator:
         self._members[user_id] = _Member(user_id)
         if self._version > 0:
             out.append(self._binary(user_id, OP_EXTERNAL_SENDER, self._external_sender))
+            if self._transition is None:
+                out += self._in_flight_for(user_id)
         return out
 
     def member_left(self, user_id: int) -> list[Outbound]:
@@ -247,7 +250,14 @@ class DaveGroupCoordinator:
             raise MalformedMlsMessage("identity", f"key package names user {info.user_id}, sender is {user_id}")
         if info.cipher_suite != CIPHER_SUITE_P256:
             raise MalformedMlsMessage("cipher_suite", f"cipher suite {info.cipher_suite}")
-        out = self._reset_member(member)
+        if member.leaf is not None:
+            # Sent when its session started, overtaken by its own commit of the proposals in flight: it created
+            # the group from its local one. (Op31 and op24 epoch 1, the events that make a member send a new key
+            # package, clear its leaf first.)
+            return []
+        # A replacement key package withdraws the member's Add; a first one only makes it addable (the proposals
+        # it was sent while pending stay valid: its local group is the same).
+        out = self._reset_member(member) if member.key_package is not None else []
         member.key_package = package
         return out + self._settle(user_id)
 
@@ -466,35 +476,39 @@ class DaveGroupCoordinator:
         return [self._json(uid, OP_PREPARE_EPOCH, data) for uid in self._members]
 
     def _creation_step(self) -> list[Outbound]:
-        """No established group: every pending member with a key package gets Add proposals for all the others."""
-        holders = [m for m in self._members.values() if m.key_package is not None]
+        """No established group: each key package's Add proposal goes to every other pending member at once.
+
+        As the DAVE whitepaper's Initial Group Creation says: no waiting for a second key package, every member of
+        the call (all are pending) is sent each Add as it comes, and a member is sent the in-flight proposals it
+        has not had yet (see `member_joined`). The first valid commit establishes the group.
+        """
         round_ = self._round
+        pooled = {p.add_user for p in round_.pool.values()} if round_ is not None else set()
+        fresh = [m for m in self._members.values() if m.key_package is not None and m.user_id not in pooled]
+        if not fresh:
+            return []
         if round_ is None:
-            if len(holders) < 2:
-                return []
             round_ = self._round = _Round(0, creation=True)
-            for member in holders:
-                proposal = self._add_proposal(member, 0)
-                round_.pool[proposal.ref] = proposal
-            out = []
-            for member in holders:
-                others = [p for p in round_.pool.values() if p.add_user != member.user_id]
-                round_.sent[member.user_id] = {p.ref for p in others}
-                out.append(self._send_proposals(member.user_id, others))
-            return out
-        out = []
-        pooled = {p.add_user for p in round_.pool.values()}
-        for member in holders:
-            if member.user_id in pooled:
-                continue
+        out: list[Outbound] = []
+        for member in fresh:
             proposal = self._add_proposal(member, 0)
-            for recipient, refs in round_.sent.items():
-                refs.add(proposal.ref)
-                out.append(self._send_proposals(recipient, [proposal]))
-            round_.sent[member.user_id] = set(round_.pool)
-            out.append(self._send_proposals(member.user_id, list(round_.pool.values())))
             round_.pool[proposal.ref] = proposal
+            for other in self._members.values():
+                if other.user_id != member.user_id:
+                    round_.sent.setdefault(other.user_id, set()).add(proposal.ref)
+                    out.append(self._send_proposals(other.user_id, [proposal]))
         return out
+
+    def _in_flight_for(self, user_id: int) -> list[Outbound]:
+        """A member joining while the group is being created gets the Add proposals already sent to the others."""
+        round_ = self._round
+        if round_ is None or not round_.creation or self._epoch != 0:
+            return []
+        missing = [p for ref, p in round_.pool.items() if p.add_user != user_id]
+        if not missing:
+            return []
+        round_.sent.setdefault(user_id, set()).update(p.ref for p in missing)
+        return [self._send_proposals(user_id, missing)]
 
     def _established_step(self) -> list[Outbound]:
         committers = [m for m in self._members.values() if m.leaf is not None]

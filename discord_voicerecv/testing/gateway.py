@@ -186,6 +186,8 @@ class Gateway:
     ) -> None:
         self.guild = guild
         self.voice = voice
+        self.guilds: dict[int, tuple[GuildState, VoiceLink]] = {guild.id: (guild, voice)}
+        """Every guild served, the first one included, with its voice server; bots see those of their shards."""
         self.heartbeat_interval = heartbeat_interval
         self.resume_window = resume_window
         self.url = ""
@@ -193,6 +195,10 @@ class Gateway:
         self._connections: set[_Connection] = set()
         self.on_change: list[Callable[[], None]] = []
         """Called after sessions, voice states or messages changed (the LocalDiscord's waits listen here)."""
+
+    def add_guild(self, guild: GuildState, voice: VoiceLink) -> None:
+        """Serve another guild (before bots connect): every bot is a member, shards decide who sees it."""
+        self.guilds[guild.id] = (guild, voice)
 
     def _changed(self) -> None:
         for callback in self.on_change:
@@ -204,22 +210,24 @@ class Gateway:
         """The live sessions of one bot user."""
         return [s for s in self.sessions.values() if s.user.id == user_id]
 
-    def _guild_sessions(self, intent: Intent | None = None) -> list[GatewaySession]:
-        return [
-            s for s in self.sessions.values() if s.owns_guild(self.guild.id) and (intent is None or s.wants(intent))
-        ]
+    def _guild_sessions(self, intent: Intent | None = None, guild: GuildState | None = None) -> list[GatewaySession]:
+        guild_id = (guild or self.guild).id
+        return [s for s in self.sessions.values() if s.owns_guild(guild_id) and (intent is None or s.wants(intent))]
 
-    def dispatch_voice_state(self, payload: JSON, *, actor: GatewaySession | None = None) -> None:
+    def dispatch_voice_state(
+        self, payload: JSON, *, actor: GatewaySession | None = None, guild: GuildState | None = None
+    ) -> None:
         """VOICE_STATE_UPDATE to every session with the voice-states intent, and always to the acting session."""
-        for session in self._guild_sessions():
+        for session in self._guild_sessions(guild=guild):
             if session is actor or session.wants(Intent.GUILD_VOICE_STATES):
                 session.dispatch("VOICE_STATE_UPDATE", payload)
         self._changed()
 
-    def member_added(self, user_id: int) -> None:
+    def member_added(self, user_id: int, guild: GuildState | None = None) -> None:
         """GUILD_MEMBER_ADD to the sessions with the members intent."""
-        data = {**self.guild.member_payload(user_id), "guild_id": str(self.guild.id)}
-        for session in self._guild_sessions(Intent.GUILD_MEMBERS):
+        guild = guild or self.guild
+        data = {**guild.member_payload(user_id), "guild_id": str(guild.id)}
+        for session in self._guild_sessions(Intent.GUILD_MEMBERS, guild):
             if session.user.id != user_id:
                 session.dispatch("GUILD_MEMBER_ADD", data)
 
@@ -373,17 +381,18 @@ class Gateway:
             shard = (int(shard[0]), int(shard[1]))
 
         user = self.guild.bot_for_token(token)
-        if self.guild.add_member(user):
-            self.member_added(user.id)
+        for guild, _ in self.guilds.values():
+            if guild.add_member(user):
+                self.member_added(user.id, guild)
         session = GatewaySession(user=user, token=token, intents=intents, shard=shard)
         session.connection = conn
         self.sessions[session.session_id] = session
 
-        owns = session.owns_guild(self.guild.id)
+        owned = [guild for guild, _ in self.guilds.values() if session.owns_guild(guild.id)]
         ready: JSON = {
             "v": 10,
             "user": {**user.payload(), "verified": True, "mfa_enabled": False, "email": None},
-            "guilds": [{"id": str(self.guild.id), "unavailable": True}] if owns else [],
+            "guilds": [{"id": str(guild.id), "unavailable": True} for guild in owned],
             "session_id": session.session_id,
             "session_type": "normal",
             "resume_gateway_url": self.url,
@@ -399,17 +408,17 @@ class Gateway:
         if shard is not None:
             ready["shard"] = list(shard)
         session.dispatch("READY", ready)
-        if owns:
-            session.dispatch("GUILD_CREATE", self._guild_create(session))
+        for guild in owned:
+            session.dispatch("GUILD_CREATE", self._guild_create(session, guild))
         _log.debug("gateway: %s identified as session %s", user.username, session.session_id)
         self._changed()
         return session
 
-    def _guild_create(self, session: GatewaySession) -> JSON:
+    def _guild_create(self, session: GatewaySession, guild: GuildState) -> JSON:
         # Like Discord: the member list holds the bot and whoever is in voice; the rest comes from chunking.
         with_voice = session.wants(Intent.GUILD_VOICE_STATES)
-        members = [session.user.id, *(self.guild.voice_states if with_voice else ())]
-        return self.guild.guild_payload(member_ids=members, voice_states=with_voice)
+        members = [session.user.id, *(guild.voice_states if with_voice else ())]
+        return guild.guild_payload(member_ids=members, voice_states=with_voice)
 
     def _resume(self, conn: _Connection, data: Any) -> GatewaySession | None:
         session = self.sessions.get(data.get("session_id", "")) if isinstance(data, dict) else None
@@ -452,66 +461,71 @@ class Gateway:
         if self.sessions.pop(session.session_id, None) is None:
             return
         self._changed()
-        record = self.guild.voice_states.get(session.user.id)
-        if record is not None and record.session_id == session.session_id:
-            payload = self.guild.set_voice_state(session.user.id, None, session_id=session.session_id)
-            self.dispatch_voice_state(payload)
-            self.voice.leave_voice(session.user.id)
+        for guild, voice in self.guilds.values():
+            record = guild.voice_states.get(session.user.id)
+            if record is not None and record.session_id == session.session_id:
+                payload = guild.set_voice_state(session.user.id, None, session_id=session.session_id)
+                self.dispatch_voice_state(payload, guild=guild)
+                voice.leave_voice(session.user.id)
 
     def _voice_state_update(self, session: GatewaySession, data: Any) -> None:
-        if not isinstance(data, dict) or _snowflake(data.get("guild_id")) != self.guild.id:
+        served = self.guilds.get(_snowflake(data.get("guild_id")) or 0) if isinstance(data, dict) else None
+        if served is None or not session.owns_guild(served[0].id):
             _log.debug("gateway: voice state update for an unknown guild ignored: %r", data)
             return
+        guild, voice = served
         user_id = session.user.id
         self_mute, self_deaf = bool(data.get("self_mute")), bool(data.get("self_deaf"))
-        previous = self.guild.voice_states.get(user_id)
+        previous = guild.voice_states.get(user_id)
         channel_id = _snowflake(data.get("channel_id"))
         if channel_id is None:
-            payload = self.guild.set_voice_state(user_id, None, session_id=session.session_id)
+            payload = guild.set_voice_state(user_id, None, session_id=session.session_id)
             if previous is None:
                 session.dispatch("VOICE_STATE_UPDATE", payload)
                 self._changed()
                 return
-            self.dispatch_voice_state(payload, actor=session)
-            self.voice.leave_voice(user_id)
+            self.dispatch_voice_state(payload, actor=session, guild=guild)
+            voice.leave_voice(user_id)
             return
-        if channel_id != self.guild.voice_channel_id:
+        if channel_id != guild.voice_channel_id:
             _log.debug("gateway: voice state update for channel %s (not the voice channel) ignored", channel_id)
             return
-        payload = self.guild.set_voice_state(
+        payload = guild.set_voice_state(
             user_id, channel_id, session_id=session.session_id, self_mute=self_mute, self_deaf=self_deaf
         )
-        self.dispatch_voice_state(payload, actor=session)
+        self.dispatch_voice_state(payload, actor=session, guild=guild)
         only_flags_changed = (
             previous is not None
             and previous.session_id == session.session_id
             and (previous.self_mute, previous.self_deaf) != (self_mute, self_deaf)
         )
         if not only_flags_changed:
-            token, endpoint = self.voice.join_voice(user_id, session.session_id, channel_id)
-            session.dispatch(
-                "VOICE_SERVER_UPDATE", {"token": token, "guild_id": str(self.guild.id), "endpoint": endpoint}
-            )
+            token, endpoint = voice.join_voice(user_id, session.session_id, channel_id)
+            session.dispatch("VOICE_SERVER_UPDATE", {"token": token, "guild_id": str(guild.id), "endpoint": endpoint})
 
     def _request_members(self, session: GatewaySession, data: Any) -> None:
         if not isinstance(data, dict):
             return
         guild_ids = data.get("guild_id")
         wanted = guild_ids if isinstance(guild_ids, list) else [guild_ids]
-        if self.guild.id not in {_snowflake(g) for g in wanted}:
-            return
+        for guild_id in dict.fromkeys(_snowflake(g) for g in wanted):
+            served = self.guilds.get(guild_id or 0)
+            if served is not None:
+                self._members_chunk(session, served[0], data)
+
+    def _members_chunk(self, session: GatewaySession, guild: GuildState, data: dict[str, Any]) -> None:
         raw_ids = data.get("user_ids")
         user_ids: list[int] | None = None
         if raw_ids is not None:
             user_ids = [i for i in map(_snowflake, raw_ids if isinstance(raw_ids, list) else [raw_ids]) if i]
         limit = data.get("limit")
-        members = self.guild.find_members(
+        members = guild.find_members(
             query=str(data.get("query") or ""),
             limit=limit if isinstance(limit, int) else 0,
             user_ids=user_ids,
         )
         chunk: JSON = {
-            "guild_id": str(self.guild.id),
+            "guild_id": str(guild.id),
             "members": members,
             "chunk_index": 0,
             "chunk_count": 1,

@@ -55,6 +55,8 @@ class RelayStats:
     malformed: int = 0
     unknown_ssrc: int = 0
     decrypt_failures: int = 0
+    unannounced: int = 0
+    """Packets dropped because their sender had not sent op5 SPEAKING yet (Discord requires it before media)."""
     injected: int = 0
     """Packets simulated speakers handed over in-process."""
     forwarded: int = 0
@@ -68,10 +70,21 @@ class RelayPeer:
 
     ``cipher`` is ``None`` until the member selected a protocol; ``address`` is ``None`` until the member's first
     authenticated datagram or IP discovery (``declared_address``, from SELECT_PROTOCOL, is the fallback). A peer
-    with ``receives=False`` (a simulated speaker) only sends.
+    with ``receives=False`` (a simulated speaker) only sends. ``announced`` turns true with the member's first
+    op5 SPEAKING; until then its media is dropped, as Discord does.
     """
 
-    __slots__ = ("address", "cipher", "declared_address", "link", "packets_in", "receives", "ssrc", "user_id")
+    __slots__ = (
+        "address",
+        "announced",
+        "cipher",
+        "declared_address",
+        "link",
+        "packets_in",
+        "receives",
+        "ssrc",
+        "user_id",
+    )
 
     def __init__(self, user_id: int, ssrc: int, *, receives: bool = True) -> None:
         self.user_id = user_id
@@ -82,6 +95,7 @@ class RelayPeer:
         self.declared_address: Address | None = None
         self.link: Link | None = None
         self.packets_in = 0
+        self.announced = False
 
     @property
     def destination(self) -> Address | None:
@@ -221,6 +235,9 @@ class MediaRelay(asyncio.DatagramProtocol):
             stats.malformed += 1
             return
         sender.packets_in += 1
+        if not sender.announced:
+            stats.unannounced += 1
+            return
         clear = header.unencrypted_size
         self.forward(sender, header, packet[:clear], packet[clear:])
 
@@ -243,6 +260,9 @@ class MediaRelay(asyncio.DatagramProtocol):
             return
         peer.address = address
         peer.packets_in += 1
+        if not peer.announced:
+            stats.unannounced += 1
+            return
         clear = data[: RTP_HEADER_SIZE + 4 * len(header.csrcs)]
         if header.extension:
             clear += struct.pack(">HH", header.ext_profile or 0, header.ext_words)

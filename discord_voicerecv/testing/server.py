@@ -41,25 +41,29 @@ def _url_host(host: str) -> str:
 
 
 class _VoiceLink:
-    """The gateway's view of the voice server: registers sessions and names the endpoint."""
+    """The gateway's view of one guild's voice server: registers sessions and names the endpoint."""
 
-    __slots__ = ("_discord",)
+    __slots__ = ("_discord", "_guild_id")
 
-    def __init__(self, discord: LocalDiscord) -> None:
+    def __init__(self, discord: LocalDiscord, guild_id: int | None = None) -> None:
         self._discord = discord
+        self._guild_id = guild_id
+
+    def _voice(self) -> VoiceServer:
+        return self._discord.voice_of(self._guild_id)
 
     def join_voice(self, user_id: int, session_id: str, channel_id: int) -> tuple[str, str]:
-        voice = self._discord.voice
+        voice = self._voice()
         token = secrets.token_hex(16)
         voice.expect_session(user_id=user_id, session_id=session_id, token=token, channel_id=channel_id)
         return token, f"{_url_host(self._discord.connect_host)}:{voice.port}"
 
     def leave_voice(self, user_id: int) -> None:
-        self._discord.voice.end_session(user_id)
+        self._voice().end_session(user_id)
 
 
 class LocalDiscord:
-    """A local Discord: REST, gateway and voice server for one guild, on loopback.
+    """A local Discord: REST, gateway and voice server for one guild (or several), on loopback.
 
     Parameters
     ----------
@@ -76,6 +80,10 @@ class LocalDiscord:
         Transport encryption modes the voice server offers, in preference order; Discord's by default.
     link:
         Network conditions on every member's voice downlink.
+    guilds:
+        How many guilds to serve, each with its text and voice channel and its own voice server. Their ids fall
+        on different shards, as ``(guild_id >> 22) % shard_count`` places them on Discord, so a sharded bot (one
+        ``shard_count`` up to ``guilds``) sees each guild on one shard only. REST serves the first guild.
 
     Attributes
     ----------
@@ -106,7 +114,10 @@ class LocalDiscord:
         dave: bool = True,
         modes: Sequence[str] | None = None,
         link: LinkConditions | None = None,
+        guilds: int = 1,
     ) -> None:
+        if guilds < 1:
+            raise ValueError("a local Discord serves at least one guild")
         self.host = host
         self.connect_host = _connect_host(host)
         self.port = port
@@ -116,6 +127,13 @@ class LocalDiscord:
         self._link = link
         self.guild = GuildState()
         self.gateway = Gateway(self.guild, _VoiceLink(self))
+        self.guilds: dict[int, GuildState] = {self.guild.id: self.guild}
+        """Every guild served, by id, the first one (:attr:`guild_id`) first."""
+        for index in range(1, guilds):
+            extra = GuildState(name=f"Local Discord {index + 1}", key=f":{index}", guild_id=_guild_id(index, guilds))
+            self.guilds[extra.id] = extra
+            self.gateway.add_guild(extra, _VoiceLink(self, extra.id))
+        self._extra_voice: dict[int, VoiceServer] = {}
         self.gateway.on_change.append(self._notify)
         self._rest = RestApi(self.guild, self.gateway)
         self._voice: VoiceServer | None = None
@@ -139,6 +157,10 @@ class LocalDiscord:
         voice = self._create_voice_server(certificate.server_context())
         await voice.start()
         self._voice = voice
+        for guild in list(self.guilds.values())[1:]:
+            extra = self._create_voice_server(certificate.server_context(), guild)
+            await extra.start()
+            self._extra_voice[guild.id] = extra
 
         app = web.Application(client_max_size=_MAX_UPLOAD)
         self._rest.install(app)
@@ -151,28 +173,32 @@ class LocalDiscord:
             await site.start()
         except OSError:
             await runner.cleanup()
-            await voice.stop()
+            for server in (voice, *self._extra_voice.values()):
+                await server.stop()
             self._voice = None
+            self._extra_voice.clear()
             raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         base = f"{_url_host(self.connect_host)}:{self.port}"
         self.url = f"http://{base}"
         self.gateway_url = f"ws://{base}/gateway"
-        self.guild.base_url = self.url
+        for guild in self.guilds.values():
+            guild.base_url = self.url
         self.gateway.url = self.gateway_url
         _remember_ca(self.url, certificate.ca_pem)
         clips = list_clips()
         for index in range(self._initial_speakers):
             self.add_speaker(clip=clips[index % len(clips)] if clips else None)
 
-    def _create_voice_server(self, ssl_context: Any) -> VoiceServer:
-        """Build the voice server (tests substitute a stand-in here)."""
+    def _create_voice_server(self, ssl_context: Any, guild: GuildState | None = None) -> VoiceServer:
+        """Build a guild's voice server (tests substitute a stand-in here)."""
+        guild = guild or self.guild
         return VoiceServer(
             host=self.connect_host,
             ssl_context=ssl_context,
-            guild_id=self.guild.id,
-            channel_id=self.guild.voice_channel_id,
+            guild_id=guild.id,
+            channel_id=guild.voice_channel_id,
             dave=self._dave,
             modes=self._modes,
             link=self._link,
@@ -188,6 +214,9 @@ class LocalDiscord:
         self._runner = None
         if self._voice is not None:
             await self._voice.stop()
+        for extra in self._extra_voice.values():
+            await extra.stop()
+        self._extra_voice.clear()
 
     async def __aenter__(self: _Self) -> _Self:
         await self.start()
@@ -250,28 +279,42 @@ class LocalDiscord:
 
     # -- speakers ----------------------------------------------------------------------------------------
 
-    def add_speaker(self, *, name: str | None = None, user_id: int | None = None, **options: Any) -> SimulatedSpeaker:
+    def voice_of(self, guild_id: int | None = None) -> VoiceServer:
+        """The voice server of a guild (the first guild's when None), after :meth:`start`."""
+        if guild_id is None or guild_id == self.guild.id:
+            return self.voice
+        server = self._extra_voice.get(guild_id)
+        if server is None:
+            raise RuntimeError(f"no voice server for guild {guild_id} (not served, or not started)")
+        return server
+
+    def add_speaker(
+        self, *, name: str | None = None, user_id: int | None = None, guild_id: int | None = None, **options: Any
+    ) -> SimulatedSpeaker:
         """Add a simulated speaker: a guild member in the voice channel that sends audio.
 
         Connected bots get GUILD_MEMBER_ADD (members intent) and VOICE_STATE_UPDATE before the voice server
         announces it, so they can resolve its user id to a Member. Raises ValueError when ``user_id`` is already in
-        the voice channel. ``options`` go to
+        the voice channel. ``guild_id`` picks the guild's voice channel (the first guild's by default). ``options``
+        go to
         :meth:`VoiceServer.add_speaker <discord_voicerecv.testing.voice.VoiceServer.add_speaker>` (``clip``,
         ``tone_hz``, ``uplink``...).
         """
-        voice = self.voice
+        voice = self.voice_of(guild_id)
+        guild = self.guilds[guild_id] if guild_id is not None else self.guild
         self._speaker_count += 1
         number = self._speaker_count
         name = name or f"Speaker {number}"
         if user_id is None:
             user_id = stable_snowflake(f"local-discord:speaker:{number}")
-        if user_id in self.voice_channel_members:
+        record = guild.voice_states.get(user_id)
+        if record is not None and record.channel_id == guild.voice_channel_id:
             raise ValueError(f"user {user_id} is already in the voice channel")
         user = LocalUser(user_id, name, global_name=name)
-        if self.guild.add_member(user):
-            self.gateway.member_added(user_id)
-        payload = self.guild.set_voice_state(user_id, self.guild.voice_channel_id, session_id=secrets.token_hex(16))
-        self.gateway.dispatch_voice_state(payload)
+        if guild.add_member(user):
+            self.gateway.member_added(user_id, guild)
+        payload = guild.set_voice_state(user_id, guild.voice_channel_id, session_id=secrets.token_hex(16))
+        self.gateway.dispatch_voice_state(payload, guild=guild)
         return voice.add_speaker(user_id=user_id, name=name, **options)
 
     def remove_speaker(self, user_id: int) -> None:
@@ -414,3 +457,12 @@ class LocalDiscord:
                 await changed.wait()
 
         await asyncio.wait_for(until(), timeout)
+
+
+def _guild_id(index: int, count: int) -> int:
+    """The id of extra guild ``index``: a stable snowflake moved so that ``(id >> 22) % count`` differs for each
+    guild, the way Discord spreads guilds over shards."""
+    first = (stable_snowflake("local-discord:guild") >> 22) % count
+    seed = stable_snowflake(f"local-discord:guild:{index}")
+    high = seed >> 22
+    return ((high - high % count + (first + index) % count) << 22) | (seed & ((1 << 22) - 1))

@@ -188,13 +188,25 @@ class SimulatedSpeaker:
         self._task = asyncio.get_running_loop().create_task(run(), name=f"speaker-{self.user_id}")
         return self._task
 
-    def start(self, clip: str | None = None) -> asyncio.Task[None]:
-        """Speak ``clip`` (or the default source) in a loop, without pauses, until :meth:`stop`."""
+    def start(self, clip: str | None = None, *, pause: float = 0.0) -> asyncio.Task[None]:
+        """Speak ``clip`` (or the default source) over and over until :meth:`stop`.
+
+        With ``pause`` 0 it is one endless talk spurt; otherwise each repetition is its own spurt (op5, audio,
+        silence frames) followed by ``pause`` seconds of quiet, as a person talking now and then.
+        """
+        if pause < 0:
+            raise ValueError("pause must not be negative")
         self.stop_now()
         self._stop = False
-        self._task = asyncio.get_running_loop().create_task(
-            self._spurt(self._source(clip, loop=True)), name=f"speaker-{self.user_id}"
-        )
+
+        async def chat() -> None:
+            while not self._stop:
+                await self._spurt(self._source(clip, loop=False))
+                if not self._stop:
+                    await asyncio.sleep(pause)
+
+        body = chat() if pause else self._spurt(self._source(clip, loop=True))
+        self._task = asyncio.get_running_loop().create_task(body, name=f"speaker-{self.user_id}")
         return self._task
 
     def stop(self) -> None:

@@ -133,7 +133,7 @@ class _Member:
 
 
 class GuildState:
-    """The one guild every bot of a local Discord is in, with a text and a voice channel.
+    """A guild every bot of a local Discord is in, with a text and a voice channel.
 
     Parameters
     ----------
@@ -141,14 +141,18 @@ class GuildState:
         Guild name shown to bots.
     base_url:
         ``http://host:port`` of the server, used for attachment URLs.
+    key / guild_id:
+        What sets this guild's ids apart from the first one's (for a local Discord with several guilds).
     """
 
-    def __init__(self, *, name: str = "Local Discord", base_url: str = "") -> None:
+    def __init__(
+        self, *, name: str = "Local Discord", base_url: str = "", key: str = "", guild_id: int | None = None
+    ) -> None:
         self.base_url = base_url
         self.name = name
-        self.id = stable_snowflake("local-discord:guild")
-        self.text_channel_id = stable_snowflake("local-discord:text-channel")
-        self.voice_channel_id = stable_snowflake("local-discord:voice-channel")
+        self.id = guild_id if guild_id is not None else stable_snowflake(f"local-discord:guild{key}")
+        self.text_channel_id = stable_snowflake(f"local-discord:text-channel{key}")
+        self.voice_channel_id = stable_snowflake(f"local-discord:voice-channel{key}")
         self.tester = LocalUser(stable_snowflake("local-discord:user:tester"), "tester", global_name="Tester")
         self.users: dict[int, LocalUser] = {}
         self._members: dict[int, _Member] = {}

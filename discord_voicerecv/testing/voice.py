@@ -24,9 +24,9 @@ from .dave_group import DaveGroupCoordinator, Outbound
 from .link import Link, LinkConditions, LinkStats
 from .relay import MediaRelay, RelayStats
 from .speakers import SimulatedSpeaker
-from .voice_gateway import DEFAULT_MODES, CloseCode, Op, Participant, VoiceGateway, VoiceSession
+from .voice_gateway import DEFAULT_MODES, LEGACY_MODES, CloseCode, Op, Participant, VoiceGateway, VoiceSession
 
-__all__ = ("DEFAULT_MODES", "LinkConditions", "SimulatedSpeaker", "VoiceServer")
+__all__ = ("DEFAULT_MODES", "LEGACY_MODES", "LinkConditions", "SimulatedSpeaker", "VoiceServer")
 
 _log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from .relay import MediaRelay, RelayPeer
 
 __all__ = (
     "DEFAULT_MODES",
+    "LEGACY_MODES",
     "CloseCode",
     "Op",
     "Participant",
@@ -37,14 +38,10 @@ __all__ = (
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_MODES: tuple[str, ...] = (
-    "aead_aes256_gcm_rtpsize",
-    "aead_xchacha20_poly1305_rtpsize",
-    "xsalsa20_poly1305_lite",
-    "xsalsa20_poly1305_suffix",
-    "xsalsa20_poly1305",
-)
-"""The modes Discord lists in READY, in its order."""
+DEFAULT_MODES: tuple[str, ...] = ("aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize")
+"""The modes Discord lists in READY today, in its order."""
+LEGACY_MODES: tuple[str, ...] = ("xsalsa20_poly1305_lite", "xsalsa20_poly1305_suffix", "xsalsa20_poly1305")
+"""The retired modes Discord no longer offers; ``modes=(*DEFAULT_MODES, *LEGACY_MODES)`` brings them back."""
 
 
 class Op:
@@ -109,6 +106,9 @@ class Participant(Protocol):
 
     @property
     def speaking(self) -> int: ...
+
+    @property
+    def peer(self) -> RelayPeer: ...
 
     def deliver_json(self, op: int, data: Any) -> None:
         """Take a server JSON message addressed to this member."""
@@ -349,6 +349,7 @@ class VoiceGateway:
         """Tell the others that ``member`` (its SSRC) changed its speaking flags."""
         if self.members.get(member.user_id) is not member:
             return
+        member.peer.announced = True  # the relay forwards its media from now on
         data = {"user_id": str(member.user_id), "ssrc": member.ssrc, "speaking": member.speaking}
         self.broadcast(Op.SPEAKING, data, exclude=member.user_id)
 

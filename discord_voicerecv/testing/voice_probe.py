@@ -217,6 +217,12 @@ class VoiceProbe:
         self._queue_json(3, {"t": nonce, "seq_ack": self.seq_ack})
         return await self.wait_for(6, lambda m: m["d"].get("t") == nonce, timeout=timeout, after=start)
 
+    async def speak(self, speaking: int = 1, timeout: float = 5.0) -> None:
+        """Send op5 SPEAKING for this probe's SSRC and wait until the server has handled it (a heartbeat round trip
+        behind it): Discord forwards a member's media only after its op5."""
+        self._queue_json(5, {"speaking": speaking, "delay": 0, "ssrc": self.ssrc})
+        await self.heartbeat(timeout)
+
     async def wait_for(
         self, op: int, predicate: Callable[[Message], bool] | None = None, *, timeout: float = 5.0, after: int = 0
     ) -> Message:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -125,9 +126,104 @@ async def test_ca_pem_is_fetched_from_the_url_when_not_in_this_process() -> None
         patch_module._forget_ca(local.url)  # as if the server ran in another process
         await asyncio.to_thread(use_local_discord, local.url)
         assert await asyncio.to_thread(patch_module._fetch_ca, local.url) == local.ca_pem
-        context = aiohttp.connector._SSL_CONTEXT_VERIFIED
+        context = aiohttp.connector._SSL_CONTEXT_VERIFIED._local[yarl.URL(local.url).host]
         trusted = "".join(ssl.DER_cert_to_PEM_cert(c) for c in context.get_ca_certs(binary_form=True))
-        assert "".join(local.ca_pem.decode().split()) in "".join(trusted.split())
+        assert "".join(trusted.split()) == "".join(local.ca_pem.decode().split())
+
+
+def test_only_loopback_urls_unless_a_test_host_is_opted_in(certificate: LocalCertificate) -> None:
+    for url in ("http://discord.com", "http://192.168.1.20:5000", "http://10.0.0.1", "https://example.test"):
+        with pytest.raises(ValueError, match="loopback"):
+            use_local_discord(url, ca_pem=certificate.ca_pem)
+        assert discord.http.Route.BASE == DISCORD_BASE
+    for url in ("http://127.0.0.1:5000", "http://127.8.9.10:1", "http://[::1]:5000", "http://localhost:1"):
+        use_local_discord(url, ca_pem=certificate.ca_pem)
+        restore_discord()
+    use_local_discord("http://192.168.1.20:5000", ca_pem=certificate.ca_pem, allow_remote=True)
+    assert discord.http.Route.BASE == "http://192.168.1.20:5000/api/v10"
+
+
+async def tls_server_with(certificate: LocalCertificate) -> tuple[web.AppRunner, int]:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=certificate.server_context()).start()
+    return runner, int(runner.addresses[0][1])
+
+
+async def test_the_local_ca_vouches_for_the_local_host_only() -> None:
+    # A "local Discord" whose CA claims discord.com: trusted for 127.0.0.1, never for the name it claims.
+    impostor = generate_certificate(("discord.com",))
+    runner, port = await tls_server_with(impostor)
+    try:
+        use_local_discord("http://127.0.0.1:1", ca_pem=impostor.ca_pem)
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await http.get(f"https://127.0.0.1:{port}/", server_hostname="discord.com")
+    finally:
+        await runner.cleanup()
+
+
+async def test_restore_brings_back_the_very_objects_after_several_uses(certificate: LocalCertificate) -> None:
+    original = aiohttp.connector._SSL_CONTEXT_VERIFIED
+    original_cas = original.get_ca_certs(binary_form=True)
+    other = generate_certificate()
+    use_local_discord("http://127.0.0.1:1", ca_pem=certificate.ca_pem)
+    use_local_discord("http://127.0.0.1:2", ca_pem=other.ca_pem)  # two local Discords on one host: both trusted
+    runner, port = await tls_server_with(other)
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"https://127.0.0.1:{port}/") as response:
+            assert await response.text() == "ok"
+    finally:
+        await runner.cleanup()
+    restore_discord()
+    assert aiohttp.connector._SSL_CONTEXT_VERIFIED is original
+    assert discord.http.Route.BASE == DISCORD_BASE
+    assert original.get_ca_certs(binary_form=True) == original_cas
+
+
+def test_the_local_ca_is_name_constrained_to_its_hosts() -> None:
+    import socket
+    import threading
+
+    from cryptography.hazmat.primitives import serialization
+
+    from discord_voicerecv.testing import tls
+
+    start, end = tls._validity(1)
+    ca_key, ca_cert = tls._make_ca(("127.0.0.1", "localhost"), start, end)
+    key, leaf = tls._make_leaf(ca_key, ca_cert, ("evil.example",), start, end)  # the CA's key signs another name
+    pem = serialization.Encoding.PEM
+    forged = LocalCertificate(
+        ca_pem=ca_cert.public_bytes(pem),
+        cert_pem=leaf.public_bytes(pem) + ca_cert.public_bytes(pem),
+        key_pem=key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        hosts=("evil.example",),
+    )
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with (
+                contextlib.suppress(ssl.SSLError, OSError),
+                forged.server_context().wrap_socket(conn, server_side=True),
+            ):
+                pass
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        with (
+            socket.create_connection(listener.getsockname()) as raw,
+            pytest.raises(ssl.SSLCertVerificationError, match=r"(?i)subtree|constraint"),
+        ):
+            forged.client_context().wrap_socket(raw, server_hostname="evil.example")
+        thread.join(2)
 
 
 def test_certificate_covers_loopback_and_passes_strict_checks(certificate: LocalCertificate) -> None:
@@ -183,7 +279,7 @@ async def test_local_discord_command_serves_bots_of_another_process() -> None:
     try:
         line = await asyncio.wait_for(process.stdout.readline(), 20)
         info = json.loads(line)
-        assert set(info) == {"url", "guild_id", "voice_channel_id", "text_channel_id"}
+        assert set(info) == {"url", "guild_id", "voice_channel_id", "text_channel_id", "speakers", "guilds"}
         await asyncio.to_thread(use_local_discord, info["url"])  # fetches the CA over HTTP
 
         intents = discord.Intents.default()
@@ -217,3 +313,21 @@ def test_local_discord_command_rejects_bad_link_options(argv: list[str]) -> None
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
+
+
+async def test_blocking_sockets_get_the_same_scoped_trust(certificate: LocalCertificate, tls_server: int) -> None:
+    import socket
+
+    use_local_discord("http://127.0.0.1:1", ca_pem=certificate.ca_pem)
+    scoped = aiohttp.connector._SSL_CONTEXT_VERIFIED
+
+    def handshake(name: str) -> str:
+        with (
+            socket.create_connection(("127.0.0.1", tls_server)) as raw,
+            scoped.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            return str(tls.version())
+
+    assert (await asyncio.to_thread(handshake, "127.0.0.1")).startswith("TLS")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await asyncio.to_thread(handshake, "example.com")  # another name: aiohttp's own context, no local CA

@@ -77,6 +77,7 @@ class _Rig:
         key = os.urandom(32)
         peer = RelayPeer(user_id, ssrc)
         peer.cipher = make_cipher(mode, key)
+        peer.announced = True  # as after its op5
         self.relay.add_peer(peer, link)
         loop = asyncio.get_running_loop()
         _, endpoint = await loop.create_datagram_endpoint(
@@ -230,11 +231,14 @@ async def test_injected_packets_reach_everyone_but_the_injector(rig: _Rig) -> No
     carol = await rig.member(3, 333, "xsalsa20_poly1305_lite")
     speaker = RelayPeer(9, 999, receives=False)
     rig.relay.add_peer(speaker)
+    rig.relay.inject(speaker, build_rtp_header(sequence=4, timestamp=7, ssrc=999) + b"before its op5")
+    assert rig.relay.stats.unannounced == 1
+    speaker.announced = True
     rig.relay.inject(speaker, build_rtp_header(sequence=5, timestamp=7, ssrc=999) + b"clear opus")
     for endpoint in (bob, carol):
         (packet,) = await endpoint.wait(1)
         assert endpoint.open(packet)[:4] == (999, 5, 7, b"clear opus")
-    assert rig.relay.stats.injected == 1
+    assert rig.relay.stats.injected == 2
 
 
 async def test_downlink_loss_matches_what_the_receiver_misses(rig: _Rig) -> None:
