@@ -27,7 +27,7 @@ import discord
 
 from .client import VoiceRecvClient
 from .errors import FFmpegNotFound
-from .frames import FRAME_BYTES, FRAME_SAMPLES, SAMPLE_RATE, VoiceFrame
+from .frames import FRAME_BYTES, FRAME_DURATION, VoiceFrame
 from .limits import StopReason
 from .opus import ensure_discord_opus
 from .sinks._naming import directory_problem
@@ -302,6 +302,8 @@ async def _listen(
 class _Tally(AudioSink):
     """Counts what the files are given: audio bytes (20 ms of PCM per speaker frame) and timeline slots."""
 
+    __slots__ = ("bytes", "slots")
+
     wants_pcm = False
 
     def __init__(self) -> None:
@@ -317,7 +319,7 @@ class _Tally(AudioSink):
     @property
     def seconds(self) -> float:
         """The recording's timeline so far: what every file holds."""
-        return self.slots * FRAME_SAMPLES / SAMPLE_RATE
+        return self.slots * FRAME_DURATION
 
 
 _STOPPED = {
