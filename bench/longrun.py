@@ -26,7 +26,7 @@ from discord_voicerecv.frames import FRAME_BYTES, VoiceFrame
 from discord_voicerecv.opus import OpusEncoder
 from discord_voicerecv.protocol.rtp import build_extension_body, build_rtp_header
 from discord_voicerecv.protocol.transport import make_cipher
-from discord_voicerecv.reader import Receiver
+from discord_voicerecv.receive import Receiver
 from discord_voicerecv.sinks.base import AudioSink, SinkUser
 
 MODE = "aead_aes256_gcm_rtpsize"

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from .capture import iter_capture
-from .dave import is_dave_frame
 from .errors import E2EEDecryptError, MalformedPacket
 from .protocol.rtp import is_rtcp, parse_rtp_header
-from .reader import Receiver
+from .receive import Receiver
+from .receive.dave import is_dave_frame
 from .sinks.base import SinkUser
 from .sinks.wave import WaveSink
 

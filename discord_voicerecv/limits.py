@@ -7,9 +7,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeAlias, Union
 
-from .frames import VoiceFrame
+from .frames import FRAME_DURATION, VoiceFrame
 from .sinks.base import AudioSink, SinkUser
-from .timeline import FRAME_DURATION
 
 if TYPE_CHECKING:
     import discord

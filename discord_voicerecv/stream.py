@@ -16,10 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from .frames import VoiceFrame
+from .frames import FRAME_DURATION, VoiceFrame
 from .limits import Users, user_ids
 from .sinks.base import AudioSink, SinkUser
-from .timeline import FRAME_DURATION
 
 __all__ = ("AudioStream", "SinkHub", "StreamFrame")
 
