@@ -745,6 +745,53 @@ def test_stop_from_a_sink_callback_does_not_deadlock() -> None:
     assert sink.advances[:3] == [0, 1, 2]
 
 
+def test_stop_from_after_or_on_event_returns_and_stop_from_another_thread_waits() -> None:
+    done = threading.Event()
+    calls: list[str] = []
+    rx: Receiver
+
+    def on_event(name: str, payload: dict[str, Any]) -> None:
+        calls.append(name)
+        rx.stop()  # on the shared playout scheduler's thread: must not wait for itself
+
+    def after(error: BaseException | None) -> None:
+        calls.append("after")
+        rx.stop()  # on the sink thread
+        done.set()
+
+    rx = Receiver(RecordingSink(), playout_delay=0.0, after=after, on_event=on_event)
+    rx.set_transport(MODE, KEY)
+    rx.map_ssrc(SSRC_A, USER_A)
+    rx.start()
+    rx.feed(Speaker(SSRC_A).packet(0))
+    assert done.wait(5)
+    assert calls[0] == "speaking_start" and calls[-1] == "after" and calls.count("after") == 1
+    assert not rx.is_running
+
+    sink = RecordingSink()
+    other = Receiver(sink, after=lambda error: calls.append("other"))
+    other.start()
+    stopper = threading.Thread(target=other.stop)
+    stopper.start()
+    stopper.join(5)
+    assert not stopper.is_alive() and sink.cleanups == 1 and calls[-1] == "other"
+
+
+def test_an_idle_receiver_sleeps_until_a_datagram_wakes_it() -> None:
+    rx = Receiver(RecordingSink())
+    rx.set_transport(MODE, KEY)
+    rx.map_ssrc(SSRC_A, USER_A)
+    rx.start()
+    try:
+        assert _wait_for(lambda: rx._idle)
+        speaker = Speaker(SSRC_A)
+        for i in range(5):
+            rx.feed(speaker.packet(i))
+        assert _wait_for(lambda: rx.stats()["rtp"] == 5)
+    finally:
+        rx.stop()
+
+
 # Issue #11, bugs 1-8: each of these fails on the Receiver of reader.py.
 
 
