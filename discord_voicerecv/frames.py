@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 __all__ = (
     "CHANNELS",
+    "FRAMES_PER_SECOND",
     "FRAME_BYTES",
     "FRAME_DURATION",
     "FRAME_SAMPLES",
@@ -19,10 +20,12 @@ SAMPLE_RATE = 48_000
 CHANNELS = 2
 FRAME_SAMPLES = 960
 """Samples per channel in one 20 ms frame."""
-FRAME_DURATION = 0.02
-"""Seconds per frame: one slot of the listening timeline."""
 FRAME_BYTES = FRAME_SAMPLES * CHANNELS * 2
 """Bytes of s16le stereo PCM in one 20 ms frame (3840)."""
+FRAME_DURATION = FRAME_SAMPLES / SAMPLE_RATE
+"""Seconds in one frame: the 20 ms slot of the listening timeline."""
+FRAMES_PER_SECOND = SAMPLE_RATE // FRAME_SAMPLES
+"""Slots in one second (50)."""
 SILENT_PCM = bytes(FRAME_BYTES)
 OPUS_SILENCE = b"\xf8\xff\xfe"
 """The Opus frame Discord sends for silence; it is never DAVE-encrypted."""

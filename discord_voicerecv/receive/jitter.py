@@ -10,6 +10,8 @@ import enum
 from bisect import insort
 from collections.abc import Iterator
 
+from ..frames import FRAME_SAMPLES
+
 __all__ = ("DEFAULT_CAPACITY", "Drop", "JitterBuffer", "JitterPacket")
 
 DEFAULT_CAPACITY = 250
@@ -52,7 +54,7 @@ class JitterPacket:
         self.slot = 0
         self.offset = 0
         self.spurt = 0
-        self.samples = 960
+        self.samples = FRAME_SAMPLES
 
     def __repr__(self) -> str:
         return f"<JitterPacket seq={self.sequence} ts={self.timestamp} slot={self.slot} len={len(self.payload)}>"
