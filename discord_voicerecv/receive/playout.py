@@ -45,7 +45,6 @@ class Plan:
         packets: tuple[JitterPacket, ...],
         sequence: int,
         timestamp: int,
-        *,
         lost_before: bool = False,
         lost_after: bool = False,
     ) -> None:
@@ -215,13 +214,17 @@ class StreamPlayout:
 
     def _plan_packets(self, tick: int, first_packet: JitterPacket, events: list[Event]) -> Plan:
         jitter = self.jitter
-        packets: list[JitterPacket] = []
-        head: JitterPacket | None = first_packet
-        while head is not None and head.slot == tick:
-            packets.append(head)
-            jitter.pop()
-            head = jitter.peek()
-        first, last = packets[0], packets[-1]
+        jitter.pop()
+        first = last = first_packet
+        head = jitter.peek()
+        packets: tuple[JitterPacket, ...] = (first,)
+        if head is not None and head.slot == tick:
+            more = [first]
+            while head is not None and head.slot == tick:
+                more.append(head)
+                jitter.pop()
+                head = jitter.peek()
+            packets, last = tuple(more), more[-1]
         same_spurt = self.active and first.spurt == self.spurt
         if not same_spurt:
             if self.active:
@@ -242,14 +245,7 @@ class StreamPlayout:
         self._last_samples = last.samples
         self._last_slot = tick
         self._plc_run = 0
-        return Plan(
-            DECODE,
-            tuple(packets),
-            first.wire_sequence,
-            first.timestamp,
-            lost_before=lost_before,
-            lost_after=lost_after,
-        )
+        return Plan(DECODE, packets, first.wire_sequence, first.timestamp, lost_before, lost_after)
 
     def _plan_loss(self, tick: int, head: JitterPacket) -> Plan | None:
         """A concealed frame when this empty slot is where a lost packet belonged, else None (a DTX pause)."""
@@ -340,7 +336,12 @@ class StreamPlayout:
 
     def _frame(self, tick: int, pcm: bytes, plan: Plan, concealed: bool) -> VoiceFrame:
         self.tally.frames += 1
-        packets = tuple(packet.payload for packet in plan.packets) if plan.kind == DECODE else ()
+        if plan.kind != DECODE:
+            packets: tuple[bytes, ...] = ()
+        elif len(plan.packets) == 1:
+            packets = (plan.packets[0].payload,)
+        else:
+            packets = tuple(packet.payload for packet in plan.packets)
         return VoiceFrame(
             self.ssrc,
             self.user_id,
