@@ -16,14 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from measure import rss_mb  # noqa: E402
-from pipeline import CountingSink  # noqa: E402
+from measure import rss_mb
+from pipeline import CountingSink
 
-from discord_voicerecv.opus import OpusEncoder  # noqa: E402
-from discord_voicerecv.protocol.rtp import build_rtp_header  # noqa: E402
-from discord_voicerecv.protocol.transport import make_cipher  # noqa: E402
-from discord_voicerecv.receive import Receiver  # noqa: E402
-from discord_voicerecv.receive.dave import DaveFrameDecryptor  # noqa: E402
+from discord_voicerecv.opus import OpusEncoder
+from discord_voicerecv.protocol.rtp import build_rtp_header
+from discord_voicerecv.protocol.transport import make_cipher
+from discord_voicerecv.receive import Receiver
+from discord_voicerecv.receive.dave import DaveFrameDecryptor
 
 MODE = "aead_aes256_gcm_rtpsize"
 KEY = bytes(range(32))

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline import CountingSink  # noqa: E402
+from pipeline import CountingSink
 
-from discord_voicerecv.receive import Receiver  # noqa: E402
+from discord_voicerecv.receive import Receiver
 
 
 def _cpu_percent(seconds: float) -> float:

@@ -24,7 +24,7 @@ from ..sinks.base import AudioSink, SinkUser
 from .e2ee import E2EEHold, FrameDecryptor
 from .ingress import Ingress, RtpPacket
 from .playout import Event, Plan, StreamPlayout
-from .scheduler import PlayoutScheduler, shared_scheduler
+from .scheduler import PlayoutScheduler, Worker, shared_scheduler
 from .sinkfeed import SinkFeed, SlotQueue
 from .stats import ReceiveStats, StatsSnapshot
 from .unmapped import UnmappedHold
@@ -113,7 +113,7 @@ class Receiver:
         self._idle = False
         self._inbox: deque[tuple[bytes, float]] = deque()
         self._inbox_open = False
-        self._worker: Any = None
+        self._worker: Worker | None = None
 
     # configuration (gateway thread) ---------------------------------------------------------------------------------
 
@@ -287,7 +287,7 @@ class Receiver:
         self._stopping = True
         self._wake()
         thread = self._out.thread
-        if thread is None or thread is threading.current_thread() or self._worker.is_current():
+        if thread is None or thread is threading.current_thread() or (self._worker and self._worker.is_current()):
             return
         thread.join()
 
@@ -394,9 +394,12 @@ class Receiver:
 
     def _quiet(self) -> bool:
         """Nothing buffered, held or playing: the slots due are empty."""
-        if self._inbox or len(self._unmapped) or (self._e2ee is not None and len(self._e2ee)):
+        if self._inbox:
             return False
-        return all(stream.drained and not stream.leaving for stream in self._streams.values())
+        with self._lock:
+            if len(self._unmapped) or (self._e2ee is not None and len(self._e2ee)):
+                return False
+            return all(stream.drained and not stream.leaving for stream in self._streams.values())
 
     def _flush(self) -> None:
         """Play out every slot up to the one containing now, without waiting for the playout delay."""

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Protocol
 
-__all__ = ("GRID", "PlayoutScheduler", "ScheduledTask", "shared_scheduler")
+__all__ = ("GRID", "PlayoutScheduler", "ScheduledTask", "Worker", "shared_scheduler")
 
 _log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class ScheduledTask(Protocol):
         ...
 
 
-class _Worker:
+class Worker:
     """One thread and a heap of ``(when, order, task, generation)``; stale generations are skipped."""
 
     __slots__ = ("_again", "_cond", "_generation", "_heap", "_order", "_running", "_thread", "name", "tasks")
@@ -121,11 +121,11 @@ class PlayoutScheduler:
 
     def __init__(self, workers: int | None = None) -> None:
         count = workers if workers is not None else min(_MAX_WORKERS, os.cpu_count() or 1)
-        self._workers = [_Worker(f"voice-recv playout {i}") for i in range(max(1, count))]
+        self._workers = [Worker(f"voice-recv playout {i}") for i in range(max(1, count))]
         self._lock = threading.Lock()
 
-    def add(self, task: ScheduledTask) -> _Worker:
-        """Schedule ``task`` now on the least busy worker; returns the worker, for :meth:`_Worker.wake`."""
+    def add(self, task: ScheduledTask) -> Worker:
+        """Schedule ``task`` now on the least busy worker; returns the worker, for :meth:`Worker.wake`."""
         with self._lock:
             worker = min(self._workers, key=lambda w: w.tasks)
             worker.add(task)
