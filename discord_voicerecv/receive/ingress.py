@@ -21,6 +21,9 @@ __all__ = ("MAX_DATAGRAM", "Ingress", "RtpPacket")
 
 MAX_DATAGRAM = 1500
 """Datagrams above this size are not voice and are dropped unparsed."""
+_PREVIOUS_KEY_PACKETS = 50
+"""After a key change, packets that fail with the new key are tried with the previous one until this many packets
+authenticated with the new key: datagrams sealed just before the change may still be queued."""
 
 
 class RtpPacket(NamedTuple):
@@ -39,11 +42,13 @@ class Ingress:
     ``ignored`` holds SSRCs whose packets are dropped after authentication (our own).
     """
 
-    __slots__ = ("_cipher", "_stats", "ignored")
+    __slots__ = ("_cipher", "_previous", "_previous_left", "_stats", "ignored")
 
     def __init__(self, stats: ReceiveStats) -> None:
         self._stats = stats
         self._cipher: TransportCipher | None = None
+        self._previous: TransportCipher | None = None
+        self._previous_left = 0
         self.ignored: set[int] = set()
 
     def set_transport(self, mode: str, secret_key: bytes | Sequence[int]) -> None:
@@ -54,7 +59,9 @@ class Ingress:
         UnsupportedMode
             When ``mode`` is not implemented.
         """
-        self._cipher = make_cipher(mode, bytes(secret_key))
+        cipher = make_cipher(mode, bytes(secret_key))
+        self._previous, self._previous_left = self._cipher, _PREVIOUS_KEY_PACKETS
+        self._cipher = cipher
 
     def open(self, data: bytes, arrival: float) -> RtpPacket | list[RtcpPacket] | None:
         """The RTP packet or the RTCP packets in ``data``; None when it was dropped (counted)."""
@@ -83,9 +90,22 @@ class Ingress:
             return None
         try:
             payload = cipher.open_payload(data, header)
+            if self._previous is not None:
+                self._previous_left -= 1
+                if self._previous_left <= 0:
+                    self._previous = None
         except DecryptionFailed:
-            stats.incr("decrypt_failed")
-            return None
+            previous = self._previous
+            try:
+                if previous is None:
+                    raise
+                payload = previous.open_payload(data, header)
+            except DecryptionFailed:
+                stats.incr("decrypt_failed")
+                return None
+            except MalformedPacket as exc:
+                stats.incr("malformed:" + exc.reason)
+                return None
         except MalformedPacket as exc:
             stats.incr("malformed:" + exc.reason)
             return None

@@ -1,6 +1,6 @@
 """One playout scheduler per process: a few threads run every receiver's due slots.
 
-A receiver asks to be run again after some delay; wake-ups are rounded up to a shared 40 ms grid so one thread
+A receiver asks to be run again after some delay; wake-ups are rounded up to a shared 20 ms grid so one thread
 wake-up serves every receiver due at that moment, and a receiver with nothing to play asks for a long delay and is
 woken early by its next datagram. Silent connections therefore cost next to nothing, and hundreds of receivers need
 no thread of their own for playout. Receivers are spread over a few workers so decoding (which releases the GIL in
@@ -22,7 +22,7 @@ __all__ = ("GRID", "PlayoutScheduler", "ScheduledTask", "Worker", "shared_schedu
 
 _log = logging.getLogger(__name__)
 
-GRID = 0.04
+GRID = 0.02
 """Seconds between the instants wake-ups are rounded up to."""
 _MAX_WORKERS = 4
 

@@ -75,3 +75,19 @@ def test_other_datagrams_are_sorted_by_reason() -> None:
         "malformed:empty": 1,
         "malformed:version": 1,
     }
+
+
+def test_packets_sealed_just_before_a_key_change_still_open() -> None:
+    ingress, stats = _ingress()
+    in_flight = [_rtp(payload=bytes([0x78, i])) for i in range(3)]
+    new_key = bytes(reversed(range(32)))
+    ingress.set_transport(MODE, new_key)
+    new_sender = make_cipher(MODE, new_key)
+    header = build_rtp_header(sequence=9, timestamp=960, ssrc=77)
+    assert ingress.open(new_sender.encrypt_rtp(header, b"\x78new"), 0.0) is not None
+    opened = [ingress.open(datagram, 0.0) for datagram in in_flight]
+    assert [p.payload if p else None for p in opened] == [b"\x78\x00", b"\x78\x01", b"\x78\x02"]
+    for _ in range(60):
+        ingress.open(new_sender.encrypt_rtp(header, b"\x78new"), 0.0)
+    assert ingress.open(_rtp(), 0.0) is None, "the previous key is dropped once the new one carries the stream"
+    assert stats["decrypt_failed"] == 1
