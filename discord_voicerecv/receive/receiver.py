@@ -40,6 +40,9 @@ _SLOTS_PER_WAKE = 2
 """While anyone speaks the scheduler runs a receiver every 40 ms, playing the two slots then due."""
 _IDLE_WAKE = 1.0
 """Seconds between runs while nothing is buffered or playing; a datagram wakes the receiver at once."""
+_FIRST_PACKET_WAIT = 2 * FRAME_DURATION
+"""The first datagram after a silence is processed with the ones that follow it this long later, as while anyone
+speaks: the client's DAVE and key state then settles first after a (re)connect."""
 _INBOX_MAX = 4096
 """Datagrams waiting for the scheduler at most; more are dropped as ``inbox_full``."""
 
@@ -186,7 +189,8 @@ class Receiver:
                 inbox.append((datagram, self._clock()))
                 if self._idle:
                     self._idle = False
-                    self._wake()
+                    if self._worker is not None:
+                        self._worker.wake(self, _FIRST_PACKET_WAIT)
                 return
             self._stats.add_packet(len(datagram))
             self._stats.incr("inbox_full")

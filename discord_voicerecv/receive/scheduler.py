@@ -57,15 +57,15 @@ class Worker:
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
                 self._thread.start()
 
-    def wake(self, task: ScheduledTask) -> None:
-        """Run ``task`` as soon as possible (again, if it is running now)."""
+    def wake(self, task: ScheduledTask, delay: float = 0.0) -> None:
+        """Run ``task`` after ``delay`` seconds at most (at once by default; again, if it is running now)."""
         with self._cond:
             if task not in self._generation:
                 return
             if self._running is task:
                 self._again.add(task)
                 return
-            self._push(task, time.monotonic())
+            self._push(task, time.monotonic() + delay)
 
     def is_current(self) -> bool:
         return threading.current_thread() is self._thread
