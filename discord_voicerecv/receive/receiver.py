@@ -141,7 +141,9 @@ class Receiver:
             if not len(self._unmapped):
                 return
             if not self._running:
-                self._stats.incr("unknown_ssrc_expired", self._unmapped.drop(ssrc), ssrc=ssrc)
+                dropped = self._unmapped.drop(ssrc)
+                if dropped:
+                    self._stats.incr("unknown_ssrc_expired", dropped, ssrc=ssrc)
                 return
             for packet in self._unmapped.take(ssrc, self._clock()):
                 self._route(user_id, packet)
