@@ -26,7 +26,7 @@ from discord_voicerecv.frames import FRAME_BYTES, FRAME_DURATION, OPUS_SILENCE, 
 from discord_voicerecv.opus import OpusEncoder
 from discord_voicerecv.protocol.rtp import build_extension_body, build_rtp_header
 from discord_voicerecv.protocol.transport import make_cipher
-from discord_voicerecv.reader import Receiver
+from discord_voicerecv.receive import Receiver
 from discord_voicerecv.sinks.base import AudioSink, SinkUser
 
 MODE = "aead_aes256_gcm_rtpsize"
@@ -151,7 +151,7 @@ def run(minutes: float, speakers: int, seed: int, report_every: float, bound_mb:
             rss.append((minute, mb))
             stats = rx.stats()
             print(
-                f"{minute:>7.0f} {mb:>8.1f} {len(rx._streams):>7} {len(rx._held):>5} {stats['frames']:>9} "
+                f"{minute:>7.0f} {mb:>8.1f} {len(rx._streams):>7} {len(rx._unmapped.ssrcs()):>5} {stats['frames']:>9} "
                 f"{stats['decoded']:>9} {stats['fec'] + stats['plc']:>8} {stats['late']:>6} "
                 f"{time.perf_counter() - started:>7.0f}",
                 flush=True,

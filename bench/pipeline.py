@@ -11,9 +11,9 @@ from pathlib import Path
 import davey
 from stream import Stream
 
-from discord_voicerecv.dave import DaveFrameDecryptor
 from discord_voicerecv.frames import FRAME_DURATION, VoiceFrame
-from discord_voicerecv.reader import Receiver
+from discord_voicerecv.receive import Receiver
+from discord_voicerecv.receive.dave import DaveFrameDecryptor
 from discord_voicerecv.sinks.base import AudioSink, SinkUser
 from discord_voicerecv.sinks.wave import WaveSink
 

@@ -9,7 +9,7 @@ from measure import peak_rss_mb, reset_peak_rss, rss_mb
 from pipeline import CountingSink
 from stream import Stream
 
-from discord_voicerecv.reader import Receiver
+from discord_voicerecv.receive import Receiver
 
 __all__ = ("scale_manual", "scale_threaded")
 

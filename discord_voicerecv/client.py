@@ -15,11 +15,11 @@ from typing import Any
 import discord
 
 from . import _discord_glue as glue
-from .dave import DaveFrameDecryptor
 from .errors import AlreadyListening
 from .limits import LimitSink, StopReason, UserFilterSink, Users, others_present
 from .protocol.transport import TransportCipher, make_cipher
-from .reader import Receiver
+from .receive import Receiver
+from .receive.dave import DaveFrameDecryptor
 from .sinks.base import AudioSink, SinkUser
 from .sinks.ffmpeg import FFmpegSink
 from .stream import DEFAULT_QUEUE_SECONDS, AudioStream, SinkHub

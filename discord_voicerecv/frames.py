@@ -31,14 +31,17 @@ OPUS_SILENCE = b"\xf8\xff\xfe"
 """The Opus frame Discord sends for silence; it is never DAVE-encrypted."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class VoiceFrame:
     """One speaker's audio for one 20 ms slot of the listening timeline.
 
     ``tick`` is the slot index counted from ``listen()`` (slot ``n`` covers ``[20n, 20n + 20)`` ms), so frames of
     different speakers with the same ``tick`` play at the same moment. ``pcm`` is s16le 48 kHz stereo (3840 bytes)
-    or empty when the sink asked for Opus only; ``opus`` is the received Opus packet after every encryption layer
-    came off (``None`` for a concealed frame with nothing received).
+    or empty when the sink asked for Opus only; ``opus_packets`` are the received Opus packets of the slot after
+    every encryption layer came off, in order (usually one; empty for a frame concealed with nothing received) and
+    ``opus`` is the first of them or ``None``. ``sequence`` and ``rtp_timestamp`` are the first packet's RTP
+    values (for a concealed frame, those the lost packet would have had). Frames are immutable: several sinks may
+    hold the same one.
     """
 
     ssrc: int
@@ -49,4 +52,9 @@ class VoiceFrame:
     sequence: int
     rtp_timestamp: int
     concealed: bool = False
-    """True when ``pcm`` came from FEC or packet-loss concealment rather than the packet itself."""
+    """True when ``pcm`` came, at least in part, from FEC or packet-loss concealment."""
+    opus_packets: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.opus is not None and not self.opus_packets:
+            object.__setattr__(self, "opus_packets", (self.opus,))

@@ -1,8 +1,8 @@
 """Small ctypes bindings to libopus: a 48 kHz stereo decoder and encoder without per-frame copies.
 
 discord.py's own decoder copies every frame through ``array('h')``; these bindings decode into one preallocated
-buffer per decoder and return the PCM with a single copy. ctypes releases the GIL during each call, so decoding on
-the playout thread does not stall the socket thread.
+buffer per decoder and return the PCM with a single copy. ctypes releases the GIL during each call, so decoding
+does not stall the socket thread.
 """
 
 from __future__ import annotations

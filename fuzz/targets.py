@@ -34,7 +34,7 @@ from discord_voicerecv.protocol.rtp import (
     strip_payload,
 )
 from discord_voicerecv.protocol.transport import SUPPORTED_MODES, TransportCipher, make_cipher
-from discord_voicerecv.reader import Receiver
+from discord_voicerecv.receive import Receiver
 from discord_voicerecv.sinks.base import AudioSink, SinkUser
 from discord_voicerecv.testing import mls
 
@@ -461,12 +461,11 @@ def _check_accounting(rx: Any, sink: _CheckingSink) -> None:
     assert stats["internal_error"] == 0, "an internal error was logged"
     final = sum(stats[name] for name in _FINAL if name in stats)
     final += sum(v for k, v in stats.items() if k.startswith(("malformed:", "e2ee_failed:")))
-    waiting = sum(len(q) for q in rx._held.values())
-    waiting += sum(len(q) for q in rx._pending.values())
+    waiting = len(rx._unmapped) + (len(rx._e2ee) if rx._e2ee is not None else 0)
     waiting += sum(len(s.jitter) for s in rx._streams.values())
     assert stats["packets"] == final + waiting, f"{stats['packets']} datagrams, {final} fates + {waiting} waiting"
-    assert rx._held_total == sum(len(q) for q in rx._held.values())
-    assert not set(rx._streams) & rx._ignored, "a stream exists for an ignored SSRC"
+    assert len(rx._unmapped) == sum(len(q) for q in rx._unmapped._queues.values())
+    assert not set(rx._streams) & rx._ingress.ignored, "a stream exists for an ignored SSRC"
     assert sink.cleanups == 1
     assert sink.frames == stats["frames"] - stats["sink_queue_full"]
     assert sink.next_tick == rx.elapsed_slots

@@ -20,7 +20,7 @@ from discord_voicerecv.frames import FRAME_SAMPLES
 from discord_voicerecv.opus import OpusEncoder
 from discord_voicerecv.protocol.rtp import build_extension_body, build_rtp_header
 from discord_voicerecv.protocol.transport import make_cipher
-from discord_voicerecv.reader import Receiver
+from discord_voicerecv.receive import Receiver
 from discord_voicerecv.testing.analysis import normalized_xcorr, read_wav
 from discord_voicerecv.testing.clips import clip_frames, load_clip
 

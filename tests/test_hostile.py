@@ -139,7 +139,8 @@ async def test_flood_of_spoofed_datagrams_during_a_recording(tmp_path: Path) -> 
                 await asyncio.sleep(0.4)
                 kernel_drops = _udp_rcvbuf_errors() - kernel_drops
                 rss_growth = _rss() - rss_before
-                streams, held, pending = set(receiver._streams), set(receiver._held), set(receiver._pending)
+                streams, held = set(receiver._streams), receiver._unmapped.ssrcs()
+                pending = receiver._e2ee.users() if receiver._e2ee is not None else set()
                 vc.stop_listening()
                 await vc.wait_listening_stopped()
                 stats = receiver.stats()

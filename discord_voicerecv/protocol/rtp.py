@@ -69,8 +69,9 @@ class RtpHeader(NamedTuple):
 
 
 def is_rtcp(data: bytes) -> bool:
-    """Tell RTCP from RTP by the packet type byte (RFC 5761: 200-204 are SR, RR, SDES, BYE, APP)."""
-    return len(data) >= 2 and 200 <= data[1] <= 204
+    """Tell RTCP from RTP by byte 1 (RFC 5761 section 4: 192-223 holds SR, RR, SDES, BYE, APP, the feedback
+    types RTPFB/PSFB and XR; RTP must not use payload types whose marker-bit form falls there)."""
+    return len(data) >= 2 and 192 <= data[1] <= 223
 
 
 def parse_rtp_header(data: bytes) -> RtpHeader:

@@ -32,8 +32,8 @@ from .link import LinkConditions
 
 if TYPE_CHECKING:
     from ..client import VoiceRecvClient
+    from ..receive.stats import StatsSnapshot
     from ..sinks import WaveSink
-    from ..stats import StatsSnapshot
     from .server import LocalDiscord
     from .speakers import SentFrame, SimulatedSpeaker
 

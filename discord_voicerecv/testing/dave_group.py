@@ -96,6 +96,8 @@ class _Member:
     key_package: bytes | None = None
     leaf: int | None = None
     """Leaf index in the established group, None while pending."""
+    awaiting_key_package: bool = True
+    """Its MLS session (re)started and the key package it sends then has not arrived yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,14 +252,16 @@ class DaveGroupCoordinator:
             raise MalformedMlsMessage("identity", f"key package names user {info.user_id}, sender is {user_id}")
         if info.cipher_suite != CIPHER_SUITE_P256:
             raise MalformedMlsMessage("cipher_suite", f"cipher suite {info.cipher_suite}")
-        if member.leaf is not None:
+        if member.leaf is not None and member.awaiting_key_package:
             # Sent when its session started, overtaken by its own commit of the proposals in flight: it created
-            # the group from its local one. (Op31 and op24 epoch 1, the events that make a member send a new key
-            # package, clear its leaf first.)
+            # the group from its local one.
+            member.awaiting_key_package = False
             return []
-        # A replacement key package withdraws the member's Add; a first one only makes it addable (the proposals
-        # it was sent while pending stay valid: its local group is the same).
-        out = self._reset_member(member) if member.key_package is not None else []
+        # A member in the group that sends another key package re-initialised its session (its leaf is stale); a
+        # replacement key package withdraws a pending member's Add; a first one only makes it addable (the
+        # proposals it was sent while pending stay valid: its local group is the same).
+        out = self._reset_member(member) if member.key_package is not None or member.leaf is not None else []
+        member.awaiting_key_package = False
         member.key_package = package
         return out + self._settle(user_id)
 
@@ -385,6 +389,7 @@ class DaveGroupCoordinator:
             self._stale.add(member.leaf)
             member.leaf = None
         member.key_package = None
+        member.awaiting_key_package = True
         return out
 
     def _withdraw(self, user_id: int) -> list[Outbound]:
@@ -440,6 +445,7 @@ class DaveGroupCoordinator:
         self._round = None
         for member in self._members.values():
             member.leaf = None
+            member.awaiting_key_package = True
 
     def _advance(self) -> list[Outbound]:
         """Start whatever the group needs next, one transition at a time."""

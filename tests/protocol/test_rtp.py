@@ -256,7 +256,17 @@ def test_build_rtp_header_rejects_sixteen_csrcs() -> None:
 
 @pytest.mark.parametrize(
     ("second", "expected"),
-    [(200, True), (204, True), (201, True), (199, False), (205, False), (0x78, False), (0xF8, False)],
+    [
+        (200, True),
+        (204, True),
+        (192, True),
+        (205, True),
+        (223, True),
+        (191, False),
+        (224, False),
+        (0x78, False),
+        (0xF8, False),
+    ],
 )
 def test_is_rtcp_looks_at_the_packet_type(second: int, expected: bool) -> None:
     assert is_rtcp(bytes([0x80, second, 0, 1])) is expected

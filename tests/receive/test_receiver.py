@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -21,9 +22,10 @@ from discord_voicerecv.opus import OpusEncoder
 from discord_voicerecv.protocol.rtcp import build_bye
 from discord_voicerecv.protocol.rtp import build_extension_body, build_rtp_header
 from discord_voicerecv.protocol.transport import make_cipher
-from discord_voicerecv.reader import Receiver
+from discord_voicerecv.receive import Receiver
+from discord_voicerecv.receive.dave import DaveFrameDecryptor
+from discord_voicerecv.receive.stats import StatsSnapshot
 from discord_voicerecv.sinks.base import AudioSink, SinkUser
-from discord_voicerecv.stats import StatsSnapshot
 
 MODE = "aead_aes256_gcm_rtpsize"
 KEY = bytes(range(32))
@@ -254,7 +256,7 @@ def test_sequence_and_timestamp_wraparound() -> None:
     h.rx.map_ssrc(SSRC_A, USER_A)
     speaker = Speaker(SSRC_A, seq=65530, ts=(1 << 32) - 960 * 3)
     schedule = _stream(speaker, h, range(30))
-    schedule[5], schedule[6] = (schedule[5][0], schedule[6][1]), (schedule[6][0], schedule[5][1])
+    schedule[5] = (schedule[6][0] + 0.001, schedule[5][1])  # 5 arrives just after 6, across the sequence wrap
     h.feed_all(schedule)
     h.finish(h.at(60))
     frames = h.sink.frames()
@@ -271,15 +273,12 @@ def test_unknown_ssrc_is_held_then_played_when_mapped() -> None:
     h.feed_all(schedule[:15])
     assert h.stats()["unknown_ssrc_held"] == 15
     assert h.rx._streams == {}
-    h.rx.map_ssrc(SSRC_A, USER_A)
+    h.rx.map_ssrc(SSRC_A, USER_A)  # in slot 24: slots up to 18 were played while the packets waited
     h.feed_all(schedule[15:])
     h.finish(h.at(90))
     frames = h.sink.frames()
-    assert [f.sequence for f in frames] == [1000 + i for i in range(40)]
-    ticks = [f.tick for f in frames]
-    assert ticks == list(range(ticks[0], ticks[0] + 40))
-    assert ticks[0] == 24 - 5  # mapped in slot 24: the first slot not yet played, 5 slots of delay behind
-    assert h.stats()["late"] == 0
+    assert [(f.tick, f.sequence) for f in frames] == [(10 + i, 1000 + i) for i in range(9, 40)]
+    assert h.stats()["late"] == 9
 
 
 def test_held_packets_expire_and_are_counted() -> None:
@@ -319,7 +318,7 @@ def test_garbage_and_unauthenticated_packets_are_counted_and_allocate_nothing() 
     for data in datagrams:
         h.rx.feed(data)
     stats = h.stats()
-    assert h.rx._streams == {} and h.rx._held == {}
+    assert h.rx._streams == {} and h.rx._unmapped.ssrcs() == set()
     assert stats["packets"] == len(datagrams)
     assert stats["decrypt_failed"] >= 53
     assert stats["ip_discovery"] == 1
@@ -395,7 +394,7 @@ def test_slow_sink_drops_counted_and_advances_never_lost() -> None:
         h.clock.t = t
         h.rx.feed(pkt)
     h.rx.pump(until=h.at(60), deliver=False)
-    assert len(h.rx._queue) <= 5 + 2
+    assert len(h.rx._out.queue) <= 5 + 2
     assert h.stats()["sink_queue_full"] == 25
     h.finish(h.at(60))
     assert [f.tick for f in h.sink.frames()] == list(range(10, 15))
@@ -554,7 +553,7 @@ def test_e2ee_frames_that_never_decrypt_expire() -> None:
     h.finish(h.at(200))
     stats = h.stats()
     assert stats["e2ee_held"] == 80 and stats["e2ee_expired"] == 80
-    assert h.sink.frames() == [] and h.rx._pending == {}
+    assert h.sink.frames() == [] and h.rx._e2ee is not None and h.rx._e2ee.users() == set()
 
 
 def test_rtcp_bye_ends_the_spurt() -> None:
@@ -571,19 +570,25 @@ def test_rtcp_bye_ends_the_spurt() -> None:
     assert stops == [20]
 
 
-def test_forget_user_drops_the_stream() -> None:
+def test_forget_user_plays_out_then_drops_the_stream_and_its_counters() -> None:
     h = Harness()
     h.rx.map_ssrc(SSRC_A, USER_A)
+    h.rx.map_ssrc(SSRC_B, USER_B)
     schedule = _stream(Speaker(SSRC_A), h, range(20))
-    h.feed_all(schedule[:10])
+    h.feed_all(schedule[:10] + _stream(Speaker(SSRC_B, 880.0), h, range(5)))
     h.rx.pump(until=h.at(16))
     h.rx.forget_user(USER_A)
-    assert h.rx._streams == {}
-    assert h.events[-1][0] == "speaking_stop"
+    assert set(h.rx._streams) == {SSRC_A, SSRC_B}, "the stream stays until its buffered audio played"
+    h.rx.pump(until=h.at(26))  # slot 20, after A's last frame, is due
+    assert set(h.rx._streams) == {SSRC_B}
+    assert h.events[-1] == ("speaking_stop", {"user_id": USER_A, "ssrc": SSRC_A, "tick": 20})
     h.feed_all(schedule[10:])
     h.finish(h.at(50))
-    assert h.stats()["unknown_ssrc_held"] == 10
-    assert max(f.tick for f in h.sink.frames()) < 20
+    stats = h.stats()
+    assert stats["unknown_ssrc_held"] == 10
+    assert [f.tick for f in h.sink.frames(SSRC_A)] == list(range(10, 20))
+    assert SSRC_A not in stats.by_ssrc and USER_A not in stats.by_user, "a departed speaker's counters are pruned"
+    assert SSRC_B in stats.by_ssrc and stats["decoded"] == 15, "the totals keep everything"
 
 
 def test_new_transport_key_keeps_stream_state() -> None:
@@ -596,10 +601,10 @@ def test_new_transport_key_keeps_stream_state() -> None:
     h.rx.set_transport("aead_xchacha20_poly1305_rtpsize", new_key)
     speaker.cipher = make_cipher("aead_xchacha20_poly1305_rtpsize", new_key)
     h.feed_all(_stream(speaker, h, range(10, 20)))
-    h.rx.feed(schedule[19][1])
+    h.rx.feed(schedule[19][1])  # sealed with the old key and still in flight: it opens, and is a duplicate
     h.finish(h.at(50))
     assert [f.tick for f in h.sink.frames()] == list(range(10, 30))
-    assert h.stats()["decrypt_failed"] == 1
+    assert h.stats()["decrypt_failed"] == 0 and h.stats()["duplicate"] == 1
 
 
 def test_flood_of_unmapped_ssrcs_stays_bounded() -> None:
@@ -608,13 +613,24 @@ def test_flood_of_unmapped_ssrcs_stays_bounded() -> None:
     speakers = [Speaker(rng.getrandbits(32)) for _ in range(200)]
     for i in range(3000):
         h.rx.feed(speakers[i % 200].packet(i // 200))
-    held = sum(len(q) for q in h.rx._held.values())
-    assert held <= 1000 and len(h.rx._held) <= 64
+    held = len(h.rx._unmapped)
+    assert held <= 1000 and len(h.rx._unmapped.ssrcs()) == 64
     assert h.stats()["unknown_ssrc_dropped"] == 3000 - held
+    late_comer = Speaker(SSRC_B, seq=0)
+    for i in range(10):
+        h.rx.feed(late_comer.packet(i))
+    assert SSRC_B not in h.rx._unmapped.ssrcs(), "no 65th SSRC is held"
+    assert h.stats()["unknown_ssrc_dropped"] == 3000 - held + 10
+
+
+def test_one_unmapped_ssrc_keeps_only_its_newest_packets() -> None:
+    h = Harness()
     single = Speaker(SSRC_B, seq=0)
     for i in range(300):
         h.rx.feed(single.packet(i))
-    assert len(h.rx._held.get(SSRC_B, ())) == 0 or len(h.rx._held[SSRC_B]) <= 100
+    assert len(h.rx._unmapped) == 100
+    assert h.stats()["unknown_ssrc_dropped"] == 200 and h.stats()["unknown_ssrc_held"] == 300
+    assert [p.sequence for p in h.rx._unmapped.take(SSRC_B, h.clock())] == list(range(200, 300))
 
 
 def test_idle_streams_are_forgotten() -> None:
@@ -730,3 +746,263 @@ def test_stop_from_a_sink_callback_does_not_deadlock() -> None:
     assert after == [None] and sink.cleanups == 1
     assert not rx.is_running
     assert sink.advances[:3] == [0, 1, 2]
+
+
+def test_stop_from_after_or_on_event_returns_and_stop_from_another_thread_waits() -> None:
+    done = threading.Event()
+    calls: list[str] = []
+    rx: Receiver
+
+    def on_event(name: str, payload: dict[str, Any]) -> None:
+        calls.append(name)
+        rx.stop()  # on the shared playout scheduler's thread: must not wait for itself
+
+    def after(error: BaseException | None) -> None:
+        calls.append("after")
+        rx.stop()  # on the sink thread
+        done.set()
+
+    rx = Receiver(RecordingSink(), playout_delay=0.0, after=after, on_event=on_event)
+    rx.set_transport(MODE, KEY)
+    rx.map_ssrc(SSRC_A, USER_A)
+    rx.start()
+    rx.feed(Speaker(SSRC_A).packet(0))
+    assert done.wait(5)
+    assert calls[0] == "speaking_start" and calls[-1] == "after" and calls.count("after") == 1
+    assert not rx.is_running
+
+    sink = RecordingSink()
+    other = Receiver(sink, after=lambda error: calls.append("other"))
+    other.start()
+    stopper = threading.Thread(target=other.stop)
+    stopper.start()
+    stopper.join(5)
+    assert not stopper.is_alive() and sink.cleanups == 1 and calls[-1] == "other"
+
+
+def test_an_idle_receiver_sleeps_until_a_datagram_wakes_it() -> None:
+    rx = Receiver(RecordingSink())
+    rx.set_transport(MODE, KEY)
+    rx.map_ssrc(SSRC_A, USER_A)
+    rx.start()
+    try:
+        assert _wait_for(lambda: rx._idle)
+        speaker = Speaker(SSRC_A)
+        for i in range(5):
+            rx.feed(speaker.packet(i))
+        assert _wait_for(lambda: rx.stats()["rtp"] == 5)
+    finally:
+        rx.stop()
+
+
+# Issue #11, bugs 1-8: each of these fails on the Receiver of reader.py.
+
+
+def _sealed(speaker: Speaker, h: Harness, user_id: int, indices: range, start: float) -> list[tuple[float, bytes]]:
+    return [(h.at(start + i) + 0.003, speaker.packet(i, ToyDave.seal(user_id, speaker.packets[i]))) for i in indices]
+
+
+def test_bug1_a_spurt_waiting_for_its_e2ee_key_keeps_its_slots() -> None:
+    dave = ToyDave()
+    dave.ready.add(USER_B)
+    h = Harness(decryptor=dave)
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    h.rx.map_ssrc(SSRC_B, USER_B)
+    a = Speaker(SSRC_A, 440.0)
+    b = Speaker(SSRC_B, 880.0, seq=5000, ts=9_000_000)
+    schedule = _sealed(a, h, USER_A, range(60), 10) + _sealed(b, h, USER_B, range(60), 10)
+    key_at = h.at(35)
+    h.feed_all(s for s in schedule if s[0] < key_at)
+    dave.ready.add(USER_A)  # A's key arrives 0.5 s after A started talking
+    h.feed_all(s for s in schedule if s[0] >= key_at)
+    h.finish(h.at(100))
+    a_frames = [f for f in h.sink.frames(SSRC_A) if not f.concealed]
+    b_ticks = {f.sequence - 5000: f.tick for f in h.sink.frames(SSRC_B)}
+    assert len(a_frames) >= 25
+    for frame in a_frames:
+        k = frame.sequence - 1000
+        assert frame.tick == 10 + k == b_ticks[k], f"A's frame {k} played at {frame.tick}, B's at {b_ticks[k]}"
+    assert h.stats()["late"] >= 15
+
+
+class HoldOne(ToyDave):
+    """Every frame decrypts except one, which waits ``hold`` seconds (a commit in flight) and then fails."""
+
+    def __init__(self, bad: bytes, hold: float = 0.3) -> None:
+        super().__init__()
+        self.bad = bad
+        self.clock: Any = None
+        self.hold = hold
+        self.first: float | None = None
+
+    def decrypt(self, user_id: int, frame: bytes) -> bytes | None:
+        if frame == self.bad:
+            if self.first is None:
+                self.first = self.clock()
+            if self.clock() - self.first < self.hold:
+                return None
+            raise E2EEDecryptError("auth")
+        return super().decrypt(user_id, frame)
+
+
+def test_bug2_one_held_frame_does_not_block_the_frames_after_it() -> None:
+    a = Speaker(SSRC_A)
+    bad = ToyDave.seal(USER_A, b"\x01" * 40)
+    dave = HoldOne(bad)
+    dave.ready.add(USER_A)
+    h = Harness(decryptor=dave)
+    dave.clock = h.clock
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    schedule = _sealed(a, h, USER_A, range(40), 10)
+    schedule[5] = (schedule[5][0], a.packet(5, bad))
+    h.feed_all(schedule)
+    h.finish(h.at(80))
+    got = {f.tick: f for f in h.sink.frames() if not f.concealed}
+    for i in range(40):
+        if i != 5:
+            assert got[10 + i].opus == a.packets[i], f"frame {i} was not played in its slot"
+    stats = h.stats()
+    assert stats["late"] == 0 and stats["e2ee_failed:auth"] == 1
+
+
+def test_bug3_plaintext_ending_in_the_dave_magic_is_not_held_without_a_session() -> None:
+    decryptor = DaveFrameDecryptor(lambda: None, lambda: 0)
+    h = Harness(decryptor=decryptor)
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    a = Speaker(SSRC_A)
+    frames = [a.packets[i] + b"\x11\xfa\xfa" for i in range(50)]
+    h.feed_all((h.at(10 + i) + 0.003, a.packet(i, frames[i])) for i in range(50))
+    h.finish(h.at(80))
+    got = h.sink.frames()
+    assert [f.opus for f in got] == frames
+    assert h.stats()["e2ee_held"] == 0
+
+
+def test_bug4_a_dtx_pause_is_silence_not_loss() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    a = Speaker(SSRC_A)
+    schedule = []
+    for i in range(40):
+        pause = 0 if i < 20 else 5  # the sender paused 100 ms: sequence numbers go on, the timestamp jumps
+        header = build_rtp_header(sequence=1000 + i, timestamp=77_000 + 960 * (i + pause), ssrc=SSRC_A)
+        schedule.append((h.at(10 + i + pause) + 0.003, a.cipher.encrypt_rtp(header, a.packets[i])))
+    h.feed_all(schedule)
+    h.finish(h.at(80))
+    frames = h.sink.frames()
+    assert [f.tick for f in frames] == list(range(10, 30)) + list(range(35, 55))
+    assert not any(f.concealed for f in frames)
+    stats = h.stats()
+    assert stats["plc"] == stats["fec"] == stats["lost"] == 0
+
+
+def test_bug5_a_spurt_under_way_at_start_is_placed_by_its_least_delayed_packets() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    a = Speaker(SSRC_A)
+    # Packet k left the sender at t0 - 14 ms + 20k ms. The first one we see was delayed 15 ms, the rest 2 ms.
+    schedule = [(h.t0 - 0.014 + 0.02 * k + (0.015 if k == 0 else 0.002), a.packet(k)) for k in range(30)]
+    h.feed_all(schedule)
+    h.finish(h.at(60))
+    frames = h.sink.frames()
+    assert frames[0].sequence == 1001, "the frame from before slot 0 is dropped"
+    assert all(f.tick == f.sequence - 1000 - 1 for f in frames), [(f.tick, f.sequence) for f in frames[:3]]
+
+
+def _half_frames(h: Harness, a: Speaker, lost: set[int]) -> list[tuple[float, bytes]]:
+    packets = _tone(440.0, frames=40, samples=480)
+    return [
+        (
+            h.at(10 + i / 2) + 0.001,
+            a.cipher.encrypt_rtp(build_rtp_header(sequence=i, timestamp=480 * i, ssrc=SSRC_A), packets[i]),
+        )
+        for i in range(40)
+        if i not in lost
+    ]
+
+
+def test_bug6_a_slot_missing_half_its_samples_is_concealed_not_zero_filled() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    a = Speaker(SSRC_A)
+    h.feed_all(_half_frames(h, a, {21}))
+    h.finish(h.at(50))
+    frame = next(f for f in h.sink.frames() if f.tick == 20)
+    second_half = np.frombuffer(frame.pcm[FRAME_BYTES // 2 :], dtype="<i2")
+    assert frame.concealed and np.abs(second_half).max() > 1000
+
+
+def test_bug6_every_opus_packet_of_a_slot_reaches_the_sink() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    a = Speaker(SSRC_A)
+    h.feed_all(_half_frames(h, a, set()))
+    h.finish(h.at(50))
+    packets = _tone(440.0, frames=40, samples=480)
+    frames = h.sink.frames()
+    assert [f.opus_packets for f in frames] == [(packets[2 * k], packets[2 * k + 1]) for k in range(20)]
+    assert all(f.opus == f.opus_packets[0] for f in frames)
+
+
+def test_bug6_fec_still_recovers_the_frame_before_a_packet_after_a_long_loss() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    lost = set(range(10, 19))
+    h.feed_all(_stream(Speaker(SSRC_A), h, (i for i in range(40) if i not in lost)))
+    h.finish(h.at(70))
+    by_tick = {f.tick: f for f in h.sink.frames()}
+    assert h.stats()["fec"] == 1
+    assert by_tick[10 + 18].concealed and np.abs(np.frombuffer(by_tick[28].pcm, dtype="<i2")).max() > 1000
+
+
+def test_bug6_voice_frame_sequence_is_the_wire_sequence_after_a_sender_restart() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    first = Speaker(SSRC_A, seq=30_000)
+    restarted = Speaker(SSRC_A, seq=100, ts=5_000_000)
+    h.feed_all(_stream(first, h, range(20)))
+    h.feed_all(_stream(restarted, h, range(20), start=80))
+    h.finish(h.at(140))
+    sequences = [f.sequence for f in h.sink.frames() if not f.concealed]
+    assert sequences[-17:] == [100 + i for i in range(3, 20)]
+
+
+def test_bug6_voice_frame_is_immutable() -> None:
+    h = Harness()
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    h.feed_all(_stream(Speaker(SSRC_A), h, range(3)))
+    h.finish(h.at(30))
+    frame = h.sink.frames()[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        frame.pcm = b""  # type: ignore[misc]
+
+
+def test_bug7_an_rtcp_feedback_packet_is_counted_as_rtcp() -> None:
+    h = Harness()
+    a = Speaker(SSRC_A)
+    pli = bytes([0x81, 206, 0, 2]) + SSRC_A.to_bytes(4, "big") + SSRC_B.to_bytes(4, "big")
+    h.rx.feed(a.cipher.encrypt_rtcp(pli))
+    stats = h.stats()
+    assert stats["rtcp"] == 1 and stats["ignored_payload_type"] == 0
+    h.finish(h.at(5))
+
+
+def test_bug8_forget_user_plays_out_the_buffered_audio_first() -> None:
+    h = Harness(playout_delay=0.2)
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    h.feed_all(_stream(Speaker(SSRC_A), h, range(20)))
+    h.rx.forget_user(USER_A)
+    h.finish(h.at(60))
+    assert [f.tick for f in h.sink.frames()] == list(range(10, 30))
+    assert h.stats()["forgotten"] == 0
+    assert [(n, p["tick"]) for n, p in h.events][-1][0] == "speaking_stop"
+
+
+def test_bug8_pump_refuses_threaded_mode() -> None:
+    rx = Receiver(RecordingSink())
+    rx.start()
+    try:
+        with pytest.raises(RuntimeError):
+            rx.pump()
+    finally:
+        rx.stop()

@@ -10,6 +10,8 @@ import enum
 from bisect import insort
 from collections.abc import Iterator
 
+from ..frames import FRAME_SAMPLES
+
 __all__ = ("DEFAULT_CAPACITY", "Drop", "JitterBuffer", "JitterPacket")
 
 DEFAULT_CAPACITY = 250
@@ -35,22 +37,24 @@ class Drop(enum.Enum):
 
 
 class JitterPacket:
-    """One buffered packet with its unwrapped ``sequence`` and ``timestamp``.
+    """One buffered packet with its unwrapped ``sequence`` and ``timestamp`` and its ``wire_sequence``.
 
-    ``slot``, ``spurt`` and ``samples`` are filled in by the receiver (timeline slot, talk-spurt id, samples per
-    channel the payload decodes to).
+    ``slot``, ``offset``, ``spurt`` and ``samples`` are filled in by the stream's playout (timeline slot, samples
+    into that slot, talk-spurt id, samples per channel the payload decodes to).
     """
 
-    __slots__ = ("arrival", "payload", "samples", "sequence", "slot", "spurt", "timestamp")
+    __slots__ = ("arrival", "offset", "payload", "samples", "sequence", "slot", "spurt", "timestamp", "wire_sequence")
 
-    def __init__(self, sequence: int, timestamp: int, payload: bytes, arrival: float) -> None:
+    def __init__(self, sequence: int, timestamp: int, payload: bytes, arrival: float, wire_sequence: int) -> None:
         self.sequence = sequence
         self.timestamp = timestamp
         self.payload = payload
         self.arrival = arrival
+        self.wire_sequence = wire_sequence
         self.slot = 0
+        self.offset = 0
         self.spurt = 0
-        self.samples = 960
+        self.samples = FRAME_SAMPLES
 
     def __repr__(self) -> str:
         return f"<JitterPacket seq={self.sequence} ts={self.timestamp} slot={self.slot} len={len(self.payload)}>"
@@ -87,7 +91,6 @@ class JitterBuffer:
         "resync_after",
         "resync_distance",
         "resyncs",
-        "skipped",
     )
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, *, resync_after: int = 3, resync_distance: int = 1000) -> None:
@@ -110,7 +113,6 @@ class JitterBuffer:
         self.late = 0
         self.overflow = 0
         self.resyncs = 0
-        self.skipped = 0
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -118,33 +120,13 @@ class JitterBuffer:
     def __iter__(self) -> Iterator[JitterPacket]:
         return (self._packets[key] for key in self._keys)
 
-    @property
-    def last_played(self) -> int | None:
-        """Unwrapped sequence number of the last packet popped, skipped or evicted."""
-        return self._last_played
-
-    def unwrap_sequence(self, sequence: int) -> int:
-        """Extend a 16-bit sequence number to the unwrapped counter, nearest to the newest packet."""
-        raw = (sequence + self._seq_shift) & 0xFFFF
-        ref = self.highest
-        if ref is None:
-            return raw
-        return ref + ((raw - ref + _SEQ_HALF) % _SEQ_MOD) - _SEQ_HALF
-
-    def unwrap_timestamp(self, timestamp: int) -> int:
-        """Extend a 32-bit RTP timestamp to the unwrapped counter, nearest to the last packet inserted."""
-        ref = self._ts_ref
-        if ref is None:
-            return timestamp
-        return ref + ((timestamp - ref + _TS_HALF) % _TS_MOD) - _TS_HALF
-
     def insert(self, sequence: int, timestamp: int, payload: bytes, arrival: float) -> JitterPacket | Drop:
         """Buffer a packet given its wire ``sequence`` (16 bits) and ``timestamp`` (32 bits).
 
         Returns the buffered :class:`JitterPacket`, or the :class:`Drop` reason when the packet is a duplicate,
         arrived after its turn, or was evicted at once by a full buffer. Every eviction, of this packet or an
-        older one, adds to :attr:`overflow`. (The unwrapping of :meth:`unwrap_sequence` and
-        :meth:`unwrap_timestamp` is inlined: this runs once per received packet.)
+        older one, adds to :attr:`overflow`. Sequence numbers are unwrapped nearest the newest packet, timestamps
+        nearest the last packet inserted.
         """
         highest = self.highest
         raw = (sequence + self._seq_shift) & 0xFFFF
@@ -171,7 +153,7 @@ class JitterBuffer:
         ts_ref = self._ts_ref
         if ts_ref is not None:
             timestamp = ts_ref + ((timestamp - ts_ref + _TS_HALF) % _TS_MOD) - _TS_HALF
-        packet = JitterPacket(ext, timestamp, payload, arrival)
+        packet = JitterPacket(ext, timestamp, payload, arrival, sequence)
         self._ts_ref = timestamp
         keys = self._keys
         if not keys or ext > keys[-1]:
@@ -221,22 +203,6 @@ class JitterBuffer:
         """Remove and return the oldest buffered packet; older packets arriving later are refused as late."""
         return self._take_head() if self._keys else None
 
-    def pop_timestamp(self, timestamp: int) -> JitterPacket | None:
-        """Pop the packet with unwrapped ``timestamp`` when it is the oldest.
-
-        Older packets (timestamps before it) are discarded and counted in :attr:`skipped`; ``None`` when the
-        packet is missing, leaving later packets in place (peek at the next one to recover the loss with FEC).
-        """
-        while self._keys:
-            head = self._packets[self._keys[0]]
-            if head.timestamp > timestamp:
-                return None
-            self._take_head()
-            if head.timestamp == timestamp:
-                return head
-            self.skipped += 1
-        return None
-
     def remove(self, packet: JitterPacket) -> bool:
         """Take ``packet`` out without marking it played (the receiver refused it after insertion)."""
         if self._packets.get(packet.sequence) is not packet:
@@ -244,10 +210,3 @@ class JitterBuffer:
         del self._packets[packet.sequence]
         self._keys.remove(packet.sequence)
         return True
-
-    def clear(self) -> None:
-        """Drop every buffered packet, keeping the sequence history."""
-        for key in self._keys:
-            self._mark_played(key)
-        self._keys.clear()
-        self._packets.clear()

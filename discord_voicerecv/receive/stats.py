@@ -112,8 +112,8 @@ class StreamTally:
     """The counters every packet of one stream bumps (``rtp``, ``decoded``, ``frames``), as plain attributes.
 
     Counting a packet this way costs an attribute increment instead of a locked update of three dicts. Each field
-    has one writer at a time (``rtp`` under the receiver's lock, ``decoded`` and ``frames`` on the playout thread),
-    so no increment is lost; :meth:`ReceiveStats.snapshot` adds the tallies in.
+    has one writer at a time (the thread running the receiver's playout), so no increment is lost;
+    :meth:`ReceiveStats.snapshot` adds the tallies in.
     """
 
     __slots__ = ("decoded", "frames", "rtp", "ssrc", "user_id")
@@ -182,6 +182,12 @@ class ReceiveStats:
                 tally = self._tallies.pop(key)
                 _add_tally(tally, self._totals, None, self._by_user)
             self._by_ssrc.pop(ssrc, None)
+
+    def forget_user(self, user_id: int) -> None:
+        """Drop the per-user sub-counts of a user who left (their streams must be forgotten first); the totals
+        keep everything they counted."""
+        with self._lock:
+            self._by_user.pop(user_id, None)
 
     def __getitem__(self, key: str) -> int:
         with self._lock:

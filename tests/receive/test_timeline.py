@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from discord_voicerecv.timeline import Placement, Timeline, slot_at
+from discord_voicerecv.receive.timeline import Placement, Timeline, slot_at
 
 T0 = 1000.0
 
@@ -87,12 +87,11 @@ def test_a_timestamp_jump_far_ahead_reanchors() -> None:
     assert placed == Placement(2, 2, True)
 
 
-def test_an_old_burst_replayed_late_starts_at_the_first_free_slot() -> None:
+def test_a_burst_that_arrived_before_the_first_free_slot_is_late_not_shifted() -> None:
     tl = Timeline(T0)
-    slots = [tl.place(960 * i, _at(i), first_free=30, newest=True) for i in range(5)]
-    assert [p.slot for p in slots if p is not None] == [30, 31, 32, 33, 34]
-    live = tl.place(960 * 5, _at(5.5), first_free=30, newest=True)
-    assert live == Placement(35, 1, False)
+    assert [tl.place(960 * i, _at(25 + i), first_free=30, newest=True) for i in range(5)] == [None] * 5
+    live = tl.place(960 * 5, _at(30.2), first_free=30, newest=True)
+    assert live == Placement(30, 1, False)
 
 
 def test_a_new_spurt_never_overlaps_the_previous_one() -> None:
@@ -114,7 +113,14 @@ def test_reset_ends_the_spurt() -> None:
 def test_ten_millisecond_frames_share_slots() -> None:
     tl = Timeline(T0)
     placed = [tl.place(480 * i, _at(3 + i / 2), first_free=0, newest=True) for i in range(6)]
-    assert [p.slot for p in placed if p is not None] == [3, 3, 4, 4, 5, 5]
+    assert [(p.slot, p.offset) for p in placed if p is not None] == [
+        (3, 0),
+        (3, 480),
+        (4, 0),
+        (4, 480),
+        (5, 0),
+        (5, 480),
+    ]
 
 
 def test_a_less_delayed_packet_moves_an_unplayed_spurt_earlier() -> None:
@@ -127,12 +133,25 @@ def test_a_less_delayed_packet_moves_an_unplayed_spurt_earlier() -> None:
     assert third == Placement(12, 1, False)
 
 
-def test_the_anchor_never_moves_onto_played_slots() -> None:
+def test_frames_moved_before_the_first_free_slot_are_dropped_not_the_spurt_shifted() -> None:
     tl = Timeline(T0)
     tl.place(0, _at(12.5), first_free=0, newest=True)
     moved = tl.place(960, _at(11.2), first_free=11, newest=True)
-    assert moved == Placement(12, 1, False, moved=1)
-    assert tl.place(1920, _at(12.1), first_free=13, newest=True) == Placement(13, 1, False)
+    assert moved == Placement(11, 1, False, moved=2)
+    assert tl.place(1920, _at(12.1), first_free=12, newest=True) == Placement(12, 1, False)
+
+
+def test_a_spurt_that_started_playing_no_longer_moves() -> None:
+    tl = Timeline(T0)
+    tl.place(0, _at(12.5), first_free=0, newest=True)
+    tl.freeze()
+    assert tl.place(960, _at(11.2), first_free=0, newest=True) == Placement(13, 1, False)
+
+
+def test_a_frame_not_on_a_slot_boundary_carries_its_offset() -> None:
+    tl = Timeline(T0)
+    tl.place(0, _at(3), first_free=0, newest=True)
+    assert tl.place(480 + 960, _at(4.5), first_free=0, newest=True) == Placement(4, 1, False, 0, 480)
 
 
 @settings(max_examples=150, deadline=None)

@@ -14,13 +14,13 @@ import davey
 import numpy as np
 import pytest
 
-from discord_voicerecv.dave import DaveFrameDecryptor, is_dave_frame
 from discord_voicerecv.errors import E2EEDecryptError
 from discord_voicerecv.frames import OPUS_SILENCE, VoiceFrame
 from discord_voicerecv.opus import OpusEncoder
 from discord_voicerecv.protocol.rtp import build_rtp_header
 from discord_voicerecv.protocol.transport import make_cipher
-from discord_voicerecv.reader import Receiver
+from discord_voicerecv.receive import Receiver
+from discord_voicerecv.receive.dave import DaveFrameDecryptor, is_dave_frame
 from discord_voicerecv.sinks.base import AudioSink, SinkUser
 from discord_voicerecv.testing.dave_group import DaveGroupCoordinator, Outbound
 from discord_voicerecv.testing.speakers import DaveClient
@@ -274,12 +274,41 @@ def test_plaintext_passes_only_inside_a_passthrough_window() -> None:
     assert stats[CAROL] == {"failed:plaintext": 1, "passthrough": 1}
 
 
-def test_no_session_means_no_dave_and_dave_frames_wait_for_one() -> None:
-    decryptor = DaveFrameDecryptor(lambda: None, lambda: 0)
+def test_without_a_session_nothing_is_held() -> None:
+    version = [0]
+    decryptor = DaveFrameDecryptor(lambda: None, lambda: version[0])
     assert decryptor.decrypt(ALICE, OPUS) == OPUS
+    looks_encrypted = OPUS + bytes(8) + b"\x05\x0c\xfa\xfa"
+    assert is_dave_frame(looks_encrypted)
+    assert decryptor.decrypt(ALICE, looks_encrypted) == looks_encrypted, "protocol version 0: there is no DAVE"
+    version[0] = 1
     _group, alice, _ = _pair()
-    assert decryptor.decrypt(ALICE, alice.encrypt(OPUS)) is None
+    with pytest.raises(E2EEDecryptError) as info:
+        decryptor.decrypt(ALICE, alice.encrypt(OPUS))
+    assert info.value.reason == "no_session"
     assert decryptor.privacy_code() is None
+
+
+def test_the_dave_trailer_is_checked_not_just_the_magic() -> None:
+    _group, alice, _ = _pair()
+    assert all(is_dave_frame(alice.encrypt(bytes([0x78]) + bytes(n))) for n in (1, 20, 200, 1000))
+    assert not is_dave_frame(OPUS + b"\xfa\xfa")  # a size byte 0x3C (60) overruns into the media: no nonce end
+    assert not is_dave_frame(bytes(20) + b"\x00\xfa\xfa")  # supplemental size 0
+    assert not is_dave_frame(bytes(20) + b"\x30\xfa\xfa")  # supplemental size past the frame
+    assert not is_dave_frame(bytes(8) + b"\x80\x80\x0c\xfa\xfa")  # nonce runs into the size byte
+    rng = np.random.default_rng(7)
+    frames = [
+        rng.integers(0, 256, int(rng.integers(20, 200)), dtype=np.uint8).tobytes() + b"\xfa\xfa" for _ in range(5000)
+    ]
+    assert sum(map(is_dave_frame, frames)) < 250, "a random frame ending in FA FA rarely passes"
+
+
+def test_a_departed_user_is_forgotten() -> None:
+    group, alice, _ = _pair()
+    decryptor, _ = _decryptor(group, BOB)
+    assert decryptor.decrypt(ALICE, alice.encrypt(OPUS)) == OPUS
+    decryptor.forget_user(ALICE)
+    assert decryptor.user_stats() == {}
 
 
 def test_sustained_auth_failures_trigger_one_rate_limited_recovery() -> None:

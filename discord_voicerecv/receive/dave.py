@@ -6,6 +6,9 @@ call and never releases it, so calls from the two threads are serialised and can
 commit; ``tests/test_dave.py`` hammers one session from both sides to keep that true. A ``RuntimeError`` from
 davey (PyO3's "already borrowed", possible only if a future build released the GIL) is still handled: the frame is
 held and retried like a frame whose key has not arrived, never decoded and never dropped at once.
+
+The frame format (after the transport layer): ``media | tag (8) | nonce (ULEB128) | unencrypted ranges (ULEB128
+offset/size pairs) | supplemental size (1 byte, counting everything after the media) | magic 0xFAFA``.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .errors import E2EEDecryptError
-from .frames import OPUS_SILENCE
+from ..errors import E2EEDecryptError
+from ..frames import OPUS_SILENCE
 
 if TYPE_CHECKING:
     import davey
@@ -28,6 +31,10 @@ _log = logging.getLogger(__name__)
 
 DAVE_MAGIC = b"\xfa\xfa"
 """Every DAVE-encrypted frame ends with this marker."""
+_TAG_SIZE = 8
+_MIN_SUPPLEMENTAL = _TAG_SIZE + 1 + 1 + len(DAVE_MAGIC)
+"""Tag, a one-byte nonce, the size byte and the magic."""
+_MAX_ULEB128 = 10
 
 _NO_DECRYPTOR = "NoDecryptorForUser"
 _PLAINTEXT = "UnencryptedWhenPassthroughDisabled"
@@ -37,7 +44,41 @@ _RECENT_FRAMES = 64
 
 
 def is_dave_frame(frame: bytes) -> bool:
-    return len(frame) > 11 and frame[-2:] == DAVE_MAGIC
+    """True when ``frame`` ends with a well-formed DAVE trailer (not merely the two magic bytes, which end about
+    one plaintext Opus frame in 65,536)."""
+    n = len(frame)
+    if n < _MIN_SUPPLEMENTAL or frame[-2:] != DAVE_MAGIC:
+        return False
+    size = frame[-3]
+    if size < _MIN_SUPPLEMENTAL or size > n:
+        return False
+    media = n - size
+    end = n - 3
+    pos = _skip_uleb128(frame, media + _TAG_SIZE, end)
+    covered = 0
+    while 0 <= pos < end:
+        offset, pos = _read_uleb128(frame, pos, end)
+        length, pos = _read_uleb128(frame, pos, end)
+        if pos < 0 or offset < covered or offset + length > media:
+            return False
+        covered = offset + length
+    return pos == end
+
+
+def _read_uleb128(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The value at ``pos`` and the position after it; position -1 when it runs past ``end`` or is too long."""
+    value = shift = 0
+    for i in range(pos, min(end, pos + _MAX_ULEB128)):
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i + 1
+        shift += 7
+    return 0, -1
+
+
+def _skip_uleb128(data: bytes, pos: int, end: int) -> int:
+    return _read_uleb128(data, pos, end)[1] if pos < end else -1
 
 
 class _UserCounters:
@@ -47,14 +88,27 @@ class _UserCounters:
     protection), so a duplicated packet would otherwise count as an authentication failure. ``waited`` holds the
     frames put off because we had no key for the sender at all (we were not in its group yet): one that then fails
     authentication belongs to an epoch we never had, and is dropped at once instead of being held again.
+    ``failing`` holds when each frame now failing authentication first failed: each frame is held on its own,
+    until it or the sender's unbroken run of failures (``streak_start``, ended by any success) is older than the
+    hold.
     """
 
-    __slots__ = ("consecutive", "counts", "next_recovery", "recent", "recovery_interval", "streak_start", "waited")
+    __slots__ = (
+        "consecutive",
+        "counts",
+        "failing",
+        "next_recovery",
+        "recent",
+        "recovery_interval",
+        "streak_start",
+        "waited",
+    )
 
     def __init__(self, recovery_interval: float) -> None:
         self.counts: dict[str, int] = {}
         self.recent: dict[bytes, bytes] = {}
         self.waited: dict[bytes, None] = {}
+        self.failing: dict[bytes, float] = {}
         self.streak_start: float | None = None
         self.consecutive = 0
         self.next_recovery = 0.0
@@ -68,11 +122,12 @@ class DaveFrameDecryptor:
     """Decrypts frames per sender with the session discord.py owns; tells "not yet" from "never".
 
     ``decrypt`` returns the plain frame; None when the frame may decrypt shortly (the sender is not in our group
-    yet, a commit is in flight, or the sender just started failing: the reader holds it and retries); or raises
+    yet, a commit is in flight, or this frame just started failing: the receiver holds it and retries); or raises
     :class:`E2EEDecryptError` for a frame that must be dropped (``"auth"``: tampered or a key we will not get;
     ``"plaintext"``: unencrypted outside a passthrough window). Frames are never passed on undecrypted except
     Opus silence and plaintext inside a passthrough window (protocol version 0, or a downgrade until the upgrade
-    executes).
+    executes). Without a session there is no key to wait for: plaintext passes (protocol version 0) and a DAVE
+    frame is dropped (``"no_session"``).
 
     When one sender's frames keep failing authentication while our session is ready and lists that sender, our
     MLS state has diverged from the group's: ``on_recover(user_id)`` is called so the client can send op31 and
@@ -88,8 +143,8 @@ class DaveFrameDecryptor:
     on_recover:
         Called on the decrypting thread with the failing sender's id; must not block.
     hold:
-        Seconds a sender's frames are held after its first authentication failure before they count as failed
-        (covers a sender that switched to a new epoch's key a moment before our commit arrived).
+        Seconds a frame is held after its first authentication failure before it counts as failed (covers a
+        sender that switched to a new epoch's key a moment before our commit arrived).
     commit_hold:
         The same while our session waits for a commit it proposed (status ``awaiting_response``).
     recover_after:
@@ -160,9 +215,9 @@ class DaveFrameDecryptor:
         session = self._get_session()
         encrypted = is_dave_frame(frame)
         if session is None:
-            if encrypted:
-                self._count(user_id, "held")
-                return None
+            if encrypted and self._get_version() != 0:
+                self._count(user_id, "failed:no_session")
+                raise E2EEDecryptError("no_session", "a DAVE frame while we have no DAVE session")
             return frame
         if not encrypted and (self._get_version() == 0 or self._downgraded()):
             self._count(user_id, "passthrough")
@@ -185,6 +240,11 @@ class DaveFrameDecryptor:
     def privacy_code(self) -> str | None:
         session = self._get_session()
         return session.voice_privacy_code if session is not None else None
+
+    def forget_user(self, user_id: int) -> None:
+        """Drop what is kept about a sender who left (counters and cached frames)."""
+        with self._lock:
+            self._users.pop(user_id, None)
 
     def user_stats(self) -> dict[int, dict[str, int]]:
         """Per sender: ``decrypted``, ``passthrough``, ``duplicate`` (a repeat of a frame already decrypted),
@@ -241,12 +301,19 @@ class DaveFrameDecryptor:
                 del state.waited[frame]
                 state.add("failed:auth")
                 raise E2EEDecryptError("auth", "from an epoch before we joined: " + str(exc)) from exc
+            failing = state.failing
+            first = failing.get(frame)
+            if first is None:
+                first = failing[frame] = now
+                if len(failing) > _RECENT_FRAMES:
+                    del failing[next(iter(failing))]
             if state.streak_start is None:
                 state.streak_start = now
             hold = self._commit_hold if transient or _awaiting_commit(session, self._status_awaiting) else self._hold
-            if now - state.streak_start < hold:
+            if now - min(first, state.streak_start) < hold:
                 state.add("held")
                 return None
+            failing.pop(frame, None)
             state.add("failed:auth")
             state.consecutive += 1
             due = state.consecutive >= self._recover_after and now >= state.next_recovery

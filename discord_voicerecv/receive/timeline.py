@@ -3,8 +3,9 @@
 Slot ``n`` covers ``[t0 + 20n, t0 + 20(n + 1))`` ms, ``t0`` being when listening started. Inside a talk spurt a
 frame's slot follows its RTP timestamp exactly (``anchor_slot + (ts - anchor_ts) // 960``), so network jitter
 does not move audio around. Discord sends nothing while a user is silent, so a new spurt is anchored on arrival
-time instead: on the first packet's arrival, moved earlier while the spurt is still unplayed whenever a later
-packet arrives with less delay (the least-delayed packet is the best estimate of when the audio was captured).
+time instead: on the first packet's arrival, moved earlier until the spurt starts playing whenever a later packet
+arrives with less delay (the least-delayed packet is the best estimate of when the audio was captured). Frames
+whose slot then lies before the first slot still to be played are late: dropped, never pushing the spurt later.
 Pure: times are passed in, nothing reads a clock.
 """
 
@@ -13,12 +14,9 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from .frames import FRAME_SAMPLES
+from ..frames import FRAME_DURATION, FRAME_SAMPLES
 
-__all__ = ("FRAME_DURATION", "Placement", "Timeline", "slot_at")
-
-FRAME_DURATION = 0.02
-"""Seconds per slot."""
+__all__ = ("Placement", "Timeline", "slot_at")
 
 
 def slot_at(t0: float, t: float) -> int:
@@ -27,17 +25,19 @@ def slot_at(t0: float, t: float) -> int:
 
 
 class Placement(NamedTuple):
-    """Where a frame goes: its ``slot``, the ``spurt`` it belongs to, and whether it started that spurt.
+    """Where a frame goes: its ``slot``, the samples ``offset`` into that slot, the ``spurt`` it belongs to, and
+    whether it ``started`` that spurt.
 
     ``moved`` > 0 means this frame showed the spurt's anchor was too late (the first packet was delayed more than
-    this one): every frame already placed in the spurt moves ``moved`` slots earlier. That only happens while
-    none of the spurt has been played out.
+    this one): every frame already placed in the spurt moves ``moved`` slots earlier (those that land before the
+    first free slot are then late). That only happens before the spurt starts playing.
     """
 
     slot: int
     spurt: int
     started: bool
     moved: int = 0
+    offset: int = 0
 
 
 class Timeline:
@@ -59,6 +59,7 @@ class Timeline:
         "_anchor_ts",
         "_first_slot",
         "_floor",
+        "_frozen",
         "_last_arrival",
         "_max_early_slots",
         "_spurt",
@@ -78,6 +79,7 @@ class Timeline:
         self._spurt = 0
         self._floor = -(1 << 62)
         self._first_slot = 0
+        self._frozen = False
         self.last_slot: int | None = None
         """Latest slot given to any frame of this stream."""
         self.shifts = 0
@@ -92,6 +94,10 @@ class Timeline:
         """End the current spurt: the next packet is anchored anew (RTCP BYE, sender restart)."""
         self._anchor_slot = None
 
+    def freeze(self) -> None:
+        """The current spurt started playing: its anchor no longer moves earlier."""
+        self._frozen = True
+
     def place(self, timestamp: int, arrival: float, *, first_free: int, newest: bool) -> Placement | None:
         """Give a frame its slot, or ``None`` when that slot was already played out (a late frame).
 
@@ -105,47 +111,63 @@ class Timeline:
             The first slot not yet played out; nothing may be placed before it.
         newest:
             True when the packet has the highest sequence number of the stream so far. Only the newest packet
-            may start a spurt or shift the anchor; an older one that would be late is dropped instead.
+            may start a spurt or shift the anchor later; an older one that would be late is dropped instead.
         """
         gap = arrival - self._last_arrival
-        self._last_arrival = arrival
+        if gap > 0:
+            self._last_arrival = arrival
         arrival_slot = math.floor((arrival - self.t0) / FRAME_DURATION + 1e-9)  # slot_at, inlined: once per packet
         anchor_slot = self._anchor_slot
         if anchor_slot is None or (newest and gap > self.max_silence):
-            return self._anchor(timestamp, max(arrival_slot, first_free), new_spurt=True)
-        slot = anchor_slot + (timestamp - self._anchor_ts) // FRAME_SAMPLES
+            return self._anchor(timestamp, arrival_slot, first_free)
+        delta = timestamp - self._anchor_ts
+        slot = anchor_slot + delta // FRAME_SAMPLES
         if slot - arrival_slot > self._max_early_slots:
-            return self._anchor(timestamp, max(arrival_slot, first_free), new_spurt=True) if newest else None
-        if slot < first_free or slot < self._floor:
-            if not newest:
-                return None
-            self.shifts += 1
-            return self._anchor(timestamp, first_free, new_spurt=False)
+            return self._anchor(timestamp, arrival_slot, first_free) if newest else None
+        if slot < self._floor:
+            return self._shift(timestamp, first_free) if newest else None
         moved = 0
-        if slot > arrival_slot:
-            moved = max(0, min(slot - arrival_slot, self._first_slot - max(first_free, self._floor)))
+        if slot > arrival_slot and not self._frozen:
+            moved = max(0, min(slot - arrival_slot, self._first_slot - self._floor))
             if moved:
                 self._anchor_slot = anchor_slot - moved
                 self._first_slot -= moved
                 if self.last_slot is not None:
                     self.last_slot -= moved
                 slot -= moved
+        if slot < first_free:
+            if newest and arrival_slot >= first_free:
+                return self._shift(timestamp, first_free)
+            return None
         if self.last_slot is None or slot > self.last_slot:
             self.last_slot = slot
         if slot < self._first_slot:
             self._first_slot = slot
-        return tuple.__new__(Placement, (slot, self._spurt, False, moved))
+        return Placement(slot, self._spurt, False, moved, delta % FRAME_SAMPLES)
 
-    def _anchor(self, timestamp: int, slot: int, *, new_spurt: bool) -> Placement:
+    def _anchor(self, timestamp: int, slot: int, first_free: int) -> Placement | None:
+        """Start a new spurt at ``slot`` (never over the previous spurt); None when that slot was played."""
         last = self.last_slot
         if last is not None:
+            self._floor = last + 1
             slot = max(slot, last + 1)
-            if new_spurt:
-                self._floor = last + 1
         self._anchor_slot = slot
         self._anchor_ts = timestamp
+        self._spurt += 1
+        self._first_slot = slot
+        self._frozen = False
         self.last_slot = slot
-        if new_spurt:
-            self._spurt += 1
-            self._first_slot = slot
-        return Placement(slot, self._spurt, new_spurt)
+        if slot < first_free:
+            return None
+        return Placement(slot, self._spurt, True)
+
+    def _shift(self, timestamp: int, first_free: int) -> Placement:
+        """Re-anchor the running spurt so this (newest, late) frame plays in the first free slot."""
+        self.shifts += 1
+        self._frozen = True
+        slot = max(first_free, self._floor)
+        self._anchor_slot = slot
+        self._anchor_ts = timestamp
+        if self.last_slot is None or slot > self.last_slot:
+            self.last_slot = slot
+        return Placement(slot, self._spurt, False)

@@ -1,0 +1,130 @@
+"""The end-to-end (DAVE) hold: remove the E2EE layer from each frame, holding a frame whose key may still come.
+
+Each frame is held on its own, so one frame waiting for its key never delays the frames after it. Whether a key can
+still come is the decryptor's call (:class:`~discord_voicerecv.receive.dave.DaveFrameDecryptor` says no when there
+is no DAVE session); the hold only bounds how long and how many frames wait.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from ..errors import E2EEDecryptError
+from ..frames import OPUS_SILENCE
+from .ingress import RtpPacket
+from .stats import ReceiveStats
+
+__all__ = ("E2EEHold", "FrameDecryptor")
+
+_log = logging.getLogger(__name__)
+
+_WINDOW = 1.0
+"""Seconds a frame may wait for its key, from its arrival."""
+_PER_USER = 50
+
+
+class FrameDecryptor(Protocol):
+    """The end-to-end (DAVE) layer, supplied by the client glue.
+
+    ``decrypt`` returns the plain Opus frame, ``None`` when the frame cannot be decrypted *yet* (it is held and
+    retried for about a second), or raises :class:`~discord_voicerecv.errors.E2EEDecryptError` to drop it. A
+    decryptor may also define ``forget_user(user_id)``, called when a user leaves.
+    """
+
+    def decrypt(self, user_id: int, frame: bytes) -> bytes | None: ...
+
+
+class E2EEHold:
+    """Decrypts frames per sender and holds, per frame, those that cannot be decrypted yet."""
+
+    __slots__ = ("_decryptor", "_held", "_stats")
+
+    def __init__(self, decryptor: FrameDecryptor, stats: ReceiveStats) -> None:
+        self._decryptor = decryptor
+        self._stats = stats
+        self._held: dict[int, deque[RtpPacket]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(queue) for queue in self._held.values())
+
+    def users(self) -> set[int]:
+        """Users with frames held."""
+        return set(self._held)
+
+    def open(self, user_id: int, packet: RtpPacket) -> bytes | None:
+        """The plain frame; None when the frame was held or dropped (counted)."""
+        payload = packet.payload
+        if payload == OPUS_SILENCE:
+            return payload
+        plain = self._decrypt(user_id, packet)
+        if plain is None:
+            self._hold(user_id, packet)
+            return None
+        return plain or None
+
+    def release(self, now: float, owner: Callable[[int], int | None]) -> list[tuple[int, RtpPacket, bytes]]:
+        """Retry every held frame; returns ``(user_id, packet, plain)`` for those that decrypted, oldest first.
+
+        Frames older than the window, or whose SSRC no longer belongs to the user (``owner(ssrc)``), expire.
+        """
+        out: list[tuple[int, RtpPacket, bytes]] = []
+        for user_id, queue in list(self._held.items()):
+            keep: deque[RtpPacket] = deque()
+            for packet in queue:
+                if now - packet.arrival > _WINDOW or owner(packet.ssrc) != user_id:
+                    self._stats.incr("e2ee_expired", user_id=user_id)
+                    continue
+                plain = self._decrypt(user_id, packet)
+                if plain is None:
+                    keep.append(packet)
+                elif plain:
+                    out.append((user_id, packet, plain))
+            if keep:
+                self._held[user_id] = keep
+            else:
+                del self._held[user_id]
+        return out
+
+    def forget(self, user_id: int) -> int:
+        """Drop a departed user's held frames (returned as a count) and the decryptor's state for them."""
+        queue = self._held.pop(user_id, None)
+        forget_user: Callable[[int], None] | None = getattr(self._decryptor, "forget_user", None)
+        if forget_user is not None:
+            forget_user(user_id)
+        return len(queue) if queue else 0
+
+    def drop_ssrc(self, ssrc: int) -> int:
+        """Drop the held frames of one SSRC; returns how many."""
+        dropped = 0
+        for user_id, queue in list(self._held.items()):
+            keep = deque(packet for packet in queue if packet.ssrc != ssrc)
+            dropped += len(queue) - len(keep)
+            if keep:
+                self._held[user_id] = keep
+            else:
+                del self._held[user_id]
+        return dropped
+
+    def _hold(self, user_id: int, packet: RtpPacket) -> None:
+        queue = self._held.get(user_id)
+        if queue is None:
+            queue = self._held[user_id] = deque()
+        if len(queue) >= _PER_USER:
+            queue.popleft()
+            self._stats.incr("e2ee_expired", user_id=user_id)
+        queue.append(packet)
+        self._stats.incr("e2ee_held", ssrc=packet.ssrc, user_id=user_id)
+
+    def _decrypt(self, user_id: int, packet: RtpPacket) -> bytes | None:
+        """Plain frame, None for "not yet", or b"" when the frame was dropped (counted)."""
+        try:
+            return self._decryptor.decrypt(user_id, packet.payload)
+        except E2EEDecryptError as exc:
+            self._stats.incr("e2ee_failed:" + exc.reason, ssrc=packet.ssrc, user_id=user_id)
+        except Exception:
+            _log.debug("DAVE decryptor raised", exc_info=True)
+            self._stats.incr("e2ee_failed:error", ssrc=packet.ssrc, user_id=user_id)
+        return b""

@@ -1,0 +1,134 @@
+"""Ingress: one UDP datagram in, an authenticated and decrypted RTP packet (or RTCP packets) out.
+
+Every drop is counted under its reason. Nothing here looks up or keeps anything per SSRC: a forged packet is refused
+by authentication before the SSRC it names can cost memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from ..errors import DecryptionFailed, MalformedPacket
+from ..protocol.ipdiscovery import PACKET_SIZE as _IP_DISCOVERY_SIZE
+from ..protocol.ipdiscovery import is_response as _is_ip_discovery
+from ..protocol.rtcp import RtcpPacket, parse_rtcp
+from ..protocol.rtp import OPUS_PAYLOAD_TYPE, is_rtcp, parse_rtp_header
+from ..protocol.transport import TransportCipher, make_cipher
+from .stats import ReceiveStats
+
+__all__ = ("MAX_DATAGRAM", "Ingress", "RtpPacket")
+
+MAX_DATAGRAM = 1500
+"""Datagrams above this size are not voice and are dropped unparsed."""
+_PREVIOUS_KEY_PACKETS = 50
+"""After a key change, packets that fail with the new key are tried with the previous one until this many packets
+authenticated with the new key: datagrams sealed just before the change may still be queued."""
+
+
+class RtpPacket(NamedTuple):
+    """An authenticated Opus packet with its transport encryption removed (the DAVE layer may remain)."""
+
+    ssrc: int
+    sequence: int
+    timestamp: int
+    payload: bytes
+    arrival: float
+
+
+class Ingress:
+    """Classifies, authenticates and decrypts datagrams with the current transport key.
+
+    ``ignored`` holds SSRCs whose packets are dropped after authentication (our own).
+    """
+
+    __slots__ = ("_cipher", "_previous", "_previous_left", "_stats", "ignored")
+
+    def __init__(self, stats: ReceiveStats) -> None:
+        self._stats = stats
+        self._cipher: TransportCipher | None = None
+        self._previous: TransportCipher | None = None
+        self._previous_left = 0
+        self.ignored: set[int] = set()
+
+    def set_transport(self, mode: str, secret_key: bytes | Sequence[int]) -> None:
+        """Use a new transport mode and key.
+
+        Raises
+        ------
+        UnsupportedMode
+            When ``mode`` is not implemented.
+        """
+        cipher = make_cipher(mode, bytes(secret_key))
+        self._previous, self._previous_left = self._cipher, _PREVIOUS_KEY_PACKETS
+        self._cipher = cipher
+
+    def open(self, data: bytes, arrival: float) -> RtpPacket | list[RtcpPacket] | None:
+        """The RTP packet or the RTCP packets in ``data``; None when it was dropped (counted)."""
+        stats = self._stats
+        size = len(data)
+        stats.add_packet(size)
+        if size == _IP_DISCOVERY_SIZE and _is_ip_discovery(data):
+            stats.incr("ip_discovery")
+            return None
+        if size > MAX_DATAGRAM:
+            stats.incr("malformed:oversized")
+            return None
+        cipher = self._cipher
+        if is_rtcp(data):
+            return self._open_rtcp(data, cipher)
+        try:
+            header = parse_rtp_header(data)
+        except MalformedPacket as exc:
+            stats.incr("malformed:" + exc.reason)
+            return None
+        if header.payload_type != OPUS_PAYLOAD_TYPE:
+            stats.incr("ignored_payload_type")
+            return None
+        if cipher is None:
+            stats.incr("no_transport_key")
+            return None
+        try:
+            payload = cipher.open_payload(data, header)
+            if self._previous is not None:
+                self._previous_left -= 1
+                if self._previous_left <= 0:
+                    self._previous = None
+        except DecryptionFailed:
+            previous = self._previous
+            try:
+                if previous is None:
+                    raise
+                payload = previous.open_payload(data, header)
+            except DecryptionFailed:
+                stats.incr("decrypt_failed")
+                return None
+            except MalformedPacket as exc:
+                stats.incr("malformed:" + exc.reason)
+                return None
+        except MalformedPacket as exc:
+            stats.incr("malformed:" + exc.reason)
+            return None
+        if header.ssrc in self.ignored:
+            stats.incr("ignored_ssrc")
+            return None
+        if not payload:
+            stats.incr("malformed:empty")
+            return None
+        return RtpPacket(header.ssrc, header.sequence, header.timestamp, payload, arrival)
+
+    def _open_rtcp(self, data: bytes, cipher: TransportCipher | None) -> list[RtcpPacket] | None:
+        stats = self._stats
+        if cipher is None:
+            stats.incr("no_transport_key")
+            return None
+        try:
+            packets = parse_rtcp(cipher.decrypt_rtcp(data))
+        except DecryptionFailed:
+            stats.incr("decrypt_failed")
+            return None
+        except MalformedPacket as exc:
+            stats.incr("malformed:rtcp_" + exc.reason)
+            return None
+        stats.incr("rtcp")
+        return packets

@@ -1,0 +1,91 @@
+"""The E2EE hold: per-frame holding, release in arrival order, expiry, and pruning of departed users."""
+
+from __future__ import annotations
+
+import pytest
+
+from discord_voicerecv.errors import E2EEDecryptError
+from discord_voicerecv.frames import OPUS_SILENCE
+from discord_voicerecv.receive.e2ee import E2EEHold
+from discord_voicerecv.receive.ingress import RtpPacket
+from discord_voicerecv.receive.stats import ReceiveStats
+
+USER = 5
+
+
+class Keys:
+    """Frames ``b"k<n>"`` decrypt once key ``n`` is known; ``b"bad"`` always fails; the rest pass."""
+
+    def __init__(self) -> None:
+        self.known: set[int] = set()
+        self.calls: list[bytes] = []
+        self.forgotten: list[int] = []
+
+    def decrypt(self, user_id: int, frame: bytes) -> bytes | None:
+        self.calls.append(frame)
+        if frame == b"bad":
+            raise E2EEDecryptError("auth")
+        if frame.startswith(b"k"):
+            return b"plain" + frame[1:] if int(frame[1:]) in self.known else None
+        return frame
+
+    def forget_user(self, user_id: int) -> None:
+        self.forgotten.append(user_id)
+
+
+def _packet(sequence: int, payload: bytes, arrival: float = 0.0, ssrc: int = 9) -> RtpPacket:
+    return RtpPacket(ssrc, sequence, 960 * sequence, payload, arrival)
+
+
+def test_each_frame_is_held_on_its_own() -> None:
+    keys, stats = Keys(), ReceiveStats()
+    hold = E2EEHold(keys, stats)
+    assert hold.open(USER, _packet(1, b"k1")) is None
+    assert hold.open(USER, _packet(2, b"x")) == b"x", "a frame behind a held one is not delayed"
+    assert hold.open(USER, _packet(3, b"k2")) is None
+    keys.known.add(2)
+    released = hold.release(0.1, lambda ssrc: USER)
+    assert [(p.sequence, plain) for _, p, plain in released] == [(3, b"plain2")]
+    assert len(hold) == 1 and stats["e2ee_held"] == 2
+
+
+def test_frames_expire_after_the_window_or_when_their_ssrc_changes_hands() -> None:
+    keys, stats = Keys(), ReceiveStats()
+    hold = E2EEHold(keys, stats)
+    hold.open(USER, _packet(1, b"k1", arrival=0.0))
+    hold.open(USER, _packet(2, b"k1", arrival=0.5, ssrc=10))
+    assert hold.release(1.2, lambda ssrc: USER) == []
+    assert len(hold) == 1
+    assert hold.release(1.3, lambda ssrc: None) == []
+    assert len(hold) == 0 and hold.users() == set() and stats["e2ee_expired"] == 2
+
+
+def test_failures_are_counted_and_silence_never_reaches_the_decryptor() -> None:
+    keys, stats = Keys(), ReceiveStats()
+    hold = E2EEHold(keys, stats)
+    assert hold.open(USER, _packet(1, b"bad")) is None
+    assert hold.open(USER, _packet(2, OPUS_SILENCE)) == OPUS_SILENCE
+    assert keys.calls == [b"bad"]
+    assert stats["e2ee_failed:auth"] == 1 and len(hold) == 0
+
+
+def test_forget_and_drop_ssrc() -> None:
+    keys, stats = Keys(), ReceiveStats()
+    hold = E2EEHold(keys, stats)
+    for sequence in range(60):
+        hold.open(USER, _packet(sequence, b"k1", ssrc=9 + sequence % 2))
+    assert len(hold) == 50 and stats["e2ee_expired"] == 10, "50 frames per user at most"
+    assert hold.drop_ssrc(10) == 25
+    assert hold.forget(USER) == 25 and keys.forgotten == [USER]
+
+
+@pytest.mark.parametrize("error", [E2EEDecryptError("plaintext"), RuntimeError("bug")])
+def test_a_raising_decryptor_drops_the_frame(error: Exception) -> None:
+    class Raising:
+        def decrypt(self, user_id: int, frame: bytes) -> bytes | None:
+            raise error
+
+    stats = ReceiveStats()
+    assert E2EEHold(Raising(), stats).open(USER, _packet(1, b"f")) is None
+    name = "e2ee_failed:plaintext" if isinstance(error, E2EEDecryptError) else "e2ee_failed:error"
+    assert stats[name] == 1

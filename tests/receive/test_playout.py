@@ -1,0 +1,109 @@
+"""One stream's playout, driven slot by slot without a receiver: what is decoded, concealed or left silent."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from discord_voicerecv.frames import FRAME_BYTES, VoiceFrame
+from discord_voicerecv.opus import OpusEncoder
+from discord_voicerecv.receive.playout import CARRY, DECODE, FEC, PLC, StreamPlayout
+from discord_voicerecv.receive.stats import ReceiveStats
+
+SSRC, USER = 42, 7
+
+
+@functools.cache
+def _opus(count: int = 60, samples: int = 960) -> tuple[bytes, ...]:
+    encoder = OpusEncoder(fec=True, expected_loss_pct=25)
+    out = []
+    for k in range(count):
+        t = np.arange(k * samples, (k + 1) * samples) / 48000.0
+        mono = (8000 * np.sin(2 * math.pi * 500 * t)).astype("<i2")
+        out.append(encoder.encode(np.repeat(mono, 2).tobytes(), frame_samples=samples))
+    return tuple(out)
+
+
+def _feed(playout: StreamPlayout, items: Iterable[tuple[int, int, int]], samples: int = 960) -> None:
+    """Insert ``(index, sequence, slot sent)``: packet ``index`` of the tone, timestamped by its slot."""
+    for index, sequence, slot in items:
+        arrival = 0.02 * slot + 0.003
+        playout.insert(sequence, slot * 960, _opus(samples=samples)[index], arrival, 0, replayed=False)
+
+
+def _play(playout: StreamPlayout, ticks: range, want_pcm: bool = True) -> tuple[list[VoiceFrame], list[str]]:
+    frames, events, kinds = [], [], []
+    for tick in ticks:
+        plan = playout.plan(tick, events)
+        kinds.append("-" if plan is None else "DFPC"[[DECODE, FEC, PLC, CARRY].index(plan.kind)])
+        if plan is not None and (frame := playout.render(plan, tick, want_pcm)) is not None:
+            frames.append(frame)
+    return frames, ["".join(kinds)] + [f"{name}@{payload['tick']}" for name, payload in events]
+
+
+def test_consecutive_sequences_with_a_timestamp_jump_are_a_pause_not_a_loss() -> None:
+    stats = ReceiveStats()
+    playout = StreamPlayout(SSRC, USER, 0.0, 0.2, stats)
+    _feed(playout, [(i, 100 + i, i) for i in range(5)] + [(i, 100 + i, i + 4) for i in range(5, 10)])
+    frames, log = _play(playout, range(15))
+    assert log[0] == "DDDDD----DDDDD-"
+    assert not any(f.concealed for f in frames) and stats["plc"] == stats["fec"] == 0
+
+
+def test_a_lost_packet_is_recovered_by_fec_and_a_longer_loss_by_plc_then_fec() -> None:
+    stats = ReceiveStats()
+    playout = StreamPlayout(SSRC, USER, 0.0, 0.5, stats)
+    lost = {3, *range(6, 15)}
+    _feed(playout, [(i, 100 + i, i) for i in range(20) if i not in lost])
+    frames, log = _play(playout, range(20))
+    assert log[0] == "DDDFDDPPPPP---FDDDDD", "PLC stops after 5 slots; FEC still recovers the slot before a packet"
+    assert [f.sequence for f in frames if f.concealed] == [103, 106, 107, 108, 109, 110, 114]
+    assert all(len(f.pcm) == FRAME_BYTES and f.opus is None and f.opus_packets == () for f in frames if f.concealed)
+    assert (stats["fec"], stats["plc"]) == (2, 5)
+
+
+def test_a_packet_longer_than_a_slot_carries_into_the_next() -> None:
+    playout = StreamPlayout(SSRC, USER, 0.0, 0.2, ReceiveStats())
+    _feed(playout, [(i, i, 2 * i) for i in range(3)], samples=1920)
+    frames, log = _play(playout, range(8))
+    assert log[0].startswith("DCDCDC")
+    assert [f.opus is not None for f in frames] == [True, False] * 3
+    assert [f.rtp_timestamp for f in frames] == [960 * k for k in range(6)]
+
+
+def test_two_short_packets_share_a_slot_and_both_reach_the_frame() -> None:
+    playout = StreamPlayout(SSRC, USER, 0.0, 0.2, ReceiveStats())
+    packets = _opus(samples=480)
+    for i in range(4):
+        playout.insert(i, 480 * i, packets[i], 0.01 * i + 0.003, 0, replayed=False)
+    frames, _ = _play(playout, range(3))
+    assert [f.opus_packets for f in frames] == [(packets[0], packets[1]), (packets[2], packets[3])]
+    assert not any(f.concealed for f in frames)
+
+
+def test_opus_only_plays_without_a_decoder_and_counts_losses() -> None:
+    stats = ReceiveStats()
+    playout = StreamPlayout(SSRC, USER, 0.0, 0.2, stats)
+    _feed(playout, [(i, i, i) for i in range(6) if i != 2])
+    frames, _ = _play(playout, range(6), want_pcm=False)
+    assert [f.concealed for f in frames] == [False, False, True, False, False, False]
+    assert playout.decoder is None and stats["lost"] == 1 and all(f.pcm == b"" for f in frames)
+
+
+def test_a_leaving_stream_plays_its_buffer_then_stops_speaking() -> None:
+    playout = StreamPlayout(SSRC, USER, 0.0, 0.2, ReceiveStats())
+    _feed(playout, [(i, i, i) for i in range(4)])
+    playout.leaving = True
+    frames, log = _play(playout, range(6))
+    assert len(frames) == 4 and log[1:] == ["speaking_start@0", "speaking_stop@4"]
+    assert playout.drained
+
+
+def test_a_frame_whose_slot_has_passed_is_late() -> None:
+    stats = ReceiveStats()
+    playout = StreamPlayout(SSRC, USER, 0.0, 0.2, stats)
+    playout.insert(1, 960, _opus()[0], 0.023, 5, replayed=True)
+    assert stats["late"] == 1 and not len(playout.jitter)
