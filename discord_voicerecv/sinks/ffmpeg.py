@@ -302,7 +302,7 @@ class FFmpegSink(AudioSink):
     per_user:
         Write one file per speaker, named like :class:`WaveSink` names them.
     mix:
-        Write ``mix.<format>``, the saturated sum of all speakers (through a :class:`MixSink`).
+        Write ``mix.<format>``, the sum of all speakers with a limiter against clipping (through a :class:`MixSink`).
     ffmpeg:
         The ffmpeg executable; by default found by :func:`discord_voicerecv.ffmpeg.find_ffmpeg`.
     extra_args:

@@ -45,7 +45,7 @@ class WaveSink(AudioSink):
     directory:
         Where the files go; created if missing when listening starts (:meth:`open`). Nothing is created before.
     mix:
-        Write ``mix.wav``, the sum of all speakers (saturated to the 16-bit range).
+        Write ``mix.wav``, the sum of all speakers, turned down where it would clip (a peak limiter).
     per_user:
         Write one file per speaker.
     naming:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import struct
 import subprocess
 from itertools import accumulate
@@ -95,7 +96,7 @@ class Script:
                 self.sent[uid][tick] = packet
                 frame = opus_frame(tick, uid, packet)
                 if pcm:
-                    frame.pcm = decoders[uid].decode(packet)
+                    frame = dataclasses.replace(frame, pcm=decoders[uid].decode(packet))
                 sink.write(user, frame)
             sink.advance(tick)
 
