@@ -15,10 +15,10 @@ from typing import Any
 from measure import peak_rss_mb, reset_peak_rss, rss_mb
 from stream import XCHACHA, Speech
 
-from discord_voicerecv.capture import CapturedDatagram, write_pcap
-from discord_voicerecv.decode import decode_capture
 from discord_voicerecv.protocol.rtp import EXTENSION_PROFILE_ONE_BYTE, build_extension_body, build_rtp_header
 from discord_voicerecv.protocol.transport import make_cipher
+from discord_voicerecv.tools.capture import CapturedDatagram, write_pcap
+from discord_voicerecv.tools.decode import decode_capture
 
 __all__ = ("capture_rtf",)
 

@@ -21,7 +21,6 @@ from .errors import (
     VoiceRecvError,
 )
 from .frames import VoiceFrame
-from .limits import StopReason
 from .sinks import (
     AudioSink,
     CallbackSink,
@@ -35,8 +34,9 @@ from .sinks import (
     UtteranceSink,
     WaveSink,
 )
+from .sinks.limits import StopReason
 from .sinks.rtp_forward import ForwardedStream, RTPForwardSink
-from .stream import AudioStream, StreamFrame
+from .sinks.stream import AudioStream, StreamFrame
 
 __version__ = "0.1.0"
 

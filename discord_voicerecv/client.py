@@ -16,13 +16,13 @@ import discord
 
 from . import _discord_glue as glue
 from .errors import AlreadyListening
-from .limits import LimitSink, StopReason, UserFilterSink, Users, others_present
 from .protocol.transport import TransportCipher, make_cipher
 from .receive import Receiver
 from .receive.dave import DaveFrameDecryptor
 from .sinks.base import AudioSink, SinkUser
 from .sinks.ffmpeg import FFmpegSink
-from .stream import DEFAULT_QUEUE_SECONDS, AudioStream, SinkHub
+from .sinks.limits import LimitSink, StopReason, UserFilterSink, Users, others_present
+from .sinks.stream import DEFAULT_QUEUE_SECONDS, AudioStream, SinkHub
 
 __all__ = ("VoiceRecvClient",)
 
@@ -224,7 +224,7 @@ class VoiceRecvClient(discord.VoiceClient):
             Stop after this many seconds; the sink gets exactly that much timeline.
         max_bytes:
             Stop once the sink wrote this many bytes (its ``bytes_written`` when it has one, otherwise the audio
-            bytes handed to it); see :class:`~discord_voicerecv.limits.LimitSink`.
+            bytes handed to it); see :class:`~discord_voicerecv.sinks.limits.LimitSink`.
         stop_when_alone:
             Stop when no one but bots is left in the voice channel, once someone was there.
 
@@ -320,8 +320,8 @@ class VoiceRecvClient(discord.VoiceClient):
         """Live frames for ``async for``: attached next to the current ``listen()`` sink, or listening just for it.
 
         ``async with vc.listen_stream() as stream: async for frame in stream: ...`` yields a
-        :class:`~discord_voicerecv.stream.StreamFrame` per speaker per 20 ms, in order per speaker. A consumer more
-        than ``max_queue_seconds`` behind loses frames (``stream.dropped``, ``receive_stats()["stream_dropped"]``);
+        :class:`~discord_voicerecv.StreamFrame` per speaker per 20 ms, in order per speaker. A consumer more than
+        ``max_queue_seconds`` behind loses frames (``stream.dropped``, ``receive_stats()["stream_dropped"]``);
         the reader and the other sinks never wait for it. Call :meth:`listen` first to record and stream at once;
         a stream that started listening by itself stops it when closed.
 

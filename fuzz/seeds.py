@@ -7,7 +7,6 @@ import struct
 import tempfile
 from collections.abc import Callable
 
-from discord_voicerecv.capture import CapturedDatagram, write_pcap, write_rtpdump
 from discord_voicerecv.protocol import ipdiscovery
 from discord_voicerecv.protocol.rtcp import (
     Bye,
@@ -19,6 +18,7 @@ from discord_voicerecv.protocol.rtcp import (
     serialize_rtcp,
 )
 from discord_voicerecv.protocol.rtp import EXTENSION_PROFILE_TWO_BYTE, build_extension_body, build_rtp_header
+from discord_voicerecv.tools.capture import CapturedDatagram, write_pcap, write_rtpdump
 
 __all__ = ("SEEDS",)
 

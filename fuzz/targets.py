@@ -14,7 +14,6 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from discord_voicerecv.capture import iter_capture
 from discord_voicerecv.errors import (
     CaptureFormatError,
     DecryptionFailed,
@@ -37,6 +36,7 @@ from discord_voicerecv.protocol.transport import SUPPORTED_MODES, TransportCiphe
 from discord_voicerecv.receive import Receiver
 from discord_voicerecv.sinks.base import AudioSink, SinkUser
 from discord_voicerecv.testing import mls
+from discord_voicerecv.tools.capture import iter_capture
 
 __all__ = ("TARGETS", "ByteReader")
 

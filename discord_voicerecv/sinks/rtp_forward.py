@@ -20,10 +20,10 @@ from ..frames import FRAME_BYTES, FRAME_DURATION, FRAME_SAMPLES, FRAMES_PER_SECO
 from ..protocol.opus_toc import packet_samples
 from ..protocol.rtcp import SDES_CNAME, SdesChunk, SourceDescription, build_bye, build_sender_report
 from ..protocol.rtp import build_rtp_header
-from ..sdp import opus_sdp
 from ._common import SpeakerKey, fit_frame, log
 from ._mix import Limiter
 from ._naming import FileNamer
+from ._sdp import opus_sdp
 from .base import AudioSink, SinkUser
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ import pytest
 
 from discord_voicerecv import AlreadyListening, CallbackSink, VoiceFrame, VoiceRecvClient, WaveSink
 from discord_voicerecv.errors import SinkError
-from discord_voicerecv.limits import StopReason
 from discord_voicerecv.sinks import AudioSink, FFmpegSink
 from discord_voicerecv.sinks.base import SinkUser
+from discord_voicerecv.sinks.limits import StopReason
 from discord_voicerecv.testing import LocalDiscord
 from discord_voicerecv.testing.bots import new_client, running
 

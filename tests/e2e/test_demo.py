@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from discord_voicerecv.cli import main
+from discord_voicerecv.tools.cli import main
 
 
 def test_demo_prints_progress_and_a_table_per_speaker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

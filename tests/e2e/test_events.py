@@ -12,7 +12,7 @@ import discord
 
 from discord_voicerecv import VoiceRecvClient, WaveSink
 from discord_voicerecv.frames import FRAME_BYTES
-from discord_voicerecv.limits import StopReason
+from discord_voicerecv.sinks.limits import StopReason
 from discord_voicerecv.testing import LocalDiscord
 from discord_voicerecv.testing.analysis import read_wav
 from discord_voicerecv.testing.bots import new_client, running

@@ -12,8 +12,8 @@ import discord
 import pytest
 
 from discord_voicerecv import CallbackSink, MultiSink, VoiceRecvClient, WaveSink
-from discord_voicerecv.limits import StopReason
-from discord_voicerecv.stream import AudioStream, StreamFrame
+from discord_voicerecv.sinks.limits import StopReason
+from discord_voicerecv.sinks.stream import AudioStream, StreamFrame
 from discord_voicerecv.testing import LocalDiscord, SimulatedSpeaker
 from discord_voicerecv.testing.analysis import read_wav
 from discord_voicerecv.testing.bots import new_client, running

@@ -15,12 +15,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from discord_voicerecv.cli import main
 from discord_voicerecv.ffmpeg import find_ffmpeg
 from discord_voicerecv.testing import LocalDiscord
 from discord_voicerecv.testing.analysis import normalized_xcorr, read_wav
 from discord_voicerecv.testing.clips import load_clip
 from discord_voicerecv.testing.decoding import decode_samples as _decode
+from discord_voicerecv.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "cli-recorder-token-that-must-never-be-printed"

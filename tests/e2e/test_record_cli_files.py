@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from discord_voicerecv.cli import main
 from discord_voicerecv.ffmpeg import find_ffmpeg
 from discord_voicerecv.testing import LocalDiscord
 from discord_voicerecv.testing.analysis import read_wav
+from discord_voicerecv.tools.cli import main
 
 from .test_record_cli import TOKEN_ENV, _decode, _start
 

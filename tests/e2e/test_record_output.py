@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from discord_voicerecv.ffmpeg import find_ffmpeg
-from discord_voicerecv.limits import StopReason
-from discord_voicerecv.record import _plural, _stopped
+from discord_voicerecv.sinks.limits import StopReason
 from discord_voicerecv.testing import LocalDiscord
+from discord_voicerecv.tools.record import _plural, _stopped
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,8 +18,8 @@ from discord_voicerecv.errors import OpusError
 from discord_voicerecv.frames import FRAME_BYTES, FRAME_SAMPLES, OPUS_SILENCE, VoiceFrame
 from discord_voicerecv.protocol.rtcp import Bye, SenderReport, SourceDescription, parse_rtcp
 from discord_voicerecv.protocol.rtp import RtpHeader, parse_rtp_header
-from discord_voicerecv.sdp import opus_sdp
 from discord_voicerecv.sinks import RTPForwardSink, SinkUser
+from discord_voicerecv.sinks._sdp import opus_sdp
 from discord_voicerecv.sinks.rtp_forward import _MIX_LOOKAHEAD, _slots_of
 
 NTP_EPOCH_OFFSET = 2_208_988_800

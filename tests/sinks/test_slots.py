@@ -10,7 +10,6 @@ import pytest
 
 import discord_voicerecv.sinks
 from discord_voicerecv.frames import FRAME_BYTES, VoiceFrame
-from discord_voicerecv.limits import LimitSink, UserFilterSink
 from discord_voicerecv.sinks import (
     AudioSink,
     CallbackSink,
@@ -21,7 +20,8 @@ from discord_voicerecv.sinks import (
     UtteranceSink,
     WaveSink,
 )
-from discord_voicerecv.stream import AudioStream, SinkHub
+from discord_voicerecv.sinks.limits import LimitSink, UserFilterSink
+from discord_voicerecv.sinks.stream import AudioStream, SinkHub
 
 UNSLOTTED = {AudioStream, SinkHub}
 """Sinks that keep a ``__dict__`` on purpose: session objects handed to user code, not per-frame hot objects."""

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from .frames import FRAME_DURATION, VoiceFrame
+from ..frames import FRAME_DURATION, VoiceFrame
+from .base import AudioSink, SinkUser
 from .limits import Users, user_ids
-from .sinks.base import AudioSink, SinkUser
 
 __all__ = ("AudioStream", "SinkHub", "StreamFrame")
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import discord
 
-from .client import VoiceRecvClient
-from .opus import ensure_discord_opus
-from .sinks.wave import WaveSink
-from .testing import LocalDiscord, use_local_discord
-from .testing.bots import new_client, running
-from .testing.clips import list_clips
+from ..client import VoiceRecvClient
+from ..opus import ensure_discord_opus
+from ..sinks.wave import WaveSink
+from ..testing import LocalDiscord, use_local_discord
+from ..testing.bots import new_client, running
+from ..testing.clips import list_clips
 
 __all__ = ("format_summary", "run_demo")
 
@@ -124,8 +124,8 @@ def _wav_seconds(path: Path) -> float:
 def _match_score(path: Path, clip: str) -> float | None:
     """How well the track holds ``clip`` (None without numpy, which the check needs)."""
     try:
-        from .testing.analysis import normalized_xcorr, read_wav
-        from .testing.clips import load_clip
+        from ..testing.analysis import normalized_xcorr, read_wav
+        from ..testing.clips import load_clip
     except ImportError:
         return None
     rate, channels, samples = read_wav(path)

@@ -7,8 +7,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeAlias, Union
 
-from .frames import FRAME_DURATION, VoiceFrame
-from .sinks.base import AudioSink, SinkUser
+from ..frames import FRAME_DURATION, VoiceFrame
+from .base import AudioSink, SinkUser
 
 if TYPE_CHECKING:
     import discord

@@ -7,17 +7,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import CaptureFormatError, DecryptionFailed, E2EEDecryptError, MalformedPacket
+from ..frames import FRAME_DURATION
+from ..protocol.ipdiscovery import is_request, is_response
+from ..protocol.rtp import is_rtcp, parse_rtp_header
+from ..protocol.transport import SUPPORTED_MODES, make_cipher
+from ..receive import Receiver
+from ..receive.dave import is_dave_frame
+from ..sinks._naming import directory_problem
+from ..sinks.base import SinkUser
+from ..sinks.wave import WaveSink
 from .capture import iter_capture
-from .errors import CaptureFormatError, DecryptionFailed, E2EEDecryptError, MalformedPacket
-from .frames import FRAME_DURATION
-from .protocol.ipdiscovery import is_request, is_response
-from .protocol.rtp import is_rtcp, parse_rtp_header
-from .protocol.transport import SUPPORTED_MODES, make_cipher
-from .receive import Receiver
-from .receive.dave import is_dave_frame
-from .sinks._naming import directory_problem
-from .sinks.base import SinkUser
-from .sinks.wave import WaveSink
 
 __all__ = ("DecodeError", "check_arguments", "decode_capture", "parse_user_names")
 

@@ -10,7 +10,7 @@ import pytest
 
 from discord_voicerecv.frames import FRAME_BYTES, VoiceFrame
 from discord_voicerecv.sinks import AudioSink, SinkUser
-from discord_voicerecv.stream import AudioStream, SinkHub, StreamFrame
+from discord_voicerecv.sinks.stream import AudioStream, SinkHub, StreamFrame
 
 
 def _frame(user_id: int | None, tick: int, *, fill: int = 1) -> VoiceFrame:

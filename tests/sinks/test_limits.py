@@ -10,8 +10,8 @@ import pytest
 
 from discord_voicerecv import WaveSink
 from discord_voicerecv.frames import FRAME_BYTES, VoiceFrame
-from discord_voicerecv.limits import LimitSink, StopReason, UserFilterSink, others_present, user_ids
 from discord_voicerecv.sinks import AudioSink, SinkUser
+from discord_voicerecv.sinks.limits import LimitSink, StopReason, UserFilterSink, others_present, user_ids
 from discord_voicerecv.testing.analysis import read_wav
 
 

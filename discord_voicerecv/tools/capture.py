@@ -13,8 +13,8 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO, NamedTuple
 
-from .errors import CaptureFormatError
-from .protocol.rtp import is_rtcp
+from ..errors import CaptureFormatError
+from ..protocol.rtp import is_rtcp
 
 __all__ = ("CapturedDatagram", "iter_capture", "write_pcap", "write_rtpdump")
 

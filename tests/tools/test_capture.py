@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from discord_voicerecv.capture import CapturedDatagram, iter_capture, write_pcap, write_rtpdump
 from discord_voicerecv.errors import CaptureFormatError
 from discord_voicerecv.protocol.rtcp import build_receiver_report
 from discord_voicerecv.protocol.rtp import build_rtp_header, parse_rtp_header, strip_payload
 from discord_voicerecv.protocol.transport import make_cipher
+from discord_voicerecv.tools.capture import CapturedDatagram, iter_capture, write_pcap, write_rtpdump
 
 SRC = ("192.0.2.10", 50000)
 DST = ("198.51.100.20", 50001)

@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "local-discord":
-        from .testing.cli import main as local_main
+        from ..testing.cli import main as local_main
 
         return local_main(args_list[1:])
     args = _parser().parse_args(args_list)

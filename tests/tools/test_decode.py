@@ -12,10 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from discord_voicerecv import decode
-from discord_voicerecv.capture import CapturedDatagram, iter_capture, write_pcap, write_rtpdump
-from discord_voicerecv.cli import main
-from discord_voicerecv.decode import DecodeError, decode_capture, parse_user_names
+from discord_voicerecv.tools import decode
 from discord_voicerecv.frames import FRAME_SAMPLES
 from discord_voicerecv.opus import OpusEncoder
 from discord_voicerecv.protocol.rtp import build_extension_body, build_rtp_header
@@ -23,6 +20,9 @@ from discord_voicerecv.protocol.transport import make_cipher
 from discord_voicerecv.receive import Receiver
 from discord_voicerecv.testing.analysis import normalized_xcorr, read_wav
 from discord_voicerecv.testing.clips import clip_frames, load_clip
+from discord_voicerecv.tools.capture import CapturedDatagram, iter_capture, write_pcap, write_rtpdump
+from discord_voicerecv.tools.cli import main
+from discord_voicerecv.tools.decode import DecodeError, decode_capture, parse_user_names
 
 MODE = "aead_xchacha20_poly1305_rtpsize"
 KEY = bytes(range(32))

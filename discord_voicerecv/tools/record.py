@@ -25,15 +25,15 @@ from typing import Any, TextIO
 
 import discord
 
-from .client import VoiceRecvClient
-from .errors import FFmpegNotFound
-from .frames import FRAME_BYTES, FRAME_DURATION, VoiceFrame
-from .limits import StopReason
-from .opus import ensure_discord_opus
-from .sinks._naming import directory_problem
-from .sinks.base import AudioSink, SinkUser
-from .sinks.multi import MultiSink
-from .sinks.wave import WaveSink
+from ..client import VoiceRecvClient
+from ..errors import FFmpegNotFound
+from ..frames import FRAME_BYTES, FRAME_DURATION, VoiceFrame
+from ..opus import ensure_discord_opus
+from ..sinks._naming import directory_problem
+from ..sinks.base import AudioSink, SinkUser
+from ..sinks.limits import StopReason
+from ..sinks.multi import MultiSink
+from ..sinks.wave import WaveSink
 
 __all__ = ("FORMATS", "add_arguments", "make_sink", "run")
 
@@ -72,11 +72,11 @@ def make_sink(fmt: str, out: Path) -> AudioSink:
     """The sink writing ``fmt`` files (one per speaker plus a mix) into ``out``."""
     if fmt == "wav":
         return WaveSink(out)
-    from .sinks.ffmpeg import FFmpegSink
+    from ..sinks.ffmpeg import FFmpegSink
 
     if fmt == "ogg":
-        from .sinks.multi import MultiSink
-        from .sinks.ogg import OggOpusSink
+        from ..sinks.multi import MultiSink
+        from ..sinks.ogg import OggOpusSink
 
         return MultiSink(OggOpusSink(out, reencode=True), FFmpegSink(out, format="opus", per_user=False))
     if fmt in FORMATS:
@@ -190,7 +190,7 @@ async def _record(
     args: argparse.Namespace, token: str, stderr: TextIO, sink: AudioSink, interrupts: _Interrupts
 ) -> dict[str, Any]:
     if args.local_discord:
-        from .testing import use_local_discord
+        from ..testing import use_local_discord
 
         try:
             use_local_discord(args.local_discord)

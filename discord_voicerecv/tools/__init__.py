@@ -1,0 +1,1 @@
+"""Command-line tools: capture readers and writers, offline decode, record, the demo, the entry point."""
