@@ -70,9 +70,10 @@ class _Track:
 
     def passthrough(self, frame: VoiceFrame, end: int) -> None:
         """Append the slot's packets as received, in order, each with its own duration; when the slot lost audio (or
-        a packet is damaged) and its packets leave it short of ``end``, concealment packets fill it."""
+        a packet is damaged) and its packets leave it short of ``end``, concealment packets fill it. A slot with no
+        packet that lost nothing is the rest of a longer packet: what that packet does not cover is silence."""
         writer = self.writer
-        lost = frame.concealed or not frame.opus_packets
+        lost = frame.concealed
         for packet in frame.opus_packets:
             samples = packet_samples(packet)
             if not samples:

@@ -306,22 +306,25 @@ def test_a_slot_short_of_a_lost_packet_is_concealed_to_its_end(tmp_path: Path) -
     assert audio_packets(sink.files[11]) == [(first, 0), (bytes((first[0] & 0xFC,)), 480)]
 
 
-def test_a_slot_still_covered_by_a_longer_packet_adds_nothing(tmp_path: Path) -> None:
-    """When another sink wants PCM, the receiver hands the slot after a 40 ms packet over with no packet of its
-    own: the file must not grow by it."""
+@pytest.mark.parametrize("samples", [2 * FRAME_SAMPLES, FRAME_SAMPLES])
+def test_the_slot_after_a_packet_running_into_it_adds_no_concealment(tmp_path: Path, samples: int) -> None:
+    """When another sink wants PCM, the receiver hands over the slot a packet runs into (a 40 ms one, or a 20 ms one
+    that started mid-slot) with no packet of its own and nothing lost: the file must neither grow by a slot nor
+    get concealment there."""
     encoder = OpusEncoder()
     pcm = list(clip_frames("de_male"))[:3]
-    long_packet = encoder.encode(pcm[0] + pcm[1], frame_samples=2 * FRAME_SAMPLES)
+    packet = encoder.encode(b"".join(pcm[: samples // FRAME_SAMPLES]), frame_samples=samples)
     after = encoder.encode(pcm[2])
     sink = OggOpusSink(tmp_path)
-    sink.write(ANN, opus_frame(1, 11, long_packet))
+    sink.write(ANN, opus_frame(1, 11, packet))
     sink.advance(1)
-    sink.write(ANN, VoiceFrame(1, 11, 2, pcm[1], None, 1, 1920))  # the second half of the 40 ms packet, decoded
+    sink.write(ANN, VoiceFrame(1, 11, 2, pcm[1], None, 1, 1920))  # the decoded rest of slot 1's packet
     sink.advance(2)
     sink.write(ANN, opus_frame(3, 11, after))
     sink.advance(3)
     sink.cleanup()
-    assert audio_packets(sink.files[11]) == [(OPUS_SILENCE, 0), (long_packet, 960), (after, 2880)]
+    filler = [(OPUS_SILENCE, 1920)] if samples == FRAME_SAMPLES else []
+    assert audio_packets(sink.files[11]) == [(OPUS_SILENCE, 0), (packet, 960), *filler, (after, 2880)]
 
 
 def test_opus_only_sinks_let_the_receiver_skip_decoding(tmp_path: Path) -> None:
