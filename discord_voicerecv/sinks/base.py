@@ -33,7 +33,7 @@ class AudioSink:
     __slots__ = ()
 
     wants_pcm: bool = True
-    """Set to False in sinks that only use ``frame.opus``: when no attached sink wants PCM, decoding is skipped."""
+    """False in sinks that only use ``frame.opus_packets``: when no attached sink wants PCM, nothing is decoded."""
 
     def open(self) -> None:
         """The sink was accepted: create its files, folders or processes now. Raising refuses the sink, which must

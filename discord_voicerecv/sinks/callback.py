@@ -14,7 +14,7 @@ class CallbackSink(AudioSink):
     """Call ``callback(user, frame)`` for every frame, on the sink thread.
 
     The callback must return quickly: it runs once per speaker every 20 ms. Pass ``wants_pcm=False`` when it only
-    reads ``frame.opus``, so that decoding can be skipped.
+    reads the Opus packets (``frame.opus_packets``), so that decoding can be skipped.
     """
 
     __slots__ = ("callback", "wants_pcm")

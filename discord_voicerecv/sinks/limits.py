@@ -127,7 +127,7 @@ class LimitSink(AudioSink):
             self._reach(StopReason.MAX_DURATION)
             return
         self.sink.write(user, frame)
-        self._bytes += len(frame.pcm) or len(frame.opus or b"")
+        self._bytes += len(frame.pcm) or sum(map(len, frame.opus_packets))
 
     def advance(self, tick: int) -> None:
         if self.reached is not None:

@@ -11,7 +11,7 @@ from types import MappingProxyType
 from ..errors import OpusError, SinkError
 from ..frames import FRAME_BYTES, FRAME_SAMPLES, FRAMES_PER_SECOND, OPUS_SILENCE, SILENT_PCM, VoiceFrame
 from ..opus import OpusDecoder, OpusEncoder
-from ..protocol.opus_toc import frame_samples, packet_samples
+from ..protocol.opus_toc import MAX_PACKET_SAMPLES, frame_samples, packet_samples
 from ._common import SpeakerKey, speaker_key
 from ._naming import FileNamer, Naming
 from ._ogg import OggOpusWriter
@@ -27,17 +27,19 @@ _REENCODE_PRE_SKIP = 312
 many samples late, and the Ogg pre-skip (RFC 7845 section 4.2) takes it back off, keeping files sample-aligned."""
 
 
-def _concealment_packet(toc: int | None) -> bytes:
-    """A 20 ms packet of zero-length frames in the previous packet's configuration, which asks the decoder for
-    packet-loss concealment (RFC 7845 section 4.1); Opus silence when that configuration cannot make 20 ms."""
+def _concealment_packets(toc: int | None, samples: int) -> list[bytes]:
+    """Packets of zero-length frames in the configuration of TOC byte ``toc``, which ask the decoder for packet-loss
+    concealment (RFC 7845 section 4.1), covering as many whole frames of ``samples`` as fit (none without a TOC)."""
     if toc is None:
-        return OPUS_SILENCE
+        return []
     size = frame_samples(toc)
-    if size == FRAME_SAMPLES:
-        return bytes((toc & 0xFC,))
-    if FRAME_SAMPLES % size == 0:
-        return bytes((toc | 0x03, FRAME_SAMPLES // size))
-    return OPUS_SILENCE
+    packets: list[bytes] = []
+    frames = samples // size
+    while frames:
+        count = min(frames, MAX_PACKET_SAMPLES // size)
+        packets.append(bytes((toc & 0xFC,)) if count == 1 else bytes((toc | 0x03, count)))
+        frames -= count
+    return packets
 
 
 class _Track:
@@ -57,15 +59,33 @@ class _Track:
         assert self.encoder is not None
         pcm = frame.pcm
         if len(pcm) != FRAME_BYTES:
-            if self.decoder is None:
-                self.decoder = OpusDecoder()
-            try:
-                pcm = self.decoder.decode(frame.opus or None)
-            except OpusError:
-                pcm = self.decoder.decode(None)
+            decoder = self.decoder
+            if decoder is None:
+                decoder = self.decoder = OpusDecoder()
+            pcm = b"".join([_decode(decoder, packet) for packet in frame.opus_packets]) or decoder.decode(None)
+            pcm += bytes(-len(pcm) % FRAME_BYTES)
         for start in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
             self.writer.add(self.encoder.encode(pcm[start : start + FRAME_BYTES]), FRAME_SAMPLES)
             self.tail = True
+
+    def passthrough(self, frame: VoiceFrame, end: int) -> None:
+        """Append the slot's packets as received, in order, each with its own duration; when the slot lost audio (or
+        a packet is damaged) and its packets leave it short of ``end``, concealment packets fill it. A slot with no
+        packet that lost nothing is the rest of a longer packet: what that packet does not cover is silence."""
+        writer = self.writer
+        lost = frame.concealed
+        for packet in frame.opus_packets:
+            samples = packet_samples(packet)
+            if not samples:
+                lost = True
+                continue
+            if packet != OPUS_SILENCE:
+                self.toc = packet[0]
+            writer.add(packet, samples)
+        if lost and writer.samples < end:
+            for packet in _concealment_packets(self.toc, end - writer.samples):
+                writer.add(packet, packet_samples(packet) or 0)
+            self.fill_to(end)
 
     def fill_to(self, samples: int) -> None:
         """Opus silence up to ``samples``: what Discord itself sends, and digital silence in every decoder."""
@@ -79,6 +99,14 @@ class _Track:
         for size, packet in _CELT_FILLERS:
             while samples - writer.samples >= size:
                 writer.add(packet, size)
+
+
+def _decode(decoder: OpusDecoder, packet: bytes) -> bytes:
+    """The packet's PCM, or 20 ms of concealment when libopus rejects it."""
+    try:
+        return decoder.decode(packet)
+    except OpusError:
+        return decoder.decode(None)
 
 
 class OggOpusSink(AudioSink):
@@ -211,15 +239,7 @@ class OggOpusSink(AudioSink):
         if track.encoder is not None:
             track.reencode(frame)
             return
-        packet = frame.opus
-        samples = packet_samples(packet) if packet else None
-        if samples and packet is not None:
-            if packet != OPUS_SILENCE:
-                track.toc = packet[0]
-        else:
-            packet = _concealment_packet(track.toc)
-            samples = FRAME_SAMPLES
-        track.writer.add(packet, samples)
+        track.passthrough(frame, (tick + 1) * FRAME_SAMPLES)
 
     def advance(self, tick: int) -> None:
         if tick < self._slots or self.closed:

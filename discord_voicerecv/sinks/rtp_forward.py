@@ -345,13 +345,18 @@ class RTPForwardSink(AudioSink):
         next_tick = out.next_tick
         if next_tick is not None and tick < next_tick:
             return
-        payload = frame.opus
-        if payload is None:
+        packets = frame.opus_packets
+        if not packets:
             out.marker = True
             return
-        self._send(out, tick, payload, out.marker)
+        start = position = tick * FRAME_SAMPLES
+        marker = out.marker
+        for packet in packets:
+            self._send(out, position, packet, marker)
+            marker = False
+            position += packet_samples(packet) or 0
         out.marker = False
-        out.next_tick = tick + _slots_of(payload)
+        out.next_tick = tick + max(1, -(-(position - start) // FRAME_SAMPLES))
 
     def advance(self, tick: int) -> None:
         if self._closed:
@@ -376,7 +381,7 @@ class RTPForwardSink(AudioSink):
                 continue
             if next_tick <= tick:
                 if self._silence_fill:
-                    self._send(out, tick, OPUS_SILENCE, False)
+                    self._send(out, tick * FRAME_SAMPLES, OPUS_SILENCE, False)
                 out.marker = True
                 out.next_tick = tick + 1
             if tick >= out.report_tick and out.packets:
@@ -409,10 +414,11 @@ class RTPForwardSink(AudioSink):
 
     # sending ---------------------------------------------------------------------------------------------------------
 
-    def _send(self, out: _Output, tick: int, payload: bytes, marker: bool) -> None:
+    def _send(self, out: _Output, position: int, payload: bytes, marker: bool) -> None:
+        """Send one packet whose audio starts ``position`` samples into the listening timeline."""
         header = build_rtp_header(
             sequence=out.sequence,
-            timestamp=out.ts_base + tick * FRAME_SAMPLES,
+            timestamp=out.ts_base + position,
             ssrc=out.ssrc,
             payload_type=self.payload_type,
             marker=marker,
@@ -434,12 +440,12 @@ class RTPForwardSink(AudioSink):
             assert self._encoder is not None
             packet = self._encoder.encode(self._limiter.mix(frames, FRAME_BYTES))
             frames.clear()
-            self._send(mix, tick, packet, mix.marker)
+            self._send(mix, tick * FRAME_SAMPLES, packet, mix.marker)
             mix.marker = False
         else:
             self._limiter.skip(1)
             if self._silence_fill:
-                self._send(mix, tick, OPUS_SILENCE, False)
+                self._send(mix, tick * FRAME_SAMPLES, OPUS_SILENCE, False)
             mix.marker = True
         mix.next_tick = tick + 1
 
@@ -548,9 +554,3 @@ def _as_user(user: int | Snowflake) -> tuple[int, SinkUser]:
         return user.id, user
     ident = user if isinstance(user, int) else user.id
     return ident, discord.Object(id=ident)
-
-
-def _slots_of(packet: bytes) -> int:
-    """How many 20 ms slots an Opus packet fills (at least one, so a damaged packet still moves time on)."""
-    samples = packet_samples(packet)
-    return max(1, -(-samples // FRAME_SAMPLES)) if samples else 1

@@ -32,9 +32,10 @@ DEFAULT_QUEUE_SECONDS = 5.0
 class StreamFrame:
     """One speaker's 20 ms of audio, as an :class:`AudioStream` yields it.
 
-    ``pcm`` is s16le 48 kHz stereo (3840 bytes), or empty for a stream opened with ``opus=True``. ``opus`` is the
-    received Opus packet after every encryption layer came off, ``None`` when nothing arrived for the slot (the
-    PCM was concealed). ``elapsed`` is the slot's start in seconds since listening started (``tick * 0.02``) and
+    ``pcm`` is s16le 48 kHz stereo (3840 bytes), or empty for a stream opened with ``opus=True``.
+    ``opus_packets`` are the Opus packets received for the slot after every encryption layer came off, in order
+    (usually one, two for 10 ms packets; empty when nothing arrived and the PCM was concealed), and ``opus`` is the
+    first of them or ``None``. ``elapsed`` is the slot's start in seconds since listening started (``tick * 0.02``) and
     ``wall_time`` the same instant as a :func:`time.time` timestamp.
     """
 
@@ -47,6 +48,7 @@ class StreamFrame:
     elapsed: float
     wall_time: float
     concealed: bool
+    opus_packets: tuple[bytes, ...] = ()
 
 
 class AudioStream(AudioSink):
@@ -128,6 +130,7 @@ class AudioStream(AudioSink):
             elapsed,
             self.started_at + elapsed,
             frame.concealed,
+            frame.opus_packets,
         )
         key = frame.user_id
         with self._lock:

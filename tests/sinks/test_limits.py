@@ -102,6 +102,14 @@ def test_byte_limit_counts_opus_for_opus_only_sinks() -> None:
     assert inner.ticks == [0, 1, 2] and limited.reached is StopReason.MAX_BYTES
 
 
+def test_byte_limit_counts_every_opus_packet_of_a_slot() -> None:
+    inner = _Recorder()
+    limited = LimitSink(inner, max_bytes=1000)
+    frame = VoiceFrame(1, 1, 0, b"", b"\xf4" * 30, 0, 0, opus_packets=(b"\xf4" * 30, b"\xf4" * 50))
+    limited.write(None, frame)
+    assert limited.bytes_written == 80
+
+
 def test_byte_limit_prefers_the_sinks_own_count() -> None:
     class Sized(_Recorder):
         bytes_written = 0

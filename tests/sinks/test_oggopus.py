@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-import dataclasses
 import struct
 import subprocess
+from dataclasses import replace
 from itertools import accumulate
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from discord_voicerecv.frames import FRAME_SAMPLES, OPUS_SILENCE, VoiceFrame
 from discord_voicerecv.opus import OpusDecoder, OpusEncoder, packet_samples
 from discord_voicerecv.sinks import CallbackSink, MultiSink, OggOpusSink
 from discord_voicerecv.sinks._ogg import FLAG_BOS, FLAG_EOS, build_page, ogg_crc
-from discord_voicerecv.sinks.ogg import _concealment_packet
+from discord_voicerecv.sinks.ogg import _concealment_packets
 from discord_voicerecv.testing.analysis import normalized_xcorr
 from discord_voicerecv.testing.clips import clip_frames
 from discord_voicerecv.testing.decoding import decode_file
@@ -96,7 +96,7 @@ class Script:
                 self.sent[uid][tick] = packet
                 frame = opus_frame(tick, uid, packet)
                 if pcm:
-                    frame = dataclasses.replace(frame, pcm=decoders[uid].decode(packet))
+                    frame = replace(frame, pcm=decoders[uid].decode(packet))
                 sink.write(user, frame)
             sink.advance(tick)
 
@@ -251,15 +251,80 @@ def test_longer_packets_and_late_or_duplicate_frames(tmp_path: Path) -> None:
     assert len(decode_file(sink.files[11])) == len(decode_file(sink.files["ssrc:999"]))
 
 
-def test_concealment_packets_last_20_ms_in_every_mode() -> None:
+def test_concealment_packets_cover_whole_frames_of_the_mode() -> None:
     for config in range(32):
         for stereo in (0, 4):
-            packet = _concealment_packet(config << 3 | stereo | 1)
-            assert packet_samples(packet) == FRAME_SAMPLES, f"config {config}"
-    assert _concealment_packet(None) == OPUS_SILENCE
+            toc = config << 3 | stereo | 1
+            size = packet_samples(bytes((toc & 0xFC,)))
+            for wanted in (FRAME_SAMPLES, FRAME_SAMPLES // 2, 5 * FRAME_SAMPLES + 120):
+                packets = _concealment_packets(toc, wanted)
+                assert all(p[0] >> 2 == toc >> 2 for p in packets), f"config {config}: same mode and channels"
+                assert sum(packet_samples(p) for p in packets) == wanted // size * size, f"config {config}"
+    assert _concealment_packets(None, FRAME_SAMPLES) == []
     decoder = OpusDecoder()
     decoder.decode(OpusEncoder().encode(next(iter(clip_frames("de_male")))))
-    assert len(decoder.decode(_concealment_packet(0xFC))) == FRAME_SAMPLES * 4
+    (packet,) = _concealment_packets(0xFC, FRAME_SAMPLES)
+    assert len(decoder.decode(packet)) == FRAME_SAMPLES * 4
+
+
+def split_10ms(pcm: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """Each 20 ms frame of ``pcm`` encoded as two 10 ms packets by one encoder."""
+    encoder = OpusEncoder()
+    half = len(pcm[0]) // 2
+    return [(encoder.encode(f[:half], frame_samples=480), encoder.encode(f[half:], frame_samples=480)) for f in pcm]
+
+
+def test_every_packet_of_a_slot_is_written_with_its_own_duration(tmp_path: Path) -> None:
+    """Two 10 ms packets in one slot: both go in, in order, and the pages' granules stay on the slot grid."""
+    pcm = list(clip_frames("de_male"))[:4]
+    pairs = split_10ms(pcm)
+    assert all(packet_samples(p) == 480 for pair in pairs for p in pair)
+    sink = OggOpusSink(tmp_path, flush_interval=0.02)  # a page per slot
+    for tick in range(8):
+        if 2 <= tick < 6:
+            first, second = pairs[tick - 2]
+            sink.write(ANN, VoiceFrame(1, 11, tick, b"", first, tick, tick * 960, opus_packets=(first, second)))
+        sink.advance(tick)
+    sink.cleanup()
+    audio = audio_packets(sink.files[11])
+    spoken = [(packet, start) for packet, start in audio if 2 * FRAME_SAMPLES <= start < 6 * FRAME_SAMPLES]
+    assert spoken == [(p, 1920 + 480 * i) for i, p in enumerate(p for pair in pairs for p in pair)]
+    assert [start for _, start in audio if start % FRAME_SAMPLES == 0] == [n * FRAME_SAMPLES for n in range(8)]
+    granules = [granule for _, granule in read_packets(sink.files[11].read_bytes())[2:]]
+    for (_, start), granule in zip(audio, granules, strict=True):
+        if start >= 2 * FRAME_SAMPLES:
+            assert granule == (start // FRAME_SAMPLES + 1) * FRAME_SAMPLES, f"the page of sample {start}"
+    assert len(decode_file(sink.files[11])) == 8 * FRAME_SAMPLES * 4
+
+
+def test_a_slot_short_of_a_lost_packet_is_concealed_to_its_end(tmp_path: Path) -> None:
+    first, _ = split_10ms(list(clip_frames("de_male"))[:1])[0]
+    sink = OggOpusSink(tmp_path)
+    sink.write(ANN, VoiceFrame(1, 11, 0, b"", first, 0, 0, concealed=True))  # the slot's second 10 ms was lost
+    sink.advance(0)
+    sink.cleanup()
+    assert audio_packets(sink.files[11]) == [(first, 0), (bytes((first[0] & 0xFC,)), 480)]
+
+
+@pytest.mark.parametrize("samples", [2 * FRAME_SAMPLES, FRAME_SAMPLES])
+def test_the_slot_after_a_packet_running_into_it_adds_no_concealment(tmp_path: Path, samples: int) -> None:
+    """When another sink wants PCM, the receiver hands over the slot a packet runs into (a 40 ms one, or a 20 ms one
+    that started mid-slot) with no packet of its own and nothing lost: the file must neither grow by a slot nor
+    get concealment there."""
+    encoder = OpusEncoder()
+    pcm = list(clip_frames("de_male"))[:3]
+    packet = encoder.encode(b"".join(pcm[: samples // FRAME_SAMPLES]), frame_samples=samples)
+    after = encoder.encode(pcm[2])
+    sink = OggOpusSink(tmp_path)
+    sink.write(ANN, opus_frame(1, 11, packet))
+    sink.advance(1)
+    sink.write(ANN, VoiceFrame(1, 11, 2, pcm[1], None, 1, 1920))  # the decoded rest of slot 1's packet
+    sink.advance(2)
+    sink.write(ANN, opus_frame(3, 11, after))
+    sink.advance(3)
+    sink.cleanup()
+    filler = [(OPUS_SILENCE, 1920)] if samples == FRAME_SAMPLES else []
+    assert audio_packets(sink.files[11]) == [(OPUS_SILENCE, 0), (packet, 960), *filler, (after, 2880)]
 
 
 def test_opus_only_sinks_let_the_receiver_skip_decoding(tmp_path: Path) -> None:

@@ -14,13 +14,13 @@ import discord
 import pytest
 
 from discord_voicerecv import opus
-from discord_voicerecv.errors import OpusError
 from discord_voicerecv.frames import FRAME_BYTES, FRAME_SAMPLES, OPUS_SILENCE, VoiceFrame
 from discord_voicerecv.protocol.rtcp import Bye, SenderReport, SourceDescription, parse_rtcp
 from discord_voicerecv.protocol.rtp import RtpHeader, parse_rtp_header
 from discord_voicerecv.sinks import RTPForwardSink, SinkUser
 from discord_voicerecv.sinks._sdp import opus_sdp
-from discord_voicerecv.sinks.rtp_forward import _MIX_LOOKAHEAD, _slots_of
+from discord_voicerecv.sinks.rtp_forward import _MIX_LOOKAHEAD
+from discord_voicerecv.testing.clips import clip_frames
 
 NTP_EPOCH_OFFSET = 2_208_988_800
 
@@ -121,18 +121,6 @@ def test_sdp_text_describes_opus_stream() -> None:
             opus_sdp("127.0.0.1", **{"port": 5004, **bad})  # type: ignore[arg-type]
 
 
-def test_slot_count_of_opus_packets_agrees_with_libopus() -> None:
-    for toc in range(256):
-        for code3 in (1, 2, 3, 6):
-            packet = bytes((toc, code3 if toc & 3 == 3 else 0)) + bytes(40)
-            try:
-                samples = opus.packet_samples(packet)
-            except OpusError:
-                continue
-            assert _slots_of(packet) == max(1, -(-samples // FRAME_SAMPLES)), f"TOC {toc:#04x}"
-    assert _slots_of(b"") == 1
-
-
 def test_preallocated_users_get_port_pairs_and_sdp_files(tmp_path: Path, pairs: list[PortPair]) -> None:
     seen: list[tuple[SinkUser, Path]] = []
     sink = RTPForwardSink(
@@ -220,6 +208,30 @@ def test_a_40ms_packet_covers_two_slots(pairs: list[PortPair]) -> None:
     assert [body for _, body in got] == [long_packet, payload(3), OPUS_SILENCE]
     base = got[0][0].timestamp
     assert [(h.timestamp - base) & 0xFFFF_FFFF for h, _ in got] == [0, 1920, 2880]
+
+
+def test_every_packet_of_a_slot_is_sent_at_its_own_timestamp(pairs: list[PortPair]) -> None:
+    """Two 10 ms packets in one slot go out as two RTP packets, the second 480 samples on; the next slot keeps its
+    place on the timeline."""
+    encoder = opus.OpusEncoder()
+    speech = next(clip_frames("de_male"))
+    first, second = (encoder.encode(speech[i : i + FRAME_BYTES // 2], frame_samples=480) for i in (0, FRAME_BYTES // 2))
+    assert first != second
+    assert [opus.packet_samples(p) for p in (first, second)] == [480, 480]
+    sink = RTPForwardSink(base_port=pairs[0].port, silence="skip")
+    for tick in range(6):
+        if tick == 2:
+            sink.write(None, VoiceFrame(1000, 7, tick, b"", first, tick, 0, opus_packets=(first, second)))
+        elif tick == 3:
+            sink.write(None, opus_frame(tick, 7, payload(tick)))
+        sink.advance(tick)
+    got = pairs[0].packets()
+    sink.cleanup()
+    assert [body for _, body in got] == [first, second, payload(3)]
+    base = got[0][0]
+    assert [(h.timestamp - base.timestamp) & 0xFFFF_FFFF for h, _ in got] == [0, 480, 960]
+    assert [(h.sequence - base.sequence) & 0xFFFF for h, _ in got] == [0, 1, 2]
+    assert [h.marker for h, _ in got] == [True, False, False]
 
 
 def test_each_speaker_gets_own_stream_and_only_chosen_users_are_sent(pairs: list[PortPair], tmp_path: Path) -> None:

@@ -78,6 +78,15 @@ async def test_users_filter_and_opus_only() -> None:
     assert all(f.pcm == b"" and f.opus for f in got)
 
 
+async def test_opus_streams_yield_every_packet_of_a_slot() -> None:
+    stream = AudioStream(opus=True)
+    packets = (b"\xe4\x01", b"\xe4\x02")  # two 10 ms CELT packets in one slot
+    frame = VoiceFrame(5, 2, 0, b"", packets[0], 0, 0, opus_packets=packets)
+    await asyncio.to_thread(_write_from_thread, stream, [frame])
+    (got,) = await _collect(stream)
+    assert got.opus_packets == packets and got.opus == packets[0]
+
+
 async def test_a_consumer_that_stops_reading_loses_the_newest_frames_per_speaker_and_never_blocks_the_writer() -> None:
     stream = AudioStream(max_queue_seconds=0.2)  # 10 frames per speaker
     assert stream.max_frames == 10
@@ -129,6 +138,7 @@ def _expected(stream: AudioStream, frame: VoiceFrame) -> tuple[object, ...]:
         elapsed,
         stream.started_at + elapsed,
         False,
+        frame.opus_packets,
     )
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from discord_voicerecv.tools import decode
 from discord_voicerecv.frames import FRAME_SAMPLES
 from discord_voicerecv.opus import OpusEncoder
 from discord_voicerecv.protocol.rtp import build_extension_body, build_rtp_header
@@ -20,6 +19,7 @@ from discord_voicerecv.protocol.transport import make_cipher
 from discord_voicerecv.receive import Receiver
 from discord_voicerecv.testing.analysis import normalized_xcorr, read_wav
 from discord_voicerecv.testing.clips import clip_frames, load_clip
+from discord_voicerecv.tools import decode
 from discord_voicerecv.tools.capture import CapturedDatagram, iter_capture, write_pcap, write_rtpdump
 from discord_voicerecv.tools.cli import main
 from discord_voicerecv.tools.decode import DecodeError, decode_capture, parse_user_names
