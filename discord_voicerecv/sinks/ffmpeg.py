@@ -422,7 +422,11 @@ class FFmpegSink(AudioSink):
         self.open()
         self._running = True
         if self._mix is not None and self._mix_path is not None:
-            track = self._mix_track = self._start(self._mix_path)
+            try:
+                track = self._mix_track = self._start(self._mix_path)
+            except SinkError:
+                self._mix_path = None
+                raise
             assert isinstance(self._mix.target, _MixTrack)
             self._mix.target.track = track
 
@@ -531,10 +535,8 @@ class FFmpegSink(AudioSink):
     def _release_claim(self) -> None:
         """Nothing was recorded (no slot ever came, or listen() was refused): remove the empty file claimed for
         the mix, so no unplayable file is left behind."""
-        path = self._mix_path
-        if path is not None and path.exists() and path.stat().st_size == 0:
-            with contextlib.suppress(OSError):
-                path.unlink()
+        if self._mix_path is not None:
+            self._names.release(self._mix_path)
         self._mix_path = None
 
     def _all_tracks(self) -> list[_Track]:
@@ -544,7 +546,12 @@ class FFmpegSink(AudioSink):
         return tracks
 
     def _start(self, path: Path) -> _Track:
-        return _Track(_Pipe([*self._argv, str(path)], path, self._limit))
+        """Start the ffmpeg writing ``path``; when it cannot start, the name claimed for it is given back."""
+        try:
+            return _Track(_Pipe([*self._argv, str(path)], path, self._limit))
+        except SinkError:
+            self._names.release(path)
+            raise
 
     def _close_slots(self, end: int) -> None:
         if self._mix is not None:

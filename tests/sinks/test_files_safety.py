@@ -303,3 +303,39 @@ asyncio.run(bot())
     for name in ("mix.flac", "7.flac"):
         pcm = _decode(tmp_path / name)
         assert len(pcm) == 100 * FRAME_BYTES, f"{name}: all the audio handed over before the crash"
+
+
+def test_a_wavesink_rolled_back_by_a_refused_open_leaves_no_mix(tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_text("x")
+    wave = WaveSink(tmp_path / "ok")
+    with pytest.raises(SinkError, match="not-a-folder"):
+        MultiSink(wave, WaveSink(tmp_path / "not-a-folder")).open()
+    assert list((tmp_path / "ok").iterdir()) == [], "no empty mix.wav from a recording that never started"
+    assert wave.mix_path is None
+
+
+def test_an_ffmpeg_that_cannot_start_leaves_no_claimed_file(tmp_path: Path, leftovers: Leftovers) -> None:
+    (tmp_path / "bin").mkdir()
+    ffmpeg = tmp_path / "bin" / "ffmpeg"
+    ffmpeg.symlink_to(find_ffmpeg())
+    out = tmp_path / "out"
+
+    sink = FFmpegSink(out, "flac", ffmpeg=ffmpeg)
+    sink.open()
+    play(sink, range(5), 11)
+    ffmpeg.unlink()  # e.g. ffmpeg removed by an upgrade while the bot runs
+    with pytest.raises(SinkError, match="cannot run ffmpeg"):
+        sink.write(None, frame(5, 22))
+    sink.cleanup()
+    assert sorted(p.name for p in out.iterdir()) == ["11.flac", "mix.flac"], "no empty 22.flac"
+    assert all(p.stat().st_size > 0 for p in out.iterdir())
+
+    mix_first = FFmpegSink(tmp_path / "mix", "flac", ffmpeg=find_ffmpeg())
+    mix_first._argv[0] = str(ffmpeg)
+    mix_first.open()
+    with pytest.raises(SinkError, match="cannot run ffmpeg"):
+        mix_first.advance(0)
+    mix_first.cleanup()
+    assert list((tmp_path / "mix").iterdir()) == [], "no empty mix.flac"
+    assert mix_first.mix_path is None
+    assert leftovers.none()
