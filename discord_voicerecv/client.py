@@ -253,26 +253,26 @@ class VoiceRecvClient(discord.VoiceClient):
         if max_duration is not None or max_bytes is not None:
             main = limited = LimitSink(main, max_duration=max_duration, max_bytes=max_bytes)
         hub = SinkHub(main)
+        decryptor = DaveFrameDecryptor(
+            lambda: glue.dave_session(self),
+            lambda: glue.dave_protocol_version(self),
+            get_downgraded=lambda: glue.dave_downgraded(self),
+            on_recover=self._request_dave_recovery,
+        )
+        receiver = Receiver(  # before the sink opens: a missing libopus raises here, with no file created
+            hub,
+            user_resolver=self._resolve_user,
+            decryptor=decryptor,
+            playout_delay=playout_delay,
+            after=lambda error: self._session_ended(session, error),
+            on_event=self._on_receiver_event,
+        )
+        session = _Session(receiver, hub, after)
         with self._receiver_lock:
             if self.is_listening():
                 raise AlreadyListening("already listening; call stop_listening() first")
             hub.open()  # the sink's files and processes appear only now; raising leaves nothing behind
-            decryptor = DaveFrameDecryptor(
-                lambda: glue.dave_session(self),
-                lambda: glue.dave_protocol_version(self),
-                get_downgraded=lambda: glue.dave_downgraded(self),
-                on_recover=self._request_dave_recovery,
-            )
             self._dave = decryptor
-            receiver = Receiver(
-                hub,
-                user_resolver=self._resolve_user,
-                decryptor=decryptor,
-                playout_delay=playout_delay,
-                after=lambda error: self._session_ended(session, error),
-                on_event=self._on_receiver_event,
-            )
-            session = _Session(receiver, hub, after)
             params = glue.transport_params(self)
             if params is not None:
                 receiver.set_transport(*params)

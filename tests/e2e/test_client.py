@@ -314,3 +314,28 @@ async def test_listen_refuses_a_non_sink_and_a_format_ffmpeg_cannot_write(local:
         vc.stop_listening()
         await vc.wait_listening_stopped()
     assert mp3.mix_path is not None and mp3.mix_path.stat().st_size > 0
+
+
+async def test_a_receiver_that_cannot_start_leaves_no_file(
+    local: LocalDiscord, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine without libopus: listen() raises before the sink opens, so no folder or empty mix.wav appears."""
+    import discord_voicerecv.client as client_module
+    from discord_voicerecv.errors import OpusNotAvailable
+
+    def no_libopus(*args: object, **kwargs: object) -> None:
+        raise OpusNotAvailable("could not load libopus")
+
+    client = new_client()
+    async with running(client, "no-opus-bot"):
+        vc = await _join(client, local)
+        with monkeypatch.context() as patch:
+            patch.setattr(client_module, "Receiver", no_libopus)
+            with pytest.raises(OpusNotAvailable):
+                vc.listen(WaveSink(tmp_path / "out"))
+        assert not (tmp_path / "out").exists()
+        assert not vc.is_listening()
+        vc.listen(WaveSink(tmp_path / "out"))
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
+    assert (tmp_path / "out" / "mix.wav").stat().st_size > 0
