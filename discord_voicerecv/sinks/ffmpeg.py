@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import os
 import subprocess
@@ -285,9 +286,11 @@ class FFmpegSink(AudioSink):
     The mix is one continuous track and is always encoded, and :class:`WaveSink` pads every file, since writing
     zeros costs nothing.
 
-    Building the sink touches nothing. :meth:`open` (when ``listen()`` accepted the sink) creates the folder and
-    claims the mix's file name; the ffmpeg processes start on the receiver's thread, the mix's at the first slot
-    and each speaker's at their first frame.
+    Building the sink touches nothing of yours; it starts, in the background and once per process for each
+    ffmpeg, format and options, the check that ffmpeg can write them (:meth:`check_writable`). :meth:`open` (when
+    ``listen()`` accepted the sink) refuses a format ffmpeg cannot write, creates the folder and claims the mix's
+    file name; the ffmpeg processes start on the receiver's thread, the mix's at the first slot and each
+    speaker's at their first frame.
 
     Parameters
     ----------
@@ -325,14 +328,15 @@ class FFmpegSink(AudioSink):
     FFmpegNotFound
         No ffmpeg executable (from the constructor).
     SinkError
-        The directory cannot be created or an ffmpeg cannot start (from :meth:`open`, or the call that starts a
-        speaker's track), or one exited early (from the sink call that
-        notices it, then the sink is detached) or failed to finish its file (from :meth:`cleanup`); the message
-        carries the end of ffmpeg's error output.
+        ffmpeg cannot write ``format`` with ``extra_args``, the directory cannot be created or an ffmpeg cannot
+        start (from :meth:`open`, or the call that starts a speaker's track), or one exited early (from the sink
+        call that notices it, then the sink is detached) or failed to finish its file (from :meth:`cleanup`); the
+        message carries the end of ffmpeg's error output.
     """
 
     __slots__ = (
         "_argv",
+        "_check",
         "_directory",
         "_dropped",
         "_finish_timeout",
@@ -403,10 +407,18 @@ class FFmpegSink(AudioSink):
         self._mix_path: Path | None = None
         self._mix_track: _Track | None = None
         self._mix: MixSink | None = MixSink(_MixTrack(None)) if mix else None
+        self._check = _check_output(tuple(self._argv), extension)
 
     def open(self) -> None:
-        """Create the directory and claim the mix's file name; the ffmpeg processes start on the receiver's thread
-        (the mix's at the first slot, each speaker's at their first frame), so ``listen()`` never waits for them."""
+        """Refuse a format ffmpeg cannot write (:meth:`check_writable`), create the directory and claim the mix's
+        file name; the ffmpeg processes start on the receiver's thread (the mix's at the first slot, each speaker's
+        at their first frame), so ``listen()`` never waits for them."""
+        if not self._opened:
+            self.check_writable()
+            self._claim()
+
+    def _claim(self) -> None:
+        """Create the directory and claim the mix's file name, once."""
         if self._opened:
             return
         self._opened = True
@@ -418,8 +430,9 @@ class FFmpegSink(AudioSink):
             self._mix_path = self._names.reserve("mix")
 
     def _run(self) -> None:
-        """The first sink call: open when nobody did, and start the mix's ffmpeg."""
-        self.open()
+        """The first sink call: claim the names when nobody opened the sink (used directly, without ``listen()``:
+        a format ffmpeg cannot write then fails here), and start the mix's ffmpeg."""
+        self._claim()
         self._running = True
         if self._mix is not None and self._mix_path is not None:
             try:
@@ -523,12 +536,16 @@ class FFmpegSink(AudioSink):
 
     def check_writable(self) -> None:
         """Raise :class:`SinkError` now if this ffmpeg cannot write ``format`` with ``extra_args`` (an unknown
-        muxer or encoder), instead of failing once recording started. ``listen()`` calls it.
+        muxer or encoder), instead of failing once recording started. ``listen()`` and :meth:`open` call it.
 
-        The first call for an ffmpeg, format and options encodes one silent frame into a temporary folder (an
-        ffmpeg start, tens of milliseconds); the answer is kept for the life of the process.
+        The answer comes from encoding one silent frame into a private temporary folder, once per process for
+        each ffmpeg, format and options, on a thread started when the first such sink was built; this waits for
+        it only if it has not come yet (an ffmpeg start, tens of milliseconds).
         """
-        failure = _probe_output(tuple(self._argv), self.format)
+        try:
+            failure = self._check.result(timeout=_PROBE_TIMEOUT + 5)
+        except TimeoutError:
+            failure = "ffmpeg did not answer in time"
         if failure is not None:
             raise SinkError(f"*.{self.format}", f"ffmpeg cannot write this format: {failure}")
 
@@ -577,17 +594,40 @@ class FFmpegSink(AudioSink):
 
 
 _PROBE_TIMEOUT = 10.0
-_probe_results: dict[tuple[str, ...], str | None] = {}
+_probes: dict[tuple[str, ...], concurrent.futures.Future[str | None]] = {}
+"""Format checks by ffmpeg command line and extension: running or answered (definite answers only)."""
 _probe_lock = threading.Lock()
 
 
-def _probe_output(argv: tuple[str, ...], extension: str) -> str | None:
-    """Why ``argv`` (an ffmpeg command line reading s16le from stdin, without the output) cannot write a
-    ``.extension`` file, or None when it can. Definite answers are cached."""
+def _check_output(argv: tuple[str, ...], extension: str) -> concurrent.futures.Future[str | None]:
+    """The answer of :func:`_probe_output` for ``argv`` and ``extension``, computed once per process on a thread
+    of its own (started by the first sink that asks, when it is built)."""
     key = (*argv, extension)
     with _probe_lock:
-        if key in _probe_results:
-            return _probe_results[key]
+        future = _probes.get(key)
+        if future is None:
+            future = _probes[key] = concurrent.futures.Future()
+            thread = threading.Thread(
+                target=_answer_probe, args=(key, future), name="voice-recv format check", daemon=True
+            )
+            thread.start()
+    return future
+
+
+def _answer_probe(key: tuple[str, ...], future: concurrent.futures.Future[str | None]) -> None:
+    try:
+        failure, definite = _probe_output(key[:-1], key[-1])
+    except Exception as exc:  # e.g. no room for the temporary folder: every waiter still gets an answer
+        failure, definite = f"could not check the format: {exc}", False
+    if not definite:
+        with _probe_lock:
+            _probes.pop(key, None)  # ffmpeg did not run: ask again next time
+    future.set_result(failure)
+
+
+def _probe_output(argv: tuple[str, ...], extension: str) -> tuple[str | None, bool]:
+    """Why ``argv`` (an ffmpeg command line reading s16le from stdin, without the output) cannot write a
+    ``.extension`` file, or None when it can; and whether that answer is definite (ffmpeg ran)."""
     with tempfile.TemporaryDirectory(prefix="voicerecv-probe-") as folder:
         try:
             done = subprocess.run(
@@ -598,9 +638,6 @@ def _probe_output(argv: tuple[str, ...], extension: str) -> str | None:
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"could not run ffmpeg: {exc}"
+            return f"could not run ffmpeg: {exc}", False
         lines = done.stderr.decode("utf-8", "replace").replace(folder + os.sep, "").strip().splitlines()
-    failure = None if done.returncode == 0 else "; ".join(lines[-2:]) or f"exit status {done.returncode}"
-    with _probe_lock:
-        _probe_results[key] = failure
-    return failure
+    return (None if done.returncode == 0 else "; ".join(lines[-2:]) or f"exit status {done.returncode}"), True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,7 @@ import pytest
 from discord_voicerecv.errors import SinkError
 from discord_voicerecv.ffmpeg import find_ffmpeg
 from discord_voicerecv.frames import FRAME_BYTES, FRAME_SAMPLES, VoiceFrame
-from discord_voicerecv.sinks import AudioSink, FFmpegSink, MultiSink, OggOpusSink, PerUserSink, WaveSink
+from discord_voicerecv.sinks import AudioSink, FFmpegSink, MixSink, MultiSink, OggOpusSink, PerUserSink, WaveSink
 from discord_voicerecv.sinks._wavfile import HEADER_SIZE
 from discord_voicerecv.sinks.base import SinkUser
 
@@ -178,9 +179,10 @@ def test_ffmpeg_processes_and_threads_are_reaped_on_stop_and_on_failure(tmp_path
     sink.cleanup()
     assert leftovers.none() and all(process.returncode == 0 for process in running), "all reaped"
 
-    failing = FFmpegSink(tmp_path / "bad", "flac", extra_args=("-c:a", "no-such-codec"))
+    failing = FFmpegSink(tmp_path / "bad", "flac")
     host = MultiSink(failing)
     host.open()
+    shutil.rmtree(tmp_path / "bad")  # the folder deleted under the bot: ffmpeg cannot create its file
     play(host, range(20))
     host.cleanup()
     assert [sink for sink, _ in host.failures] == [failing], "ffmpeg's failure is reported, while or after recording"
@@ -338,4 +340,41 @@ def test_an_ffmpeg_that_cannot_start_leaves_no_claimed_file(tmp_path: Path, left
     mix_first.cleanup()
     assert list((tmp_path / "mix").iterdir()) == [], "no empty mix.flac"
     assert mix_first.mix_path is None
+    assert leftovers.none()
+
+
+def test_the_format_check_runs_off_the_callers_thread_from_when_the_sink_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import discord_voicerecv.sinks.ffmpeg as ffmpeg_module
+
+    gate = threading.Event()
+    ran_on: list[threading.Thread] = []
+
+    def probe(argv: tuple[str, ...], extension: str) -> tuple[str | None, bool]:
+        ran_on.append(threading.current_thread())
+        gate.wait(10)
+        return None, True
+
+    monkeypatch.setattr(ffmpeg_module, "_probes", {})
+    monkeypatch.setattr(ffmpeg_module, "_probe_output", probe)
+    sink = FFmpegSink(tmp_path, "flac")
+    again = FFmpegSink(tmp_path / "again", "flac")
+    gate.set()
+    sink.check_writable()  # listen() on the bot's loop: no ffmpeg start there
+    again.check_writable()
+    assert len(ran_on) == 1 and ran_on[0] is not threading.current_thread(), "one check, on a thread of its own"
+    assert not tmp_path.joinpath("again").exists()
+
+
+def test_a_nested_ffmpegsink_that_cannot_write_its_format_is_refused_at_open(
+    tmp_path: Path, leftovers: Leftovers
+) -> None:
+    wave = WaveSink(tmp_path / "wav")
+    unknown = FFmpegSink(tmp_path / "wat", "wat")
+    for sink in (MultiSink(wave, unknown), MixSink(FFmpegSink(tmp_path / "mix", "wat", mix=False))):
+        with pytest.raises(SinkError, match="cannot write this format"):
+            sink.open()
+    assert list((tmp_path / "wav").iterdir()) == [], "the WaveSink opened first is rolled back"
+    assert not (tmp_path / "wat").exists() and not (tmp_path / "mix").exists()
     assert leftovers.none()
