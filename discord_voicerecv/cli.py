@@ -62,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if summary.get("ok") else 1
     if args.command == "decode":
         from .decode import DecodeError, check_arguments, decode_capture
+        from .errors import VoiceRecvError
 
         try:
             key, names = check_arguments(args.capture, mode=args.mode, key=args.key, users=args.user, out=args.out)
@@ -69,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except DecodeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return exc.status
+        except VoiceRecvError as exc:  # e.g. no libopus
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
         print(json.dumps(summary, sort_keys=True))
         return 0
     if args.command == "record":
