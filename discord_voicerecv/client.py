@@ -273,22 +273,24 @@ class VoiceRecvClient(discord.VoiceClient):
                 raise AlreadyListening("already listening; call stop_listening() first")
             hub.open()  # the sink's files and processes appear only now; raising leaves nothing behind
             self._dave = decryptor
+            if limited is not None:
+                limited.on_limit = lambda reason: self._limit_reached(receiver, reason)
+            # From here the gateway hook configures this receiver too; reading the state only after this means a
+            # message handled on the loop meanwhile (listen() from ``after`` runs on another thread) is not lost.
+            self._session = session
             params = glue.transport_params(self)
             if params is not None:
                 receiver.set_transport(*params)
             own = glue.own_ssrc(self)
             if own is not None:
                 receiver.ignore_ssrc(own)
-            for ssrc, user_id in self._ssrc_users.items():
+            for ssrc, user_id in list(self._ssrc_users.items()):
                 receiver.map_ssrc(ssrc, user_id)
-            if limited is not None:
-                limited.on_limit = lambda reason: self._limit_reached(receiver, reason)
             stale = glue.discard_backlog(self)
             if stale:
                 _log.debug("listen(): discarded %d datagrams that arrived before it", stale)
             hub.started_at = time.time()
             receiver.start()
-            self._session = session
             self._unfinished.add(session)
             self._stop_reason = None
             glue.add_socket_listener(self, receiver.feed)

@@ -339,3 +339,34 @@ async def test_a_receiver_that_cannot_start_leaves_no_file(
         vc.stop_listening()
         await vc.wait_listening_stopped()
     assert (tmp_path / "out" / "mix.wav").stat().st_size > 0
+
+
+async def test_listen_off_the_loop_misses_no_speaker_mapped_meanwhile(
+    local: LocalDiscord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """listen() from ``after`` runs on a sink thread while the loop keeps handling op5/op12: an SSRC mapped while
+    listen() reads the known ones reaches the new receiver, and the mapping table may grow meanwhile."""
+    import discord_voicerecv.client as client_module
+
+    mapped: list[tuple[int, int]] = []
+
+    class Spy(client_module.Receiver):  # type: ignore[misc, name-defined]
+        def map_ssrc(self, ssrc: int, user_id: int) -> None:
+            mapped.append((ssrc, user_id))
+            if ssrc == 5001:
+                vc._map(5002, 72)  # op12 handled on the loop just then
+            super().map_ssrc(ssrc, user_id)
+
+        def start(self, *, threaded: bool = True) -> None:
+            vc._map(5003, 73)  # op5 handled on the loop just then
+            super().start(threaded=threaded)
+
+    client = new_client()
+    async with running(client, "mapping-bot"):
+        vc = await _join(client, local)
+        vc._map(5001, 71)
+        monkeypatch.setattr(client_module, "Receiver", Spy)
+        await asyncio.to_thread(vc.listen, _Collect())
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
+    assert {(5001, 71), (5002, 72), (5003, 73)} <= set(mapped)
