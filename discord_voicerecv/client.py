@@ -491,8 +491,8 @@ class VoiceRecvClient(discord.VoiceClient):
         receiver.stop()
 
     def _session_ended(self, session: _Session, error: BaseException | None) -> None:
-        """The receiver finished and its sink is cleaned up (its sink thread): ``after``, pending speaking stops,
-        the stopped event, then the session counts as finished."""
+        """The receiver finished and its sink is cleaned up (its sink thread): ``after``, pending speaking stops
+        (unless a newer session is listening), the stopped event, then the session counts as finished."""
         if self._session is session:
             if error is not None:
                 self._stop_reason = StopReason.ERROR
@@ -503,8 +503,10 @@ class VoiceRecvClient(discord.VoiceClient):
             self._on_loop(self._release_session, session)
             self._run_after(session.after, error)
         finally:
-            with self._speaking_lock:
-                still, self._speaking = self._speaking, set()
+            still: set[int] = set()
+            with self._receiver_lock, self._speaking_lock:
+                if self._session is session:  # else a newer session owns who is speaking now
+                    still, self._speaking = self._speaking, set()
             for user_id in still:
                 self._dispatch("voice_member_speaking_stop", self._resolve_user(user_id))
             self._dispatch("voice_listening_stopped", self, error)

@@ -528,6 +528,7 @@ class FFmpegSink(AudioSink):
             detail = track.pipe.finish(deadline)
             if detail is not None:
                 errors.append(SinkError(str(track.pipe.path), detail))
+                self._give_back_if_empty(track.pipe.path)
         overflow = self.overflow
         if overflow:
             log.warning("FFmpegSink replaced %.2f s of audio with silence: ffmpeg did not keep up", overflow / 192_000)
@@ -555,6 +556,12 @@ class FFmpegSink(AudioSink):
         if self._mix_path is not None:
             self._names.release(self._mix_path)
         self._mix_path = None
+
+    def _give_back_if_empty(self, path: Path) -> None:
+        """A failed ffmpeg wrote nothing: the empty file claimed for it goes, so no unplayable file is left."""
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0:
+                self._names.release(path)
 
     def _all_tracks(self) -> list[_Track]:
         tracks = list(self._tracks.values())

@@ -378,3 +378,21 @@ def test_a_nested_ffmpegsink_that_cannot_write_its_format_is_refused_at_open(
     assert list((tmp_path / "wav").iterdir()) == [], "the WaveSink opened first is rolled back"
     assert not (tmp_path / "wat").exists() and not (tmp_path / "mix").exists()
     assert leftovers.none()
+
+
+def test_an_ffmpeg_that_fails_before_writing_leaves_no_empty_file(tmp_path: Path, leftovers: Leftovers) -> None:
+    broken = tmp_path / "ffmpeg"  # checks formats fine, then fails on every real recording
+    broken.write_text(
+        f'#!/bin/sh\ncase "$*" in *voicerecv-probe-*) exec "{find_ffmpeg()}" "$@";; esac\n'
+        "echo 'Segmentation fault' >&2\nexit 139\n"
+    )
+    broken.chmod(0o755)
+    out = tmp_path / "out"
+    sink = FFmpegSink(out, "flac", ffmpeg=broken)
+    host = MultiSink(sink)
+    host.open()
+    play(host, range(20))
+    host.cleanup()
+    assert [s for s, _ in host.failures] == [sink] and "status 139" in str(host.failures[0][1])
+    assert list(out.iterdir()) == [], "no empty mix.flac or 11.flac"
+    assert leftovers.none()
