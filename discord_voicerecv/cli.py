@@ -54,6 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "demo":
         from .demo import run_demo
+        from .sinks._naming import directory_problem
+
+        problem = directory_problem(args.out)
+        if not args.seconds > 0 or args.speakers < 1 or problem is not None:
+            error = f"--out {str(args.out)!r}: {problem}" if problem else "--seconds must be positive, --speakers >= 1"
+            print(f"error: {error}", file=sys.stderr)
+            return 2
 
         summary = asyncio.run(
             run_demo(seconds=args.seconds, speakers=args.speakers, out=args.out, dave=not args.no_dave)

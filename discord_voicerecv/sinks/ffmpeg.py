@@ -545,7 +545,7 @@ class FFmpegSink(AudioSink):
         """
         try:
             failure = self._check.result(timeout=_PROBE_TIMEOUT + 5)
-        except TimeoutError:
+        except concurrent.futures.TimeoutError:
             failure = "ffmpeg did not answer in time"
         if failure is not None:
             raise SinkError(f"*.{self.format}", f"ffmpeg cannot write this format: {failure}")
