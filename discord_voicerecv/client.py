@@ -20,7 +20,6 @@ from .protocol.transport import TransportCipher, make_cipher
 from .receive import Receiver
 from .receive.dave import DaveFrameDecryptor
 from .sinks.base import AudioSink, SinkUser
-from .sinks.ffmpeg import FFmpegSink
 from .sinks.limits import LimitSink, StopReason, UserFilterSink, Users, others_present
 from .sinks.stream import DEFAULT_QUEUE_SECONDS, AudioStream, SinkHub
 
@@ -244,8 +243,6 @@ class VoiceRecvClient(discord.VoiceClient):
         """
         if not isinstance(sink, AudioSink):
             raise TypeError(f"sink must be an AudioSink, not {type(sink).__name__}")
-        if isinstance(sink, FFmpegSink):
-            sink.check_writable()
         if not self.is_connected():
             raise discord.ClientException("Not connected to voice.")
         main = sink if users is None else UserFilterSink(sink, users)
@@ -253,42 +250,44 @@ class VoiceRecvClient(discord.VoiceClient):
         if max_duration is not None or max_bytes is not None:
             main = limited = LimitSink(main, max_duration=max_duration, max_bytes=max_bytes)
         hub = SinkHub(main)
+        decryptor = DaveFrameDecryptor(
+            lambda: glue.dave_session(self),
+            lambda: glue.dave_protocol_version(self),
+            get_downgraded=lambda: glue.dave_downgraded(self),
+            on_recover=self._request_dave_recovery,
+        )
+        receiver = Receiver(  # before the sink opens: a missing libopus raises here, with no file created
+            hub,
+            user_resolver=self._resolve_user,
+            decryptor=decryptor,
+            playout_delay=playout_delay,
+            after=lambda error: self._session_ended(session, error),
+            on_event=self._on_receiver_event,
+        )
+        session = _Session(receiver, hub, after)
         with self._receiver_lock:
             if self.is_listening():
                 raise AlreadyListening("already listening; call stop_listening() first")
             hub.open()  # the sink's files and processes appear only now; raising leaves nothing behind
-            decryptor = DaveFrameDecryptor(
-                lambda: glue.dave_session(self),
-                lambda: glue.dave_protocol_version(self),
-                get_downgraded=lambda: glue.dave_downgraded(self),
-                on_recover=self._request_dave_recovery,
-            )
             self._dave = decryptor
-            receiver = Receiver(
-                hub,
-                user_resolver=self._resolve_user,
-                decryptor=decryptor,
-                playout_delay=playout_delay,
-                after=lambda error: self._session_ended(session, error),
-                on_event=self._on_receiver_event,
-            )
-            session = _Session(receiver, hub, after)
+            if limited is not None:
+                limited.on_limit = lambda reason: self._limit_reached(receiver, reason)
+            # From here the gateway hook configures this receiver too; reading the state only after this means a
+            # message handled on the loop meanwhile (listen() from ``after`` runs on another thread) is not lost.
+            self._session = session
             params = glue.transport_params(self)
             if params is not None:
                 receiver.set_transport(*params)
             own = glue.own_ssrc(self)
             if own is not None:
                 receiver.ignore_ssrc(own)
-            for ssrc, user_id in self._ssrc_users.items():
+            for ssrc, user_id in list(self._ssrc_users.items()):
                 receiver.map_ssrc(ssrc, user_id)
-            if limited is not None:
-                limited.on_limit = lambda reason: self._limit_reached(receiver, reason)
             stale = glue.discard_backlog(self)
             if stale:
                 _log.debug("listen(): discarded %d datagrams that arrived before it", stale)
             hub.started_at = time.time()
             receiver.start()
-            self._session = session
             self._unfinished.add(session)
             self._stop_reason = None
             glue.add_socket_listener(self, receiver.feed)
@@ -489,8 +488,8 @@ class VoiceRecvClient(discord.VoiceClient):
         receiver.stop()
 
     def _session_ended(self, session: _Session, error: BaseException | None) -> None:
-        """The receiver finished and its sink is cleaned up (its sink thread): ``after``, pending speaking stops,
-        the stopped event, then the session counts as finished."""
+        """The receiver finished and its sink is cleaned up (its sink thread): ``after``, pending speaking stops
+        (unless a newer session is listening), the stopped event, then the session counts as finished."""
         if self._session is session:
             if error is not None:
                 self._stop_reason = StopReason.ERROR
@@ -501,8 +500,10 @@ class VoiceRecvClient(discord.VoiceClient):
             self._on_loop(self._release_session, session)
             self._run_after(session.after, error)
         finally:
-            with self._speaking_lock:
-                still, self._speaking = self._speaking, set()
+            still: set[int] = set()
+            with self._receiver_lock, self._speaking_lock:
+                if self._session is session:  # else a newer session owns who is speaking now
+                    still, self._speaking = self._speaking, set()
             for user_id in still:
                 self._dispatch("voice_member_speaking_stop", self._resolve_user(user_id))
             self._dispatch("voice_listening_stopped", self, error)

@@ -42,3 +42,22 @@ def test_the_checker_sees_a_redefinition(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("_SLOT_SECONDS = 0.02\nclass A:\n    def f(self):\n        self.samples = 960\n")
     assert _literal_assignments(module) == [(1, 0.02), (4, 960)]
+
+
+def test_the_receive_path_and_the_protocol_never_import_discord() -> None:
+    """Only the client and its glue talk to discord.py; the pure and receive parts run without it."""
+    offenders = []
+    for folder in ("protocol", "receive"):
+        for path in sorted((PACKAGE / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = (
+                    [alias.name for alias in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom) and node.level == 0
+                    else []
+                )
+                offenders += [
+                    f"{folder}/{path.name}:{node.lineno}" for name in names if name.split(".")[0] == "discord"
+                ]
+    assert offenders == []

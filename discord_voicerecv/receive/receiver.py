@@ -55,8 +55,9 @@ class Receiver:
     sink:
         Gets every speaker's frame per 20 ms slot, then ``advance`` per slot, then ``cleanup``.
     user_resolver:
-        Turns a user id into what the sink receives as ``user`` (Member, User or ``discord.Object``). Called on
-        the sink thread and cached for about a second.
+        Turns a user id into what the sink receives as ``user`` (Member, User or ``discord.Object``; the client
+        gives one). Called on the sink thread and cached for about a second. Without it sinks get None and know
+        the speaker by ``frame.user_id``.
     decryptor:
         The DAVE layer, or None when the call is not end-to-end encrypted.
     playout_delay:

@@ -216,11 +216,11 @@ class SinkFeed:
         return user
 
     def _lookup_user(self, user_id: int) -> SinkUser:
+        """The resolver's answer; without one (or when it raised) None, and sinks know the speaker by
+        ``frame.user_id`` alone (the receive path never imports discord.py: the client's resolver gives objects)."""
         if self._resolver is not None:
             try:
                 return self._resolver(user_id)
             except Exception:
                 _log.exception("user_resolver raised for %s", user_id)
-        import discord
-
-        return discord.Object(id=user_id)
+        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable
@@ -99,6 +100,13 @@ class FileNamer:
             candidate = f"{stem}-{n}{self._extension}"
         self._used.add(candidate.casefold())
         return self._directory / candidate
+
+    def release(self, path: Path) -> None:
+        """Give back the name of a track that recorded nothing: remove the file claimed for it (with ``overwrite``
+        nothing was claimed and the file is left alone)."""
+        if not self._overwrite:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def _claim(self, path: Path) -> bool:
         """Create ``path`` empty unless it exists (then False); always True with ``overwrite``."""

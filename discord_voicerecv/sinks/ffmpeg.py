@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import contextlib
 import os
 import subprocess
@@ -285,9 +286,14 @@ class FFmpegSink(AudioSink):
     The mix is one continuous track and is always encoded, and :class:`WaveSink` pads every file, since writing
     zeros costs nothing.
 
-    Building the sink touches nothing. :meth:`open` (when ``listen()`` accepted the sink) creates the folder and
-    claims the mix's file name; the ffmpeg processes start on the receiver's thread, the mix's at the first slot
-    and each speaker's at their first frame.
+    Building the sink touches nothing: no file, folder or process. :meth:`open` (when ``listen()`` accepted the
+    sink) creates the folder and claims the mix's file name, and starts in the background the check that this
+    ffmpeg can write the format with these options (once per process for each ffmpeg, format and options: one
+    silent frame encoded into a private temporary folder). A format already known to fail is refused at once;
+    otherwise the receiver's thread waits for the answer before the first slot, so a bad format ends the session
+    with a :class:`SinkError` (given to ``after``) and leaves no file, and ``listen()`` never waits on the bot's
+    event loop. The ffmpeg processes start on the receiver's thread, the mix's at the first slot and each
+    speaker's at their first frame.
 
     Parameters
     ----------
@@ -325,14 +331,15 @@ class FFmpegSink(AudioSink):
     FFmpegNotFound
         No ffmpeg executable (from the constructor).
     SinkError
-        The directory cannot be created or an ffmpeg cannot start (from :meth:`open`, or the call that starts a
-        speaker's track), or one exited early (from the sink call that
-        notices it, then the sink is detached) or failed to finish its file (from :meth:`cleanup`); the message
-        carries the end of ffmpeg's error output.
+        ffmpeg cannot write ``format`` with ``extra_args``, the directory cannot be created or an ffmpeg cannot
+        start (from :meth:`open`, or the call that starts a speaker's track), or one exited early (from the sink
+        call that notices it, then the sink is detached) or failed to finish its file (from :meth:`cleanup`); the
+        message carries the end of ffmpeg's error output.
     """
 
     __slots__ = (
         "_argv",
+        "_check",
         "_directory",
         "_dropped",
         "_finish_timeout",
@@ -403,10 +410,20 @@ class FFmpegSink(AudioSink):
         self._mix_path: Path | None = None
         self._mix_track: _Track | None = None
         self._mix: MixSink | None = MixSink(_MixTrack(None)) if mix else None
+        self._check: concurrent.futures.Future[str | None] | None = None
 
     def open(self) -> None:
-        """Create the directory and claim the mix's file name; the ffmpeg processes start on the receiver's thread
+        """Refuse a format already known to fail, start the format check otherwise (without waiting for it),
+        create the directory and claim the mix's file name; the ffmpeg processes start on the receiver's thread
         (the mix's at the first slot, each speaker's at their first frame), so ``listen()`` never waits for them."""
+        if not self._opened:
+            check = self._start_check()
+            if check.done():
+                self._raise_if_unwritable(check.result())
+            self._claim()
+
+    def _claim(self) -> None:
+        """Create the directory and claim the mix's file name, once."""
         if self._opened:
             return
         self._opened = True
@@ -418,11 +435,19 @@ class FFmpegSink(AudioSink):
             self._mix_path = self._names.reserve("mix")
 
     def _run(self) -> None:
-        """The first sink call: open when nobody did, and start the mix's ffmpeg."""
-        self.open()
+        """The first sink call: claim the names when nobody opened the sink (used directly, without ``listen()``:
+        a format ffmpeg cannot write then fails here), wait for the format check :meth:`open` started, and start
+        the mix's ffmpeg."""
+        if self._check is not None:
+            self.check_writable()
+        self._claim()
         self._running = True
         if self._mix is not None and self._mix_path is not None:
-            track = self._mix_track = self._start(self._mix_path)
+            try:
+                track = self._mix_track = self._start(self._mix_path)
+            except SinkError:
+                self._mix_path = None
+                raise
             assert isinstance(self._mix.target, _MixTrack)
             self._mix.target.track = track
 
@@ -511,6 +536,7 @@ class FFmpegSink(AudioSink):
             detail = track.pipe.finish(deadline)
             if detail is not None:
                 errors.append(SinkError(str(track.pipe.path), detail))
+                self._give_back_if_empty(track.pipe.path)
         overflow = self.overflow
         if overflow:
             log.warning("FFmpegSink replaced %.2f s of audio with silence: ffmpeg did not keep up", overflow / 192_000)
@@ -518,24 +544,37 @@ class FFmpegSink(AudioSink):
             raise errors[0]
 
     def check_writable(self) -> None:
-        """Raise :class:`SinkError` now if this ffmpeg cannot write ``format`` with ``extra_args`` (an unknown
-        muxer or encoder), instead of failing once recording started. ``listen()`` calls it.
-
-        The first call for an ffmpeg, format and options encodes one silent frame into a temporary folder (an
-        ffmpeg start, tens of milliseconds); the answer is kept for the life of the process.
+        """Raise :class:`SinkError` if this ffmpeg cannot write ``format`` with ``extra_args`` (an unknown muxer or
+        encoder). It waits for the check (an ffmpeg run, tens of milliseconds, once per process for each ffmpeg,
+        format and options): call it before recording, off the event loop, e.g. in a command-line tool.
         """
-        failure = _probe_output(tuple(self._argv), self.format)
+        try:
+            failure = self._start_check().result(timeout=_PROBE_TIMEOUT + 5)
+        except concurrent.futures.TimeoutError:
+            failure = "ffmpeg did not answer in time"
+        self._raise_if_unwritable(failure)
+
+    def _start_check(self) -> concurrent.futures.Future[str | None]:
+        if self._check is None:
+            self._check = _check_output(tuple(self._argv), self.format)
+        return self._check
+
+    def _raise_if_unwritable(self, failure: str | None) -> None:
         if failure is not None:
             raise SinkError(f"*.{self.format}", f"ffmpeg cannot write this format: {failure}")
 
     def _release_claim(self) -> None:
         """Nothing was recorded (no slot ever came, or listen() was refused): remove the empty file claimed for
         the mix, so no unplayable file is left behind."""
-        path = self._mix_path
-        if path is not None and path.exists() and path.stat().st_size == 0:
-            with contextlib.suppress(OSError):
-                path.unlink()
+        if self._mix_path is not None:
+            self._names.release(self._mix_path)
         self._mix_path = None
+
+    def _give_back_if_empty(self, path: Path) -> None:
+        """A failed ffmpeg wrote nothing: the empty file claimed for it goes, so no unplayable file is left."""
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0:
+                self._names.release(path)
 
     def _all_tracks(self) -> list[_Track]:
         tracks = list(self._tracks.values())
@@ -544,7 +583,12 @@ class FFmpegSink(AudioSink):
         return tracks
 
     def _start(self, path: Path) -> _Track:
-        return _Track(_Pipe([*self._argv, str(path)], path, self._limit))
+        """Start the ffmpeg writing ``path``; when it cannot start, the name claimed for it is given back."""
+        try:
+            return _Track(_Pipe([*self._argv, str(path)], path, self._limit))
+        except SinkError:
+            self._names.release(path)
+            raise
 
     def _close_slots(self, end: int) -> None:
         if self._mix is not None:
@@ -570,17 +614,40 @@ class FFmpegSink(AudioSink):
 
 
 _PROBE_TIMEOUT = 10.0
-_probe_results: dict[tuple[str, ...], str | None] = {}
+_probes: dict[tuple[str, ...], concurrent.futures.Future[str | None]] = {}
+"""Format checks by ffmpeg command line and extension: running or answered (definite answers only)."""
 _probe_lock = threading.Lock()
 
 
-def _probe_output(argv: tuple[str, ...], extension: str) -> str | None:
-    """Why ``argv`` (an ffmpeg command line reading s16le from stdin, without the output) cannot write a
-    ``.extension`` file, or None when it can. Definite answers are cached."""
+def _check_output(argv: tuple[str, ...], extension: str) -> concurrent.futures.Future[str | None]:
+    """The answer of :func:`_probe_output` for ``argv`` and ``extension``, computed once per process on a thread
+    of its own (started by the first sink that asks, when it is opened)."""
     key = (*argv, extension)
     with _probe_lock:
-        if key in _probe_results:
-            return _probe_results[key]
+        future = _probes.get(key)
+        if future is None:
+            future = _probes[key] = concurrent.futures.Future()
+            thread = threading.Thread(
+                target=_answer_probe, args=(key, future), name="voice-recv format check", daemon=True
+            )
+            thread.start()
+    return future
+
+
+def _answer_probe(key: tuple[str, ...], future: concurrent.futures.Future[str | None]) -> None:
+    try:
+        failure, definite = _probe_output(key[:-1], key[-1])
+    except Exception as exc:  # e.g. no room for the temporary folder: every waiter still gets an answer
+        failure, definite = f"could not check the format: {exc}", False
+    if not definite:
+        with _probe_lock:
+            _probes.pop(key, None)  # ffmpeg did not run: ask again next time
+    future.set_result(failure)
+
+
+def _probe_output(argv: tuple[str, ...], extension: str) -> tuple[str | None, bool]:
+    """Why ``argv`` (an ffmpeg command line reading s16le from stdin, without the output) cannot write a
+    ``.extension`` file, or None when it can; and whether that answer is definite (ffmpeg ran)."""
     with tempfile.TemporaryDirectory(prefix="voicerecv-probe-") as folder:
         try:
             done = subprocess.run(
@@ -591,9 +658,6 @@ def _probe_output(argv: tuple[str, ...], extension: str) -> str | None:
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"could not run ffmpeg: {exc}"
+            return f"could not run ffmpeg: {exc}", False
         lines = done.stderr.decode("utf-8", "replace").replace(folder + os.sep, "").strip().splitlines()
-    failure = None if done.returncode == 0 else "; ".join(lines[-2:]) or f"exit status {done.returncode}"
-    with _probe_lock:
-        _probe_results[key] = failure
-    return failure
+    return (None if done.returncode == 0 else "; ".join(lines[-2:]) or f"exit status {done.returncode}"), True

@@ -127,7 +127,7 @@ class WaveSink(AudioSink):
         except OSError as exc:
             raise SinkError(str(self._directory), exc.strerror or str(exc)) from exc
         if self._want_mix:
-            self._mix = WavWriter(self._namer.reserve("mix"), rate=SAMPLE_RATE, channels=CHANNELS)
+            self._mix = self._writer(self._namer.reserve("mix"))
 
     @property
     def files(self) -> Mapping[SpeakerKey, Path]:
@@ -136,7 +136,8 @@ class WaveSink(AudioSink):
 
     @property
     def mix_path(self) -> Path | None:
-        """The path of ``mix.wav`` (``mix-2.wav``... when taken); ``None`` with ``mix=False`` or before :meth:`open`."""
+        """The path of ``mix.wav`` (``mix-2.wav``... when taken); ``None`` with ``mix=False``, before :meth:`open`, or
+        when nothing was recorded."""
         return self._mix.path if self._mix is not None else None
 
     @property
@@ -186,6 +187,9 @@ class WaveSink(AudioSink):
         self.closed = True
         if not self._opened:
             return
+        if self._mix is not None and not (self._slots or self._pending or self._pending_keys or self._tracks):
+            self._release_mix()
+            return
         end = self._slots + 1 if self._pending or self._pending_keys else self._slots
         end = max([end, *(track.frames for track in self._tracks.values())])
         error: SinkError | None = None
@@ -232,7 +236,25 @@ class WaveSink(AudioSink):
 
     def _open_track(self, key: SpeakerKey, user: SinkUser, frame: VoiceFrame) -> _Track:
         path = self._namer.path_for(user, frame)
-        track = _Track(WavWriter(path, rate=SAMPLE_RATE, channels=CHANNELS))
+        track = _Track(self._writer(path))
         self._tracks[key] = track
         self._paths[key] = path
         return track
+
+    def _writer(self, path: Path) -> WavWriter:
+        """A WAV file at the claimed ``path``; when it cannot be written, the name is given back."""
+        try:
+            return WavWriter(path, rate=SAMPLE_RATE, channels=CHANNELS)
+        except SinkError:
+            self._namer.release(path)
+            raise
+
+    def _release_mix(self) -> None:
+        """Nothing was recorded (no slot ever came: a ``listen()`` refused after this sink was opened): remove the
+        empty ``mix.wav`` instead of leaving a file without audio."""
+        mix, self._mix = self._mix, None
+        if mix is not None:
+            try:
+                mix.close()
+            finally:
+                self._namer.release(mix.path)

@@ -54,7 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     if args.command == "demo":
+        from ..sinks._naming import directory_problem
         from .demo import format_summary, run_demo
+
+        problem = directory_problem(args.out)
+        if not args.seconds > 0 or args.speakers < 1 or problem is not None:
+            error = f"--out {str(args.out)!r}: {problem}" if problem else "--seconds must be positive, --speakers >= 1"
+            print(f"error: {error}", file=sys.stderr)
+            return 2
 
         summary = asyncio.run(
             run_demo(
@@ -68,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(summary, indent=2, sort_keys=True) if args.json else format_summary(summary))
         return 0 if summary.get("ok") else 1
     if args.command == "decode":
+        from ..errors import VoiceRecvError
         from .decode import DecodeError, check_arguments, decode_capture
 
         try:
@@ -76,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except DecodeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return exc.status
+        except VoiceRecvError as exc:  # e.g. no libopus
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
         print(json.dumps(summary, sort_keys=True))
         return 0
     if args.command == "record":

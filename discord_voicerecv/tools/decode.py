@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import CaptureFormatError, DecryptionFailed, E2EEDecryptError, MalformedPacket
+from ..errors import CaptureFormatError, DecryptionFailed, E2EEDecryptError, MalformedPacket, SinkError
 from ..frames import FRAME_DURATION
 from ..protocol.ipdiscovery import is_request, is_response
 from ..protocol.rtp import is_rtcp, parse_rtp_header
@@ -107,7 +107,8 @@ def decode_capture(capture: Path, *, mode: str, key: bytes, names: dict[int, str
     ------
     DecodeError
         (status 1) When no RTP packet among the first ones authenticates with ``key`` and ``mode``, or the
-        capture holds no RTP at all; checked before any file is created.
+        capture holds no RTP at all (checked before any file is created); when the files cannot be created or
+        written (e.g. the disk is full); when the capture is damaged part way.
     """
     try:
         _check_key_fits((d.data for d in iter_capture(capture)), mode, key)
@@ -118,10 +119,13 @@ def decode_capture(capture: Path, *, mode: str, key: bytes, names: dict[int, str
         return names.get(user_id, str(user_id)) if user_id is not None else "unknown"
 
     sink = WaveSink(out, naming=naming)
-    sink.open()
     now = [0.0]
-    receiver = Receiver(sink, decryptor=_NoE2EEKeys(), clock=lambda: now[0])
+    receiver = Receiver(sink, decryptor=_NoE2EEKeys(), clock=lambda: now[0])  # before any file: may lack libopus
     receiver.set_transport(mode, key)
+    try:
+        sink.open()
+    except SinkError as exc:
+        raise DecodeError(str(exc), status=1) from None
     ssrcs: set[int] = set()
     count = 0
     damaged: CaptureFormatError | None = None
@@ -145,6 +149,8 @@ def decode_capture(capture: Path, *, mode: str, key: bytes, names: dict[int, str
     else:
         now[0] += FRAME_DURATION  # the last datagram's 20 ms
     receiver.stop()  # plays out what is buffered up to now, and no further
+    if receiver.error is not None:
+        raise DecodeError(f"writing the files failed: {receiver.error}", status=1)
     if damaged is not None:
         raise DecodeError(f"capture {str(capture)!r} is damaged after {count} datagrams: {damaged}", status=1)
     stats = receiver.stats().as_dict()

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import discord
 
 from ..client import VoiceRecvClient
-from ..errors import FFmpegNotFound
+from ..errors import FFmpegNotFound, SinkError, VoiceRecvError
 from ..frames import FRAME_BYTES, FRAME_DURATION, VoiceFrame
 from ..opus import ensure_discord_opus
 from ..sinks._naming import directory_problem
@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def make_sink(fmt: str, out: Path) -> AudioSink:
-    """The sink writing ``fmt`` files (one per speaker plus a mix) into ``out``."""
+    """The sink writing ``fmt`` files (one per speaker plus a mix) into ``out``; raises :class:`SinkError` when the
+    ffmpeg in use cannot write the format."""
     if fmt == "wav":
         return WaveSink(out)
     from ..sinks.ffmpeg import FFmpegSink
@@ -78,9 +79,13 @@ def make_sink(fmt: str, out: Path) -> AudioSink:
         from ..sinks.multi import MultiSink
         from ..sinks.ogg import OggOpusSink
 
-        return MultiSink(OggOpusSink(out, reencode=True), FFmpegSink(out, format="opus", per_user=False))
+        encoder = FFmpegSink(out, format="opus", per_user=False)
+        encoder.check_writable()
+        return MultiSink(OggOpusSink(out, reencode=True), encoder)
     if fmt in FORMATS:
-        return FFmpegSink(out, format=fmt)
+        sink = FFmpegSink(out, format=fmt)
+        sink.check_writable()
+        return sink
     raise RecordError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
@@ -106,7 +111,7 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextI
         return 2
     try:
         sink = make_sink(args.format, args.out)
-    except (RecordError, FFmpegNotFound) as exc:
+    except (RecordError, FFmpegNotFound, SinkError) as exc:
         print(f"error: {exc}", file=stderr)
         return 2
     interrupts = _Interrupts(stderr)
@@ -119,7 +124,7 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextI
     except discord.LoginFailure as exc:
         print(f"error: Discord refused the token in {args.token_env}: {_redact(str(exc), token)}", file=stderr)
         return 1
-    except (discord.DiscordException, OSError, TimeoutError) as exc:
+    except (discord.DiscordException, OSError, TimeoutError, VoiceRecvError) as exc:
         print(f"error: {type(exc).__name__}: {_redact(str(exc), token)}", file=stderr)
         return 1
     print(json.dumps(summary, sort_keys=True), file=stdout)

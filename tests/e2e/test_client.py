@@ -4,7 +4,6 @@ starts with, stopping without blocking the bot's event loop."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -311,20 +310,81 @@ async def test_listen_refuses_a_non_sink_and_a_format_ffmpeg_cannot_write(local:
         vc = await _join(client, local)
         with pytest.raises(TypeError, match="AudioSink"):
             vc.listen("out")  # type: ignore[arg-type]
-        unknown = FFmpegSink(tmp_path / "wat", "wat")
-        with pytest.raises(SinkError, match="cannot write this format"):
-            vc.listen(unknown)
-        with contextlib.suppress(SinkError):
-            unknown.cleanup()
-        no_encoder = FFmpegSink(tmp_path / "enc", "mka", extra_args=("-c:a", "no_such_encoder"))
-        with pytest.raises(SinkError, match="no_such_encoder"):
-            vc.listen(no_encoder)
-        with contextlib.suppress(SinkError):
-            no_encoder.cleanup()
-        assert not vc.is_listening()
+        for name, fmt, extra, reason in (
+            ("wat", "wat", (), "cannot write this format"),
+            ("enc", "mka", ("-c:a", "no_such_encoder"), "no_such_encoder"),
+        ):
+            # The first time, listen() does not wait for ffmpeg's answer on the loop: the session ends with the
+            # error before its first slot and leaves no file. Once the answer is known, listen() refuses at once.
+            errors: list[BaseException | None] = []
+            vc.listen(FFmpegSink(tmp_path / name, fmt, extra_args=extra), after=errors.append)
+            await asyncio.wait_for(vc.wait_listening_stopped(), 20)
+            assert len(errors) == 1 and isinstance(errors[0], SinkError) and reason in str(errors[0]), errors
+            assert list((tmp_path / name).iterdir()) == []
+            again = FFmpegSink(tmp_path / f"{name}-again", fmt, extra_args=extra)
+            with pytest.raises(SinkError, match=reason):
+                vc.listen(again)
+            assert not (tmp_path / f"{name}-again").exists()
+            assert not vc.is_listening()
         mp3 = FFmpegSink(tmp_path / "mp3", "mp3")
         vc.listen(mp3)
         assert vc.is_listening()
         vc.stop_listening()
         await vc.wait_listening_stopped()
     assert mp3.mix_path is not None and mp3.mix_path.stat().st_size > 0
+
+
+async def test_a_receiver_that_cannot_start_leaves_no_file(
+    local: LocalDiscord, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine without libopus: listen() raises before the sink opens, so no folder or empty mix.wav appears."""
+    import discord_voicerecv.client as client_module
+    from discord_voicerecv.errors import OpusNotAvailable
+
+    def no_libopus(*args: object, **kwargs: object) -> None:
+        raise OpusNotAvailable("could not load libopus")
+
+    client = new_client()
+    async with running(client, "no-opus-bot"):
+        vc = await _join(client, local)
+        with monkeypatch.context() as patch:
+            patch.setattr(client_module, "Receiver", no_libopus)
+            with pytest.raises(OpusNotAvailable):
+                vc.listen(WaveSink(tmp_path / "out"))
+        assert not (tmp_path / "out").exists()
+        assert not vc.is_listening()
+        vc.listen(WaveSink(tmp_path / "out"))
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
+    assert (tmp_path / "out" / "mix.wav").stat().st_size > 0
+
+
+async def test_listen_off_the_loop_misses_no_speaker_mapped_meanwhile(
+    local: LocalDiscord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """listen() from ``after`` runs on a sink thread while the loop keeps handling op5/op12: an SSRC mapped while
+    listen() reads the known ones reaches the new receiver, and the mapping table may grow meanwhile."""
+    import discord_voicerecv.client as client_module
+
+    mapped: list[tuple[int, int]] = []
+
+    class Spy(client_module.Receiver):  # type: ignore[misc, name-defined]
+        def map_ssrc(self, ssrc: int, user_id: int) -> None:
+            mapped.append((ssrc, user_id))
+            if ssrc == 5001:
+                vc._map(5002, 72)  # op12 handled on the loop just then
+            super().map_ssrc(ssrc, user_id)
+
+        def start(self, *, threaded: bool = True) -> None:
+            vc._map(5003, 73)  # op5 handled on the loop just then
+            super().start(threaded=threaded)
+
+    client = new_client()
+    async with running(client, "mapping-bot"):
+        vc = await _join(client, local)
+        vc._map(5001, 71)
+        monkeypatch.setattr(client_module, "Receiver", Spy)
+        await asyncio.to_thread(vc.listen, _Collect())
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
+    assert {(5001, 71), (5002, 72), (5003, 73)} <= set(mapped)

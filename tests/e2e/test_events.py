@@ -210,3 +210,38 @@ async def test_speaking_log_example_logs_the_call_and_stops_when_everyone_left(
         "recording stopped (alone)",
     ]
     assert (tmp_path / "mix.wav").exists() and (tmp_path / f"Speaker_1-{speaker.user_id}.wav").exists()
+
+
+async def test_a_session_finishing_late_sends_no_speaking_stop_for_the_next_one(local: LocalDiscord) -> None:
+    """stop_listening(), listen() again at once, then the first session's files finish: someone speaking in the
+    new session does not get a speaking_stop from the old one."""
+    from discord_voicerecv.sinks import AudioSink
+
+    class SlowCleanup(AudioSink):
+        def __init__(self) -> None:
+            self.release = threading.Event()
+
+        def write(self, user: Any, frame: Any) -> None:
+            pass
+
+        def cleanup(self) -> None:
+            self.release.wait(20)
+
+    first = SlowCleanup()
+    client = new_client()
+    events = _Events(client)
+    async with running(client, "restart-events-bot"):
+        vc = await _connect(client, local)
+        vc.listen(first)
+        vc.stop_listening()
+        second = SlowCleanup()
+        second.release.set()
+        vc.listen(second)
+        vc._on_receiver_event("speaking_start", {"user_id": 4242})  # the new session's receiver reports Ann
+        first.release.set()
+        await events.wait("voice_listening_stopped")  # dispatched after any speaking_stop of that session
+        assert events.of("voice_member_speaking_stop") == [], "Ann is still speaking in the new session"
+        vc.stop_listening()
+        await vc.wait_listening_stopped()
+        await events.wait("voice_member_speaking_stop")
+    assert [getattr(a[0], "id", None) for a in events.of("voice_member_speaking_stop")] == [4242]

@@ -106,3 +106,36 @@ def test_record_without_ffmpeg_is_refused_before_login(
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_format_the_ffmpeg_cannot_write_is_refused_before_login(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lame_less = tmp_path / "ffmpeg"  # an ffmpeg built without an mp3 encoder
+    lame_less.write_text("#!/bin/sh\necho \"Unknown encoder 'libmp3lame'\" >&2\nexit 1\n")
+    lame_less.chmod(0o755)
+    monkeypatch.setenv(TOKEN_ENV, "a-token")
+    monkeypatch.setenv("FFMPEG_BINARY", str(lame_less))
+    argv = ["record", "--token-env", TOKEN_ENV, "--channel", "1", "--out", str(tmp_path / "o"), "--format", "mp3"]
+    status = main([*argv, "--local-discord", "http://127.0.0.1:9"])  # a login attempt fails at once
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "libmp3lame" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_library_error_while_recording_is_one_line_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import discord_voicerecv.tools.record as record_module
+    from discord_voicerecv.errors import OpusNotAvailable
+
+    def no_libopus() -> None:
+        raise OpusNotAvailable("could not load libopus")
+
+    monkeypatch.setattr(record_module, "ensure_discord_opus", no_libopus)
+    monkeypatch.setenv(TOKEN_ENV, "a-token")
+    status = main(["record", "--token-env", TOKEN_ENV, "--channel", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status == 1 and err == "error: OpusNotAvailable: could not load libopus\n", err
+    assert not (tmp_path / "o").exists()

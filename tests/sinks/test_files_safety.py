@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,7 @@ import pytest
 from discord_voicerecv.errors import SinkError
 from discord_voicerecv.ffmpeg import find_ffmpeg
 from discord_voicerecv.frames import FRAME_BYTES, FRAME_SAMPLES, VoiceFrame
-from discord_voicerecv.sinks import AudioSink, FFmpegSink, MultiSink, OggOpusSink, PerUserSink, WaveSink
+from discord_voicerecv.sinks import AudioSink, FFmpegSink, MixSink, MultiSink, OggOpusSink, PerUserSink, WaveSink
 from discord_voicerecv.sinks._wavfile import HEADER_SIZE
 from discord_voicerecv.sinks.base import SinkUser
 
@@ -178,9 +179,10 @@ def test_ffmpeg_processes_and_threads_are_reaped_on_stop_and_on_failure(tmp_path
     sink.cleanup()
     assert leftovers.none() and all(process.returncode == 0 for process in running), "all reaped"
 
-    failing = FFmpegSink(tmp_path / "bad", "flac", extra_args=("-c:a", "no-such-codec"))
+    failing = FFmpegSink(tmp_path / "bad", "flac")
     host = MultiSink(failing)
     host.open()
+    shutil.rmtree(tmp_path / "bad")  # the folder deleted under the bot: ffmpeg cannot create its file
     play(host, range(20))
     host.cleanup()
     assert [sink for sink, _ in host.failures] == [failing], "ffmpeg's failure is reported, while or after recording"
@@ -303,3 +305,100 @@ asyncio.run(bot())
     for name in ("mix.flac", "7.flac"):
         pcm = _decode(tmp_path / name)
         assert len(pcm) == 100 * FRAME_BYTES, f"{name}: all the audio handed over before the crash"
+
+
+def test_a_wavesink_rolled_back_by_a_refused_open_leaves_no_mix(tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_text("x")
+    wave = WaveSink(tmp_path / "ok")
+    with pytest.raises(SinkError, match="not-a-folder"):
+        MultiSink(wave, WaveSink(tmp_path / "not-a-folder")).open()
+    assert list((tmp_path / "ok").iterdir()) == [], "no empty mix.wav from a recording that never started"
+    assert wave.mix_path is None
+
+
+def test_an_ffmpeg_that_cannot_start_leaves_no_claimed_file(tmp_path: Path, leftovers: Leftovers) -> None:
+    (tmp_path / "bin").mkdir()
+    ffmpeg = tmp_path / "bin" / "ffmpeg"
+    ffmpeg.symlink_to(find_ffmpeg())
+    out = tmp_path / "out"
+
+    sink = FFmpegSink(out, "flac", ffmpeg=ffmpeg)
+    sink.open()
+    play(sink, range(5), 11)
+    ffmpeg.unlink()  # e.g. ffmpeg removed by an upgrade while the bot runs
+    with pytest.raises(SinkError, match="cannot run ffmpeg"):
+        sink.write(None, frame(5, 22))
+    sink.cleanup()
+    assert sorted(p.name for p in out.iterdir()) == ["11.flac", "mix.flac"], "no empty 22.flac"
+    assert all(p.stat().st_size > 0 for p in out.iterdir())
+
+    mix_first = FFmpegSink(tmp_path / "mix", "flac", ffmpeg=find_ffmpeg())
+    mix_first._argv[0] = str(ffmpeg)
+    mix_first.open()
+    with pytest.raises(SinkError, match="cannot run ffmpeg"):
+        mix_first.advance(0)
+    mix_first.cleanup()
+    assert list((tmp_path / "mix").iterdir()) == [], "no empty mix.flac"
+    assert mix_first.mix_path is None
+    assert leftovers.none()
+
+
+def test_the_format_check_starts_at_open_on_a_thread_of_its_own_and_open_does_not_wait_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import discord_voicerecv.sinks.ffmpeg as ffmpeg_module
+
+    gate = threading.Event()
+    ran_on: list[threading.Thread] = []
+
+    def probe(argv: tuple[str, ...], extension: str) -> tuple[str | None, bool]:
+        ran_on.append(threading.current_thread())
+        gate.wait(10)
+        return None, True
+
+    monkeypatch.setattr(ffmpeg_module, "_probes", {})
+    monkeypatch.setattr(ffmpeg_module, "_probe_output", probe)
+    sink = FFmpegSink(tmp_path / "first", "flac")
+    again = FFmpegSink(tmp_path / "again", "flac")
+    assert ran_on == [], "building a sink starts no check"
+    sink.open()  # listen() on the bot's loop: returns while the check is still waiting at the gate
+    assert not gate.is_set()
+    gate.set()
+    sink.check_writable()
+    again.check_writable()
+    assert len(ran_on) == 1 and ran_on[0] is not threading.current_thread(), "one check, on a thread of its own"
+    assert not tmp_path.joinpath("again").exists()
+    sink.cleanup()
+
+
+def test_a_nested_ffmpegsink_whose_format_is_known_to_fail_is_refused_at_open(
+    tmp_path: Path, leftovers: Leftovers
+) -> None:
+    with pytest.raises(SinkError, match="cannot write this format"):
+        FFmpegSink(tmp_path / "probe", "wat").check_writable()  # the answer is known from now on
+    wave = WaveSink(tmp_path / "wav")
+    unknown = FFmpegSink(tmp_path / "wat", "wat")
+    for sink in (MultiSink(wave, unknown), MixSink(FFmpegSink(tmp_path / "mix", "wat", mix=False))):
+        with pytest.raises(SinkError, match="cannot write this format"):
+            sink.open()
+    assert list((tmp_path / "wav").iterdir()) == [], "the WaveSink opened first is rolled back"
+    assert not (tmp_path / "wat").exists() and not (tmp_path / "mix").exists()
+    assert leftovers.none()
+
+
+def test_an_ffmpeg_that_fails_before_writing_leaves_no_empty_file(tmp_path: Path, leftovers: Leftovers) -> None:
+    broken = tmp_path / "ffmpeg"  # checks formats fine, then fails on every real recording
+    broken.write_text(
+        f'#!/bin/sh\ncase "$*" in *voicerecv-probe-*) exec "{find_ffmpeg()}" "$@";; esac\n'
+        "echo 'Segmentation fault' >&2\nexit 139\n"
+    )
+    broken.chmod(0o755)
+    out = tmp_path / "out"
+    sink = FFmpegSink(out, "flac", ffmpeg=broken)
+    host = MultiSink(sink)
+    host.open()
+    play(host, range(20))
+    host.cleanup()
+    assert [s for s, _ in host.failures] == [sink] and "status 139" in str(host.failures[0][1])
+    assert list(out.iterdir()) == [], "no empty mix.flac or 11.flac"
+    assert leftovers.none()

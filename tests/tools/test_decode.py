@@ -213,3 +213,23 @@ def test_the_capture_is_streamed_not_loaded(tmp_path: Path, monkeypatch: pytest.
     summary = decode_capture(capture, mode=MODE, key=KEY, names={}, out=tmp_path / "out")
     assert fed[0] == summary["datagrams"] > 300
     assert most_held[0] == 0
+
+
+def test_cli_a_write_failure_while_decoding_exits_non_zero(
+    capture: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from discord_voicerecv.errors import SinkError
+    from discord_voicerecv.sinks._wavfile import WavWriter
+
+    write = WavWriter.write
+
+    def disk_fills_up(self: WavWriter, data: bytes | memoryview) -> None:
+        if self.data_bytes > 100 * 3840:
+            raise SinkError(str(self.path), "No space left on device")
+        write(self, data)
+
+    monkeypatch.setattr(WavWriter, "write", disk_fills_up)
+    rc = main(["decode", str(capture), "--mode", MODE, "--key", KEY.hex(), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1, "a recording cut short by the disk is not a success"
+    assert err.startswith("error: ") and err.count("\n") == 1 and "No space left on device" in err, err
