@@ -70,8 +70,9 @@ class RtpHeader(NamedTuple):
 
 def is_rtcp(data: bytes) -> bool:
     """Tell RTCP from RTP by byte 1 (RFC 5761 section 4: 192-223 holds SR, RR, SDES, BYE, APP, the feedback
-    types RTPFB/PSFB and XR; RTP must not use payload types whose marker-bit form falls there)."""
-    return len(data) >= 2 and 192 <= data[1] <= 223
+    types RTPFB/PSFB and XR; RTP must not use payload types whose marker-bit form falls there). Both are version 2:
+    anything else is neither, and is left to the RTP parser to refuse."""
+    return len(data) >= 2 and data[0] >> 6 == 2 and 192 <= data[1] <= 223
 
 
 def parse_rtp_header(data: bytes) -> RtpHeader:

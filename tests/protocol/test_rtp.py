@@ -274,3 +274,11 @@ def test_is_rtcp_looks_at_the_packet_type(second: int, expected: bool) -> None:
 
 def test_is_rtcp_needs_two_bytes() -> None:
     assert not is_rtcp(b"\x80")
+
+
+@pytest.mark.parametrize("version", [0, 1, 3])
+def test_a_datagram_of_another_version_is_not_rtcp_and_the_rtp_parser_refuses_it(version: int) -> None:
+    data = bytes((version << 6, 200)) + bytes(30)
+    assert not is_rtcp(data)
+    with pytest.raises(MalformedPacket, match="version"):
+        parse_rtp_header(data)
