@@ -13,6 +13,7 @@ from typing import Any
 from .. import opus
 from ..errors import OpusError
 from ..frames import FRAME_BYTES, FRAME_DURATION, FRAME_SAMPLES, VoiceFrame
+from ..protocol.opus_toc import packet_samples
 from .jitter import DEFAULT_CAPACITY, Drop, JitterBuffer, JitterPacket
 from .stats import ReceiveStats
 from .timeline import Timeline
@@ -174,11 +175,8 @@ class StreamPlayout:
         packet.spurt = placement.spurt
         if placement.started:
             self.bye = False
-        try:
-            samples = opus.packet_samples(frame)
-        except OpusError:
-            samples = FRAME_SAMPLES
-        packet.samples = samples if samples > 0 else FRAME_SAMPLES
+        samples = packet_samples(frame)
+        packet.samples = samples if samples else FRAME_SAMPLES
         self.tally.rtp += 1
 
     def plan(self, tick: int, events: list[Event]) -> Plan | None:
