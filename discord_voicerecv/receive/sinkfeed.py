@@ -68,15 +68,17 @@ class SlotQueue:
 
     def get(self, timeout: float | None = None) -> tuple[int, int, list[VoiceFrame]] | None:
         """Next item, waiting while empty; None once closed and drained (or on timeout)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None
         while True:
             with self._mutex:
                 if self._items:
                     first, last, frames = self._items.popleft()
                     self._framed -= bool(frames)
                     return first, last, frames
-                if self._closed:
+                if self._closed or timeout == 0:
                     return None
+                if timeout is not None and deadline is None:
+                    deadline = time.monotonic() + timeout
                 wait = -1.0 if deadline is None else deadline - time.monotonic()
                 if deadline is not None and wait <= 0:
                     return None
