@@ -218,6 +218,8 @@ class Receiver:
                     user_id = self._ssrc_users.get(opened.ssrc)
                     if user_id is None:
                         self._unmapped.add(opened)
+                    elif self._e2ee is None:
+                        self._file(user_id, opened, opened.payload, replayed=False)
                     else:
                         self._route(user_id, opened)
                 else:
