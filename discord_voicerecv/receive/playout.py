@@ -230,8 +230,9 @@ class StreamPlayout:
             events.append(self._event("speaking_start", tick))
             self.active = True
             self.spurt = first.spurt
-        if first.spurt == self.timeline.spurt:
-            self.timeline.freeze()
+        timeline = self.timeline
+        if first.spurt == timeline.spurt:
+            timeline.freeze()
         last_seq = self._last_seq
         lost_before = same_spurt and last_seq is not None and first.sequence - last_seq > 1
         lost_after = head is not None and head.spurt == first.spurt and head.sequence - last.sequence > 1
