@@ -171,8 +171,14 @@ class SinkFeed:
             return True
         sink = self._sink
         try:
-            for frame in frames:
-                sink.write(self._resolve(frame.user_id, first), frame)
+            if frames:
+                users = self._users_at(first)
+                for frame in frames:
+                    user_id = frame.user_id
+                    user = None if user_id is None else users.get(user_id)
+                    if user is None and user_id is not None:
+                        user = users[user_id] = self._lookup_user(user_id)
+                    sink.write(user, frame)
             for tick in range(first, last + 1):
                 sink.advance(tick)
         except Exception as exc:
@@ -206,16 +212,12 @@ class SinkFeed:
             except Exception:
                 _log.exception("after callback raised")
 
-    def _resolve(self, user_id: int | None, tick: int) -> SinkUser:
-        if user_id is None:
-            return None
+    def _users_at(self, tick: int) -> dict[int, SinkUser]:
+        """The resolved users, cleared when the cache is older than ``_USER_CACHE_SLOTS`` at slot ``tick``."""
         if tick - self._user_cache_tick >= _USER_CACHE_SLOTS:
             self._user_cache.clear()
             self._user_cache_tick = tick
-        user = self._user_cache.get(user_id)
-        if user is None:
-            user = self._user_cache[user_id] = self._lookup_user(user_id)
-        return user
+        return self._user_cache
 
     def _lookup_user(self, user_id: int) -> SinkUser:
         if self._resolver is not None:
