@@ -432,9 +432,9 @@ class Receiver:
         plans: list[tuple[StreamPlayout, Plan]] = []
         with self._lock:
             tick = self._next_slot
-            now = max(self._clock(), self._deadline(tick))
             try:
                 if self._e2ee is not None and len(self._e2ee):
+                    now = max(self._clock(), self._deadline(tick))
                     for user_id, packet, frame in self._e2ee.release(now, self._ssrc_users.get):
                         self._file(user_id, packet, frame, replayed=True)
                 self._next_slot = tick + 1
@@ -445,7 +445,7 @@ class Receiver:
                 if self._departing:
                     self._drop_departed()
                 if tick % _HOUSEKEEPING_SLOTS == 0:
-                    self._housekeeping(now, tick, tick)
+                    self._housekeeping(max(self._clock(), self._deadline(tick)), tick, tick)
             except Exception:
                 self._next_slot = tick + 1
                 _log.exception("unexpected error planning slot %d", tick)
