@@ -298,25 +298,44 @@ class StreamPlayout:
 
     def _decode_slot(self, decoder: opus.OpusDecoder, plan: Plan) -> tuple[bytes, bool]:
         """Decode the slot's packets in order; samples missing between them are concealed when lost, else silent."""
+        packets = plan.packets
+        if len(packets) == 1 and not packets[0].offset and packets[0].samples == FRAME_SAMPLES:
+            # The usual slot: one 20 ms packet that fills it.
+            pcm, concealed = self._decode_packet(decoder, packets[0])
+            if len(pcm) == FRAME_BYTES:
+                self._carry = b""
+                return pcm, concealed
+            return self._finish_slot(decoder, plan, [pcm], len(pcm) // _BYTES_PER_SAMPLE, concealed)
         parts: list[bytes] = []
         cursor = 0
         previous: int | None = None
         concealed = False
-        for packet in plan.packets:
+        for packet in packets:
             if packet.offset > cursor:
                 lost = plan.lost_before if previous is None else packet.sequence - previous > 1
                 parts.append(self._fill(decoder, packet.offset - cursor, lost))
                 concealed |= lost
-            try:
-                pcm = decoder.decode(packet.payload)
-                self.tally.decoded += 1
-            except OpusError:
-                self._count("opus_error")
-                pcm = decoder.decode(None, frame_samples=_plc_size(packet.samples))
-                concealed = True
+            pcm, failed = self._decode_packet(decoder, packet)
+            concealed |= failed
             parts.append(pcm)
             cursor = max(cursor, packet.offset) + len(pcm) // _BYTES_PER_SAMPLE
             previous = packet.sequence
+        return self._finish_slot(decoder, plan, parts, cursor, concealed)
+
+    def _decode_packet(self, decoder: opus.OpusDecoder, packet: JitterPacket) -> tuple[bytes, bool]:
+        """The packet's PCM, or PLC of its length (and True) when libopus rejects it (counted)."""
+        try:
+            pcm = decoder.decode(packet.payload)
+        except OpusError:
+            self._count("opus_error")
+            return decoder.decode(None, frame_samples=_plc_size(packet.samples)), True
+        self.tally.decoded += 1
+        return pcm, False
+
+    def _finish_slot(
+        self, decoder: opus.OpusDecoder, plan: Plan, parts: list[bytes], cursor: int, concealed: bool
+    ) -> tuple[bytes, bool]:
+        """Fill the slot after ``cursor`` samples, keep what runs past it for the next slots (carry)."""
         if cursor < FRAME_SAMPLES:
             parts.append(self._fill(decoder, FRAME_SAMPLES - cursor, plan.lost_after))
             concealed |= plan.lost_after
