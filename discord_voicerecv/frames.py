@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 __all__ = (
     "CHANNELS",
@@ -31,7 +31,7 @@ OPUS_SILENCE = b"\xf8\xff\xfe"
 """The Opus frame Discord sends for silence; it is never DAVE-encrypted."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class VoiceFrame:
     """One speaker's audio for one 20 ms slot of the listening timeline.
 
@@ -55,6 +55,39 @@ class VoiceFrame:
     """True when ``pcm`` came, at least in part, from FEC or packet-loss concealment."""
     opus_packets: tuple[bytes, ...] = ()
 
-    def __post_init__(self) -> None:
-        if self.opus is not None and not self.opus_packets:
-            object.__setattr__(self, "opus_packets", (self.opus,))
+    def __init__(
+        self,
+        ssrc: int,
+        user_id: int | None,
+        tick: int,
+        pcm: bytes,
+        opus: bytes | None,
+        sequence: int,
+        rtp_timestamp: int,
+        concealed: bool = False,
+        opus_packets: tuple[bytes, ...] = (),
+    ) -> None:
+        # The fields' slot setters directly: a frozen dataclass's own __init__ goes through object.__setattr__ per
+        # field, which doubled the cost of making the frame every speaker gets every 20 ms.
+        _set_ssrc(self, ssrc)
+        _set_user_id(self, user_id)
+        _set_tick(self, tick)
+        _set_pcm(self, pcm)
+        _set_opus(self, opus)
+        _set_sequence(self, sequence)
+        _set_rtp_timestamp(self, rtp_timestamp)
+        _set_concealed(self, concealed)
+        _set_opus_packets(self, (opus,) if opus is not None and not opus_packets else opus_packets)
+
+
+(
+    _set_ssrc,
+    _set_user_id,
+    _set_tick,
+    _set_pcm,
+    _set_opus,
+    _set_sequence,
+    _set_rtp_timestamp,
+    _set_concealed,
+    _set_opus_packets,
+) = (VoiceFrame.__dict__[field.name].__set__ for field in fields(VoiceFrame))

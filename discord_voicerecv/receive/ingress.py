@@ -67,7 +67,9 @@ class Ingress:
         """The RTP packet or the RTCP packets in ``data``; None when it was dropped (counted)."""
         stats = self._stats
         size = len(data)
-        stats.add_packet(size)
+        received = stats.received
+        received.packets += 1
+        received.bytes += size
         if size == _IP_DISCOVERY_SIZE and _is_ip_discovery(data):
             stats.incr("ip_discovery")
             return None

@@ -164,7 +164,7 @@ class JitterBuffer:
         if highest is None or ext > highest:
             self.highest = ext
         if len(keys) > self.capacity:
-            oldest = self._take_head()
+            oldest = self.pop()
             self.overflow += 1
             if oldest is packet:
                 return Drop.OVERFLOW
@@ -182,26 +182,23 @@ class JitterBuffer:
             return True
         return False
 
-    def _mark_played(self, ext: int) -> None:
+    def pop(self) -> JitterPacket | None:
+        """Remove and return the oldest buffered packet; older packets arriving later are refused as late."""
+        keys = self._keys
+        if not keys:
+            return None
+        ext = keys.pop(0)
         last = self._last_played
         if last is None or ext - last >= _HISTORY_BITS:
             self._history = 1
         else:
             self._history = ((self._history << (ext - last)) | 1) & _HISTORY_MASK
         self._last_played = ext
-
-    def _take_head(self) -> JitterPacket:
-        ext = self._keys.pop(0)
-        self._mark_played(ext)
         return self._packets.pop(ext)
 
     def peek(self) -> JitterPacket | None:
         """The oldest buffered packet, left in place."""
         return self._packets[self._keys[0]] if self._keys else None
-
-    def pop(self) -> JitterPacket | None:
-        """Remove and return the oldest buffered packet; older packets arriving later are refused as late."""
-        return self._take_head() if self._keys else None
 
     def remove(self, packet: JitterPacket) -> bool:
         """Take ``packet`` out without marking it played (the receiver refused it after insertion)."""

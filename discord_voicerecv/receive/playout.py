@@ -13,6 +13,7 @@ from typing import Any
 from .. import opus
 from ..errors import OpusError
 from ..frames import FRAME_BYTES, FRAME_DURATION, FRAME_SAMPLES, VoiceFrame
+from ..protocol.opus_toc import packet_samples
 from .jitter import DEFAULT_CAPACITY, Drop, JitterBuffer, JitterPacket
 from .stats import ReceiveStats
 from .timeline import Timeline
@@ -174,11 +175,8 @@ class StreamPlayout:
         packet.spurt = placement.spurt
         if placement.started:
             self.bye = False
-        try:
-            samples = opus.packet_samples(frame)
-        except OpusError:
-            samples = FRAME_SAMPLES
-        packet.samples = samples if samples > 0 else FRAME_SAMPLES
+        samples = packet_samples(frame)
+        packet.samples = samples if samples else FRAME_SAMPLES
         self.tally.rtp += 1
 
     def plan(self, tick: int, events: list[Event]) -> Plan | None:
@@ -232,8 +230,9 @@ class StreamPlayout:
             events.append(self._event("speaking_start", tick))
             self.active = True
             self.spurt = first.spurt
-        if first.spurt == self.timeline.spurt:
-            self.timeline.freeze()
+        timeline = self.timeline
+        if first.spurt == timeline.spurt:
+            timeline.freeze()
         last_seq = self._last_seq
         lost_before = same_spurt and last_seq is not None and first.sequence - last_seq > 1
         lost_after = head is not None and head.spurt == first.spurt and head.sequence - last.sequence > 1
@@ -299,25 +298,44 @@ class StreamPlayout:
 
     def _decode_slot(self, decoder: opus.OpusDecoder, plan: Plan) -> tuple[bytes, bool]:
         """Decode the slot's packets in order; samples missing between them are concealed when lost, else silent."""
+        packets = plan.packets
+        if len(packets) == 1 and not packets[0].offset and packets[0].samples == FRAME_SAMPLES:
+            # The usual slot: one 20 ms packet that fills it.
+            pcm, concealed = self._decode_packet(decoder, packets[0])
+            if len(pcm) == FRAME_BYTES:
+                self._carry = b""
+                return pcm, concealed
+            return self._finish_slot(decoder, plan, [pcm], len(pcm) // _BYTES_PER_SAMPLE, concealed)
         parts: list[bytes] = []
         cursor = 0
         previous: int | None = None
         concealed = False
-        for packet in plan.packets:
+        for packet in packets:
             if packet.offset > cursor:
                 lost = plan.lost_before if previous is None else packet.sequence - previous > 1
                 parts.append(self._fill(decoder, packet.offset - cursor, lost))
                 concealed |= lost
-            try:
-                pcm = decoder.decode(packet.payload)
-                self.tally.decoded += 1
-            except OpusError:
-                self._count("opus_error")
-                pcm = decoder.decode(None, frame_samples=_plc_size(packet.samples))
-                concealed = True
+            pcm, failed = self._decode_packet(decoder, packet)
+            concealed |= failed
             parts.append(pcm)
             cursor = max(cursor, packet.offset) + len(pcm) // _BYTES_PER_SAMPLE
             previous = packet.sequence
+        return self._finish_slot(decoder, plan, parts, cursor, concealed)
+
+    def _decode_packet(self, decoder: opus.OpusDecoder, packet: JitterPacket) -> tuple[bytes, bool]:
+        """The packet's PCM, or PLC of its length (and True) when libopus rejects it (counted)."""
+        try:
+            pcm = decoder.decode(packet.payload)
+        except OpusError:
+            self._count("opus_error")
+            return decoder.decode(None, frame_samples=_plc_size(packet.samples)), True
+        self.tally.decoded += 1
+        return pcm, False
+
+    def _finish_slot(
+        self, decoder: opus.OpusDecoder, plan: Plan, parts: list[bytes], cursor: int, concealed: bool
+    ) -> tuple[bytes, bool]:
+        """Fill the slot after ``cursor`` samples, keep what runs past it for the next slots (carry)."""
         if cursor < FRAME_SAMPLES:
             parts.append(self._fill(decoder, FRAME_SAMPLES - cursor, plan.lost_after))
             concealed |= plan.lost_after

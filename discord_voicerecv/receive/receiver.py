@@ -107,6 +107,8 @@ class Receiver:
         self._e2ee = E2EEHold(decryptor, self._stats) if decryptor is not None else None
         self._ssrc_users: dict[int, int] = {}
         self._streams: dict[int, StreamPlayout] = {}
+        self._departing = False
+        """Some stream is marked leaving: each slot then checks for streams to drop."""
         self._out = SinkFeed(sink, SlotQueue(sink_queue_slots), self._stats, resolver=user_resolver, after=after)
         self._t0 = 0.0
         self._next_slot = 0
@@ -158,6 +160,7 @@ class Receiver:
                 stream = self._streams.get(ssrc)
                 if stream is not None:
                     stream.leaving = True
+                    self._departing = True
             if self._e2ee is not None:
                 forgotten = self._e2ee.forget(user_id)
                 if forgotten:
@@ -216,6 +219,8 @@ class Receiver:
                     user_id = self._ssrc_users.get(opened.ssrc)
                     if user_id is None:
                         self._unmapped.add(opened)
+                    elif self._e2ee is None:
+                        self._file(user_id, opened, opened.payload, replayed=False)
                     else:
                         self._route(user_id, opened)
                 else:
@@ -428,9 +433,9 @@ class Receiver:
         plans: list[tuple[StreamPlayout, Plan]] = []
         with self._lock:
             tick = self._next_slot
-            now = max(self._clock(), self._deadline(tick))
             try:
                 if self._e2ee is not None and len(self._e2ee):
+                    now = max(self._clock(), self._deadline(tick))
                     for user_id, packet, frame in self._e2ee.release(now, self._ssrc_users.get):
                         self._file(user_id, packet, frame, replayed=True)
                 self._next_slot = tick + 1
@@ -438,9 +443,10 @@ class Receiver:
                     plan = stream.plan(tick, events)
                     if plan is not None:
                         plans.append((stream, plan))
-                self._drop_departed()
+                if self._departing:
+                    self._drop_departed()
                 if tick % _HOUSEKEEPING_SLOTS == 0:
-                    self._housekeeping(now, tick, tick)
+                    self._housekeeping(max(self._clock(), self._deadline(tick)), tick, tick)
             except Exception:
                 self._next_slot = tick + 1
                 _log.exception("unexpected error planning slot %d", tick)
@@ -461,15 +467,21 @@ class Receiver:
 
     def _drop_departed(self) -> None:
         """Drop the streams of users who left once their audio played out, and their per-SSRC counters. Locked."""
+        departing = False
         for ssrc, stream in list(self._streams.items()):
-            if stream.leaving and stream.drained:
-                del self._streams[ssrc]
-                self._stats.forget_ssrc(ssrc)
-                user_id = stream.user_id
-                if not any(other.user_id == user_id for other in self._streams.values()):
-                    if user_id not in self._ssrc_users.values():
-                        self._stats.forget_user(user_id)
-                    self._out.forget_user(user_id)
+            if not stream.leaving:
+                continue
+            if not stream.drained:
+                departing = True
+                continue
+            del self._streams[ssrc]
+            self._stats.forget_ssrc(ssrc)
+            user_id = stream.user_id
+            if not any(other.user_id == user_id for other in self._streams.values()):
+                if user_id not in self._ssrc_users.values():
+                    self._stats.forget_user(user_id)
+                self._out.forget_user(user_id)
+        self._departing = departing
 
     def _housekeeping(self, now: float, first: int, last: int) -> None:
         """Expire held packets and forget streams idle for a long time, so memory stays bounded. Locked."""

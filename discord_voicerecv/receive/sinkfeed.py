@@ -68,15 +68,17 @@ class SlotQueue:
 
     def get(self, timeout: float | None = None) -> tuple[int, int, list[VoiceFrame]] | None:
         """Next item, waiting while empty; None once closed and drained (or on timeout)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None
         while True:
             with self._mutex:
                 if self._items:
                     first, last, frames = self._items.popleft()
                     self._framed -= bool(frames)
                     return first, last, frames
-                if self._closed:
+                if self._closed or timeout == 0:
                     return None
+                if timeout is not None and deadline is None:
+                    deadline = time.monotonic() + timeout
                 wait = -1.0 if deadline is None else deadline - time.monotonic()
                 if deadline is not None and wait <= 0:
                     return None
@@ -169,8 +171,14 @@ class SinkFeed:
             return True
         sink = self._sink
         try:
-            for frame in frames:
-                sink.write(self._resolve(frame.user_id, first), frame)
+            if frames:
+                users = self._users_at(first)
+                for frame in frames:
+                    user_id = frame.user_id
+                    user = None if user_id is None else users.get(user_id)
+                    if user is None and user_id is not None:
+                        user = users[user_id] = self._lookup_user(user_id)
+                    sink.write(user, frame)
             for tick in range(first, last + 1):
                 sink.advance(tick)
         except Exception as exc:
@@ -204,16 +212,12 @@ class SinkFeed:
             except Exception:
                 _log.exception("after callback raised")
 
-    def _resolve(self, user_id: int | None, tick: int) -> SinkUser:
-        if user_id is None:
-            return None
+    def _users_at(self, tick: int) -> dict[int, SinkUser]:
+        """The resolved users, cleared when the cache is older than ``_USER_CACHE_SLOTS`` at slot ``tick``."""
         if tick - self._user_cache_tick >= _USER_CACHE_SLOTS:
             self._user_cache.clear()
             self._user_cache_tick = tick
-        user = self._user_cache.get(user_id)
-        if user is None:
-            user = self._user_cache[user_id] = self._lookup_user(user_id)
-        return user
+        return self._user_cache
 
     def _lookup_user(self, user_id: int) -> SinkUser:
         """The resolver's answer; without one (or when it raised) None, and sinks know the speaker by

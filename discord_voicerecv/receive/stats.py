@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ("REASONS", "ReceiveStats", "StatsSnapshot", "StreamTally")
+__all__ = ("REASONS", "PacketTally", "ReceiveStats", "StatsSnapshot", "StreamTally")
 
 REASONS = (
     "packets",
@@ -106,6 +106,7 @@ class StatsSnapshot(Mapping[str, int]):
 
 
 _TALLIED = ("rtp", "decoded", "frames")
+_RECEIVED = ("packets", "bytes")
 
 
 class StreamTally:
@@ -126,14 +127,26 @@ class StreamTally:
         self.frames = 0
 
 
+class PacketTally:
+    """Datagrams and bytes opened by ingress, as plain attributes bumped without a lock (like :class:`StreamTally`:
+    one thread at a time opens datagrams); :meth:`ReceiveStats.snapshot` adds them in."""
+
+    __slots__ = ("bytes", "packets")
+
+    def __init__(self) -> None:
+        self.packets = 0
+        self.bytes = 0
+
+
 class ReceiveStats:
     """Counters updated by the receiver's threads and copied by :meth:`snapshot` from any thread.
 
     Increments take a lock: two threads (socket and playout) count into the same object, and ``+=`` on a dict
-    item is not atomic across threads. The per-packet counters go through :meth:`tally` instead.
+    item is not atomic across threads. The per-packet counters go through :meth:`tally` and :attr:`received`
+    instead.
     """
 
-    __slots__ = ("_by_ssrc", "_by_user", "_lock", "_tallies", "_totals")
+    __slots__ = ("_by_ssrc", "_by_user", "_lock", "_tallies", "_totals", "received")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -141,6 +154,8 @@ class ReceiveStats:
         self._by_ssrc: dict[int, dict[str, int]] = {}
         self._by_user: dict[int, dict[str, int]] = {}
         self._tallies: dict[tuple[int, int], StreamTally] = {}
+        self.received = PacketTally()
+        """Datagrams counted by the thread that opens them; the other threads use :meth:`add_packet`."""
 
     def tally(self, ssrc: int, user_id: int) -> StreamTally:
         """The lock-free hot counters of ``ssrc`` while it belongs to ``user_id`` (the same object every call)."""
@@ -192,7 +207,9 @@ class ReceiveStats:
     def __getitem__(self, key: str) -> int:
         with self._lock:
             total = self._totals.get(key, 0)
-            if key in _TALLIED:
+            if key in _RECEIVED:
+                total += getattr(self.received, key)
+            elif key in _TALLIED:
                 total += sum(getattr(tally, key) for tally in self._tallies.values())
             return total
 
@@ -204,6 +221,8 @@ class ReceiveStats:
             by_user = {k: dict(v) for k, v in self._by_user.items()}
             for tally in self._tallies.values():
                 _add_tally(tally, totals, by_ssrc, by_user)
+            totals["packets"] += self.received.packets
+            totals["bytes"] += self.received.bytes
             return StatsSnapshot(totals, by_ssrc, by_user)
 
     def as_dict(self) -> dict[str, Any]:

@@ -62,10 +62,10 @@ class Timeline:
         "_frozen",
         "_last_arrival",
         "_max_early_slots",
-        "_spurt",
         "last_slot",
         "max_silence",
         "shifts",
+        "spurt",
         "t0",
     )
 
@@ -76,7 +76,8 @@ class Timeline:
         self._anchor_slot: int | None = None
         self._anchor_ts = 0
         self._last_arrival = -math.inf
-        self._spurt = 0
+        self.spurt = 0
+        """Id of the current talk spurt (increments with each new spurt, starting at 1)."""
         self._floor = -(1 << 62)
         self._first_slot = 0
         self._frozen = False
@@ -84,11 +85,6 @@ class Timeline:
         """Latest slot given to any frame of this stream."""
         self.shifts = 0
         """Times a late newest frame pushed the rest of its spurt later (the network delay grew mid-spurt)."""
-
-    @property
-    def spurt(self) -> int:
-        """Id of the current talk spurt (increments with each new spurt, starting at 1)."""
-        return self._spurt
 
     def reset(self) -> None:
         """End the current spurt: the next packet is anchored anew (RTCP BYE, sender restart)."""
@@ -143,7 +139,7 @@ class Timeline:
             self.last_slot = slot
         if slot < self._first_slot:
             self._first_slot = slot
-        return Placement(slot, self._spurt, False, moved, delta % FRAME_SAMPLES)
+        return Placement(slot, self.spurt, False, moved, delta % FRAME_SAMPLES)
 
     def _anchor(self, timestamp: int, slot: int, first_free: int) -> Placement | None:
         """Start a new spurt at ``slot`` (never over the previous spurt); None when that slot was played."""
@@ -153,13 +149,13 @@ class Timeline:
             slot = max(slot, last + 1)
         self._anchor_slot = slot
         self._anchor_ts = timestamp
-        self._spurt += 1
+        self.spurt += 1
         self._first_slot = slot
         self._frozen = False
         self.last_slot = slot
         if slot < first_free:
             return None
-        return Placement(slot, self._spurt, True)
+        return Placement(slot, self.spurt, True)
 
     def _shift(self, timestamp: int, first_free: int) -> Placement:
         """Re-anchor the running spurt so this (newest, late) frame plays in the first free slot."""
@@ -170,4 +166,4 @@ class Timeline:
         self._anchor_ts = timestamp
         if self.last_slot is None or slot > self.last_slot:
             self.last_slot = slot
-        return Placement(slot, self._spurt, False)
+        return Placement(slot, self.spurt, False)
