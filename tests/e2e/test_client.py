@@ -304,7 +304,12 @@ async def test_coroutine_after_is_awaited_on_the_bots_loop(local: LocalDiscord) 
     assert seen == [(None, True)]
 
 
-async def test_listen_refuses_a_non_sink_and_a_format_ffmpeg_cannot_write(local: LocalDiscord, tmp_path: Path) -> None:
+async def test_listen_refuses_a_non_sink_and_a_format_ffmpeg_cannot_write(
+    local: LocalDiscord, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import discord_voicerecv.sinks.ffmpeg as ffmpeg_module
+
+    monkeypatch.setattr(ffmpeg_module, "_probes", {})  # no answer known yet in this process
     client = new_client()
     async with running(client, "refuse-bot"):
         vc = await _join(client, local)
