@@ -119,8 +119,8 @@ async def test_a_consumer_that_stops_loses_counted_frames_and_stalls_nothing(
         assert alice_member is not None
         wave = WaveSink(tmp_path)
         seen: list[Key] = []
-        vc.listen(MultiSink(wave, CallbackSink(lambda u, f: seen.append((f.user_id, f.tick, f.opus)))))
         started = time.monotonic()
+        vc.listen(MultiSink(wave, CallbackSink(lambda u, f: seen.append((f.user_id, f.tick, f.opus)))))
         stuck = vc.listen_stream(max_queue_seconds=0.5)
         only_alice = vc.listen_stream(users=[alice_member], opus=True)
         got: list[StreamFrame] = []
@@ -147,7 +147,9 @@ async def test_a_consumer_that_stops_loses_counted_frames_and_stalls_nothing(
     for path in [*wave.files.values(), wave.mix_path]:
         _, _, samples = read_wav(path)
         assert len(samples) == wave.slots * 960, "the file sink got every slot"
-        assert len(samples) / 48_000 <= listened + 0.02, "the timeline never runs ahead of the clock"
+        # Slot 0 starts half a slot before listen() (frames land in the nearest slot) and stopping completes the
+        # slot under way: at most 30 ms beyond the span measured around listen() and the stop.
+        assert len(samples) / 48_000 <= listened + 0.03, "the timeline never runs ahead of the clock"
 
 
 async def test_a_stream_alone_starts_listening_and_closing_it_stops(local: LocalDiscord) -> None:

@@ -118,10 +118,10 @@ async def test_a_fresh_voice_session_mid_recording_keeps_the_files_and_resumes_a
     )
     assert around.lost * 0.02 <= outage + CHANGE_BUDGET, (around, outage)
     assert resumed.checked > 20 and resumed.lost == 0, resumed
-    # A frame alice sent while our fresh DAVE session was joining can belong to an epoch we were never in: such a
-    # frame is dropped as an auth failure, and it is one of the frames lost around the reconnect (bounded above);
-    # after the change budget nothing fails.
-    assert dave[alice.user_id].get("failed:auth", 0) <= around.lost
+    # A frame alice sent while our fresh DAVE session was joining can belong to an epoch we were never in and is
+    # dropped as an auth failure (FEC of the next packet may still fill its slot): only frames of that window can,
+    # and after the change budget nothing is lost (above).
+    assert dave[alice.user_id].get("failed:auth", 0) <= (outage + CHANGE_BUDGET) / 0.02
 
     rate, _, played = read_wav(heard.files[recorder_id])
     score, _ = normalized_xcorr(played, clip)
