@@ -1,8 +1,8 @@
 # Two commands do all set-up on a fresh machine with Python and pip: `make demo` and `make test`.
 PYTHON ?= python3
-# The end-to-end tests mostly wait on real-time audio, so three workers (one test file each at a time) finish the
+# The end-to-end tests mostly wait on real-time audio, so two workers (one test file each at a time) finish the
 # suite in about half the time on two cores; `make test XDIST=` runs it in one process.
-XDIST ?= -n 3 --dist loadfile
+XDIST ?= -n 2 --dist loadfile
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
