@@ -27,6 +27,9 @@ __all__ = ("VoiceRecvClient",)
 
 _log = logging.getLogger(__name__)
 
+_in_after = threading.local()
+"""``session`` is set while that session's ``after`` runs on this thread (a listen() there starts a follow-up)."""
+
 
 ALONE_CHECK_INTERVAL = 0.25
 """Seconds between checks of ``listen(stop_when_alone=True)``."""
@@ -52,7 +55,7 @@ class _Session:
     """One ``listen()``: its receiver and sinks; ``done`` resolves once the sinks are cleaned up (files final) and
     a plain ``after`` has returned."""
 
-    __slots__ = ("after", "done", "hub", "receiver", "stopping", "tasks")
+    __slots__ = ("after", "done", "follow_up", "hub", "receiver", "stopping", "tasks")
 
     def __init__(self, receiver: Receiver, hub: SinkHub, after: After | None) -> None:
         self.receiver = receiver
@@ -61,6 +64,8 @@ class _Session:
         self.done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.stopping = False
         """Stopped by the client or ended by itself: no longer listening, maybe still finishing its files."""
+        self.follow_up = getattr(_in_after, "session", None) is not None
+        """Started by another session's ``after``: not what a caller stopping that one waits for."""
         self.tasks: list[asyncio.Task[None]] = []
         """Its keepalive and alone-watch tasks (on the bot's loop)."""
 
@@ -303,10 +308,13 @@ class VoiceRecvClient(discord.VoiceClient):
         """Wait until the listening sessions started so far have ended and their files are final (sinks cleaned
         up, a plain ``after`` returned). Returns at once when nothing is listening or finishing.
 
-        ``vc.stop_listening(); await vc.wait_listening_stopped()`` then the files can be uploaded. Do not await it
-        from a coroutine ``after`` (that runs before its session counts as finished).
+        ``vc.stop_listening(); await vc.wait_listening_stopped()`` then the files can be uploaded. A session that
+        an ``after`` started (listening again) is waited for only once it is stopped too. Do not await it from a
+        coroutine ``after`` (that runs before its session counts as finished).
         """
         for session in list(self._unfinished):
+            if session.follow_up and not session.stopping:
+                continue  # started by an ``after`` while its predecessor finished: still listening, not waited for
             await asyncio.shield(asyncio.wrap_future(session.done))
 
     def listen_stream(
@@ -498,7 +506,11 @@ class VoiceRecvClient(discord.VoiceClient):
         session.stopping = True
         try:
             self._on_loop(self._release_session, session)
-            self._run_after(session.after, error)
+            _in_after.session = session
+            try:
+                self._run_after(session.after, error)
+            finally:
+                _in_after.session = None
         finally:
             still: set[int] = set()
             with self._receiver_lock, self._speaking_lock:

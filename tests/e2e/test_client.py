@@ -286,6 +286,31 @@ async def test_after_can_stop_and_listen_again(local: LocalDiscord) -> None:
     assert second_done == [None]
 
 
+async def test_waiting_for_a_stopped_session_does_not_wait_for_the_one_its_after_started(
+    local: LocalDiscord,
+) -> None:
+    """The follow-up session may already be listening when the caller starts waiting (its predecessor finished
+    first): the wait covers what was stopped, not the new session that keeps listening."""
+    follow_up_started = threading.Event()
+
+    def after(error: BaseException | None) -> None:
+        vc.listen(_Collect())
+        follow_up_started.set()
+
+    client = new_client()
+    async with running(client, "after-wait-bot"):
+        vc = await _join(client, local)
+        vc.listen(_Collect(), after=after)
+        await asyncio.sleep(0.1)
+        vc.stop_listening()
+        assert await asyncio.to_thread(follow_up_started.wait, 10)
+        await asyncio.wait_for(vc.wait_listening_stopped(), 10)
+        assert vc.is_listening()
+        vc.stop_listening()
+        await asyncio.wait_for(vc.wait_listening_stopped(), 10)
+        assert not vc.is_listening()
+
+
 async def test_coroutine_after_is_awaited_on_the_bots_loop(local: LocalDiscord) -> None:
     done = asyncio.Event()
     seen: list[tuple[BaseException | None, bool]] = []
