@@ -31,7 +31,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import types
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,10 +69,6 @@ def _parse(code: str) -> ast.Module:
     finally:
         if enabled:
             gc.enable()
-
-
-def _compile(code: str, name: str, flags: int) -> types.CodeType:
-    return compile(code, name, "exec", flags=flags)
 
 
 @dataclass
@@ -366,10 +361,10 @@ async def _run_fragment(h: Harness, sample: Sample, code: str, earlier: list[str
     if ".connect(" not in code:
         ns["vc"] = await channel.connect(cls=VoiceRecvClient)
     if earlier:
-        exec(_compile(_definitions(earlier), "<earlier samples>", 0), ns)
+        exec(compile(_definitions(earlier), "<earlier samples>", "exec"), ns)
     if sample.before is not None:
         await sample.before(h)
-    compiled = _compile(code, "<sample>", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    compiled = compile(code, "<sample>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     try:
         result = eval(compiled, ns)  # top-level await: a coroutine when the sample awaits
         if result is not None:
