@@ -7,8 +7,10 @@ datagram is accounted for by exactly one counter. Anything else escaping is a bu
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import struct
 import tempfile
 from collections.abc import Callable
@@ -215,16 +217,26 @@ def _open_garbage(cipher: TransportCipher, data: bytes) -> None:
     raise AssertionError("random bytes authenticated as RTCP")
 
 
-_CAPTURE_DIR = tempfile.mkdtemp(prefix="voicerecv-fuzz-")
-_CAPTURE_PATH = os.path.join(_CAPTURE_DIR, f"capture-{os.getpid()}")
+_capture_path: str | None = None
+
+
+def _scratch_capture_path() -> str:
+    """One scratch file per process, made on first use and removed at exit (importing this module creates nothing)."""
+    global _capture_path
+    if _capture_path is None:
+        directory = tempfile.mkdtemp(prefix="voicerecv-fuzz-")
+        atexit.register(shutil.rmtree, directory, True)
+        _capture_path = os.path.join(directory, "capture")
+    return _capture_path
 
 
 def capture(data: bytes) -> None:
     """rtpdump, pcap and pcapng readers (the input is written to a file and read back)."""
-    with open(_CAPTURE_PATH, "wb") as f:
+    path = _scratch_capture_path()
+    with open(path, "wb") as f:
         f.write(data)
     try:
-        for datagram in iter_capture(_CAPTURE_PATH):
+        for datagram in iter_capture(path):
             assert isinstance(datagram.data, bytes)
             assert len(datagram.data) <= len(data)
             assert 0 <= datagram.src[1] <= 0xFFFF and 0 <= datagram.dst[1] <= 0xFFFF

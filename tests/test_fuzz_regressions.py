@@ -6,8 +6,12 @@ gives every target a few thousand inputs in the normal suite.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -121,3 +125,14 @@ def _short_run(target: str, examples: int) -> Callable[[], None]:
 )
 def test_short_fuzz_run(target: str, examples: int) -> None:
     _short_run(target, examples)()
+
+
+def test_the_capture_target_leaves_no_temporary_files(tmp_path: Path) -> None:
+    """Importing the targets creates nothing; the capture target's scratch file is removed when the process exits."""
+    script = "import fuzz.targets as t; t.TARGETS['capture'](b'not a capture')"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", "import fuzz.targets"], cwd=root, env=env, check=True)
+    assert list(tmp_path.iterdir()) == [], "importing fuzz.targets created a directory"
+    subprocess.run([sys.executable, "-c", script], cwd=root, env=env, check=True)
+    assert list(tmp_path.iterdir()) == []
