@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -63,6 +64,19 @@ class ForwardedStream:
     def rtcp_port(self) -> int:
         """Where the stream's RTCP sender reports go."""
         return self.port + 1
+
+    def has_receiver(self) -> bool:
+        """Whether a program on this machine has bound the stream's RTP port, e.g. the ffmpeg started for it.
+
+        Packets sent before that are lost, so wait for it before ``listen()``. Always ``False`` for a stream sent
+        to another machine."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((self.host, self.port))
+            except OSError as exc:
+                return exc.errno == errno.EADDRINUSE
+        return False
 
 
 class _Output:

@@ -159,6 +159,8 @@ async def _forward_on_stream(h: Harness) -> None:
     vc: VoiceRecvClient = h.namespace["vc"]
     vc.listen(h.namespace["sink"])
     await _until(lambda: len(h.namespace["recorders"]) >= 2, 10)
+    sink = h.namespace["sink"]
+    await _until(lambda: all(stream.has_receiver() for stream in sink.streams.values()), 10)
     await asyncio.sleep(1.0)
     vc.stop_listening()
     await vc.wait_listening_stopped()
@@ -299,6 +301,16 @@ async def _until(predicate: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+def _kill_leftover_processes(h: Harness) -> None:
+    """Processes a failed sample left running (its ffmpeg recorders), so that they hold no port of the next one."""
+    values = list(h.namespace.values())
+    for value in values:
+        for proc in value if isinstance(value, list) else [value]:
+            if isinstance(proc, subprocess.Popen) and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.fixture
 async def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     ensure_discord_opus()
@@ -314,7 +326,11 @@ async def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
                 speaker.start(pause=0.3)
             bot = new_client(commands.Bot, command_prefix="!")
             async with running(bot, "doc-samples"):
-                yield Harness(local, bot, tmp_path, speakers)
+                h = Harness(local, bot, tmp_path, speakers)
+                try:
+                    yield h
+                finally:
+                    _kill_leftover_processes(h)
         finally:
             restore_discord()
     # Tasks that died with an exception nobody retrieved (discord.py's websocket poller when the server goes away)

@@ -149,6 +149,19 @@ def test_preallocated_users_get_port_pairs_and_sdp_files(tmp_path: Path, pairs: 
     assert (tmp_path / "111.sdp").exists(), "a given sdp_dir is kept"
 
 
+def test_has_receiver_tells_whether_a_program_holds_the_rtp_port(tmp_path: Path, pairs: list[PortPair]) -> None:
+    held, free = pairs[0], pairs[1]
+    free.close()
+    sink = RTPForwardSink(base_port=held.port, users=[111, 222], sdp_dir=tmp_path)
+    try:
+        assert [s.port for s in sink.streams.values()] == [held.port, free.port]
+        assert [s.has_receiver() for s in sink.streams.values()] == [True, False]
+        held.close()
+        assert not sink.streams[111].has_receiver(), "the port was let go"
+    finally:
+        sink.cleanup()
+
+
 def test_packets_are_plain_rtp_with_timeline_timestamps_and_contiguous_sequence(pairs: list[PortPair]) -> None:
     sink = RTPForwardSink(base_port=pairs[0].port, silence="skip")
     spoken = [*range(3, 8), *range(20, 23)]
