@@ -86,7 +86,8 @@ async def _every_frame_to_a_stalling_consumer(local: LocalDiscord, seconds: floa
     assert _keys(got) == seen, "the stream saw exactly what the sink saw, in the same order"
     for speaker in speakers:
         mine = [f for f in got if f.user_id == speaker.user_id]
-        assert [f.opus for f in mine] == [s.opus for s in speaker.sent], f"{speaker.name}: every frame, in order"
+        lost = f"{speaker.name}: every frame, in order (receiver: {stats['by_user'].get(speaker.user_id)})"
+        assert [f.opus for f in mine] == [s.opus for s in speaker.sent], lost
         ticks = [f.tick for f in mine]
         assert ticks == sorted(set(ticks))
         # On the listening timeline, never before it was sent (how soon after is a timing claim, checked against
