@@ -259,11 +259,15 @@ def test_a_speaker_who_never_returns_has_a_shorter_file_and_the_mix_runs_to_the_
     assert len(_decode(steady.files[11])) == 200 * FRAME_BYTES
 
 
-def test_rtp_forward_creates_its_folder_and_socket_when_opened(tmp_path: Path) -> None:
+def test_rtp_forward_creates_its_folder_and_socket_when_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from discord_voicerecv.sinks import RTPForwardSink
 
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # not the shared /tmp, where other tests make folders too
+
     def temp_dirs() -> set[str]:
-        return {p.name for p in Path(tempfile.gettempdir()).glob("voicerecv-sdp-*")}
+        return {p.name for p in scratch.glob("voicerecv-sdp-*")}
 
     before = temp_dirs()
     sink = RTPForwardSink(base_port=40_000, sdp_dir=tmp_path / "sdp")
@@ -275,7 +279,7 @@ def test_rtp_forward_creates_its_folder_and_socket_when_opened(tmp_path: Path) -
 
     opened = RTPForwardSink(base_port=40_020)
     opened.open()
-    assert opened.sdp_dir is not None and opened.sdp_dir.is_dir()
+    assert opened.sdp_dir is not None and opened.sdp_dir.is_dir() and opened.sdp_dir.parent == scratch
     opened.cleanup()
     assert not opened.sdp_dir.exists() and temp_dirs() == before
 
