@@ -2,7 +2,9 @@
 
 Each frame is held on its own, so one frame waiting for its key never delays the frames after it. Whether a key can
 still come is the decryptor's call (:class:`~discord_voicerecv.receive.dave.DaveFrameDecryptor` says no when there
-is no DAVE session); the hold only bounds how long and how many frames wait.
+is no DAVE session); the hold only bounds how long and how many frames wait. A sender's held frames are retried
+before each new frame of theirs is decrypted: davey refuses, for good, a frame older than the first one a new key
+decrypted, so the first frame to meet new keys must be the oldest.
 """
 
 from __future__ import annotations
@@ -40,25 +42,29 @@ class FrameDecryptor(Protocol):
 class E2EEHold:
     """Decrypts frames per sender and holds, per frame, those that cannot be decrypted yet."""
 
-    __slots__ = ("_decryptor", "_held", "_stats")
+    __slots__ = ("_decryptor", "_held", "_ready", "_stats")
 
     def __init__(self, decryptor: FrameDecryptor, stats: ReceiveStats) -> None:
         self._decryptor = decryptor
         self._stats = stats
         self._held: dict[int, deque[RtpPacket]] = {}
+        self._ready: list[tuple[int, RtpPacket, bytes]] = []
+        """Held frames that decrypted when a newer frame of their sender came; handed out by the next release."""
 
     def __len__(self) -> int:
-        return sum(len(queue) for queue in self._held.values())
+        return len(self._ready) + sum(len(queue) for queue in self._held.values())
 
     def users(self) -> set[int]:
         """Users with frames held."""
-        return set(self._held)
+        return set(self._held) | {user_id for user_id, _, _ in self._ready}
 
     def open(self, user_id: int, packet: RtpPacket) -> bytes | None:
         """The plain frame; None when the frame was held or dropped (counted)."""
         payload = packet.payload
         if payload == OPUS_SILENCE:
             return payload
+        if user_id in self._held:
+            self._ready += self._retry(user_id, packet.arrival, None)
         plain = self._decrypt(user_id, packet)
         if plain is None:
             self._hold(user_id, packet)
@@ -70,35 +76,26 @@ class E2EEHold:
 
         Frames older than the window, or whose SSRC no longer belongs to the user (``owner(ssrc)``), expire.
         """
-        out: list[tuple[int, RtpPacket, bytes]] = []
-        for user_id, queue in list(self._held.items()):
-            keep: deque[RtpPacket] = deque()
-            for packet in queue:
-                if now - packet.arrival > _WINDOW or owner(packet.ssrc) != user_id:
-                    self._stats.incr("e2ee_expired", user_id=user_id)
-                    continue
-                plain = self._decrypt(user_id, packet)
-                if plain is None:
-                    keep.append(packet)
-                elif plain:
-                    out.append((user_id, packet, plain))
-            if keep:
-                self._held[user_id] = keep
-            else:
-                del self._held[user_id]
+        out, self._ready = self._ready, []
+        for user_id in list(self._held):
+            out += self._retry(user_id, now, owner)
         return out
 
     def forget(self, user_id: int) -> int:
         """Drop a departed user's held frames (returned as a count) and the decryptor's state for them."""
         queue = self._held.pop(user_id, None)
+        ready = len(self._ready)
+        self._ready = [item for item in self._ready if item[0] != user_id]
         forget_user: Callable[[int], None] | None = getattr(self._decryptor, "forget_user", None)
         if forget_user is not None:
             forget_user(user_id)
-        return len(queue) if queue else 0
+        return (len(queue) if queue else 0) + ready - len(self._ready)
 
     def drop_ssrc(self, ssrc: int) -> int:
         """Drop the held frames of one SSRC; returns how many."""
-        dropped = 0
+        dropped = len(self._ready)
+        self._ready = [item for item in self._ready if item[1].ssrc != ssrc]
+        dropped -= len(self._ready)
         for user_id, queue in list(self._held.items()):
             keep = deque(packet for packet in queue if packet.ssrc != ssrc)
             dropped += len(queue) - len(keep)
@@ -107,6 +104,26 @@ class E2EEHold:
             else:
                 del self._held[user_id]
         return dropped
+
+    def _retry(
+        self, user_id: int, now: float, owner: Callable[[int], int | None] | None
+    ) -> list[tuple[int, RtpPacket, bytes]]:
+        """Retry the user's held frames, oldest first; returns those that decrypted. Frames older than the window,
+        or whose SSRC no longer belongs to the user (when ``owner`` is given), expire."""
+        out: list[tuple[int, RtpPacket, bytes]] = []
+        keep: deque[RtpPacket] = deque()
+        for packet in self._held.pop(user_id):
+            if now - packet.arrival > _WINDOW or (owner is not None and owner(packet.ssrc) != user_id):
+                self._stats.incr("e2ee_expired", user_id=user_id)
+                continue
+            plain = self._decrypt(user_id, packet)
+            if plain is None:
+                keep.append(packet)
+            elif plain:
+                out.append((user_id, packet, plain))
+        if keep:
+            self._held[user_id] = keep
+        return out
 
     def _hold(self, user_id: int, packet: RtpPacket) -> None:
         queue = self._held.get(user_id)

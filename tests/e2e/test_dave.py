@@ -56,6 +56,8 @@ class Sample:
     version: int
     failed: int
     recovered: bool
+    ours: int | None
+    """Our session's epoch (None without a ready session)."""
 
 
 @dataclass
@@ -73,9 +75,9 @@ class Watch:
             stats = self.vc.receive_stats()
             failed = sum(v for k, v in stats.items() if k.startswith("e2ee_failed:"))
             session = glue.dave_session(self.vc)
-            self.samples.append(
-                Sample(time.monotonic(), group.epoch, group.protocol_version, failed, bool(session and session.ready))
-            )
+            ready = bool(session and session.ready)
+            ours = session.epoch if session is not None and ready else None
+            self.samples.append(Sample(time.monotonic(), group.epoch, group.protocol_version, failed, ready, ours))
             await asyncio.sleep(0.02)
 
     def changes(self) -> list[float]:
@@ -84,6 +86,15 @@ class Watch:
         for before, after in zip(self.samples, self.samples[1:], strict=False):
             if (before.epoch, before.version) != (after.epoch, after.version):
                 out.append(after.t)
+        return out
+
+    def lags(self) -> list[float]:
+        """For each change: seconds until our session was in the group's new epoch (sampled every 20 ms)."""
+        out = []
+        for at in self.changes():
+            after = [s for s in self.samples if s.t >= at]
+            caught = next((s.t for s in after if s.version == 0 or s.ours == s.epoch), after[-1].t)
+            out.append(round(caught - at, 3))
         return out
 
     def failures_per_epoch(self, start: float) -> list[tuple[int, int, int]]:
@@ -366,7 +377,8 @@ async def test_joins_leaves_and_a_downgrade_and_back_cost_a_continuous_speaker_a
     total = lost_frames(track, alice.sent, recording.started)
     per_epoch = watch.failures_per_epoch(recording.started)
     print(f"alice around each change: {losses}; overall {total}")
-    print(f"DAVE failures per epoch (epoch, first 200 ms, after): {per_epoch}")
+    print(f"DAVE failures per epoch (epoch, first 200 ms, after): {per_epoch}; our lag per change {watch.lags()}")
+    print(f"alice {stats['by_user'][alice.user_id]} {dave[alice.user_id]}")
     for name, loss in losses.items():
         assert loss.checked > 15 and loss.lost * 0.02 <= CHANGE_BUDGET, (name, loss)
     assert total.lost * 0.02 <= CHANGE_BUDGET * len(marks) and total.shift <= CHANGE_BUDGET, total

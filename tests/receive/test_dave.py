@@ -299,6 +299,28 @@ def test_the_e2ee_hold_releases_a_frame_that_waited_through_a_welcome_and_a_comm
     assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0 and stats["e2ee_expired"] == 0
 
 
+def test_frames_held_for_a_commit_decrypt_although_a_newer_frame_comes_first_under_it() -> None:
+    """davey refuses a frame older than the first one a new key decrypted; the hold retries the held frames before
+    the sender's next frame, so the frames that beat our commit are not lost when the next one arrives first."""
+    group, alice, _ = _pair()
+    clock = Clock()
+    decryptor, _ = _decryptor(group, BOB, clock, hold=0.06)
+    stats = ReceiveStats()
+    hold = E2EEHold(decryptor, stats)
+    group.park(BOB)
+    group.join(CAROL)
+    group.run()
+    frames = [alice.encrypt(bytes((0x78, k)) + OPUS[2:]) for k in range(4)]
+    for k, frame in enumerate(frames[:3]):
+        assert hold.open(ALICE, RtpPacket(SSRC, k, 960 * k, frame, clock.t)) is None
+    group.release(BOB)
+    clock.t += 0.01
+    assert hold.open(ALICE, RtpPacket(SSRC, 3, 960 * 3, frames[3], clock.t)) == bytes((0x78, 3)) + OPUS[2:]
+    released = hold.release(clock.t + 0.01, lambda ssrc: ALICE)
+    assert [(p.sequence, plain[:2]) for _, p, plain in released] == [(k, bytes((0x78, k))) for k in range(3)]
+    assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0 and "failed:auth" not in decryptor.user_stats()[ALICE]
+
+
 def test_new_keys_give_a_failing_frame_another_hold() -> None:
     """A member two commits behind: a frame that still fails under the first commit's keys is held again."""
     group, alice, _ = _pair()
