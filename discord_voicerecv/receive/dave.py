@@ -242,6 +242,11 @@ class DaveFrameDecryptor:
                 del recent[next(iter(recent))]
         return plain
 
+    def keys(self) -> bytes | None:
+        """What identifies the keys our session holds now: it changes with every epoch and re-initialisation."""
+        session = self._get_session()
+        return _epoch_keys(session) if session is not None else None
+
     def privacy_code(self) -> str | None:
         session = self._get_session()
         return session.voice_privacy_code if session is not None else None

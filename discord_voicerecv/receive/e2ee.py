@@ -33,7 +33,8 @@ class FrameDecryptor(Protocol):
 
     ``decrypt`` returns the plain Opus frame, ``None`` when the frame cannot be decrypted *yet* (it is held and
     retried for about a second), or raises :class:`~discord_voicerecv.errors.E2EEDecryptError` to drop it. A
-    decryptor may also define ``forget_user(user_id)``, called when a user leaves.
+    decryptor may also define ``forget_user(user_id)``, called when a user leaves, and ``keys()``, a value that
+    changes whenever its keys do (without it, held frames are retried before every new frame of their sender).
     """
 
     def decrypt(self, user_id: int, frame: bytes) -> bytes | None: ...
@@ -42,12 +43,15 @@ class FrameDecryptor(Protocol):
 class E2EEHold:
     """Decrypts frames per sender and holds, per frame, those that cannot be decrypted yet."""
 
-    __slots__ = ("_decryptor", "_held", "_ready", "_stats")
+    __slots__ = ("_decryptor", "_held", "_keys", "_ready", "_stats", "_tried")
 
     def __init__(self, decryptor: FrameDecryptor, stats: ReceiveStats) -> None:
         self._decryptor = decryptor
         self._stats = stats
+        self._keys: Callable[[], object] | None = getattr(decryptor, "keys", None)
         self._held: dict[int, deque[RtpPacket]] = {}
+        self._tried: dict[int, object] = {}
+        """Per user with held frames: the decryptor's keys when they were last retried."""
         self._ready: list[tuple[int, RtpPacket, bytes]] = []
         """Held frames that decrypted when a newer frame of their sender came; handed out by the next release."""
 
@@ -63,7 +67,7 @@ class E2EEHold:
         payload = packet.payload
         if payload == OPUS_SILENCE:
             return payload
-        if user_id in self._held:
+        if user_id in self._held and (self._keys is None or self._tried.get(user_id) != self._keys()):
             self._ready += self._retry(user_id, packet.arrival, None)
         plain = self._decrypt(user_id, packet)
         if plain is None:
@@ -84,6 +88,7 @@ class E2EEHold:
     def forget(self, user_id: int) -> int:
         """Drop a departed user's held frames (returned as a count) and the decryptor's state for them."""
         queue = self._held.pop(user_id, None)
+        self._tried.pop(user_id, None)
         ready = len(self._ready)
         self._ready = [item for item in self._ready if item[0] != user_id]
         forget_user: Callable[[int], None] | None = getattr(self._decryptor, "forget_user", None)
@@ -103,6 +108,7 @@ class E2EEHold:
                 self._held[user_id] = keep
             else:
                 del self._held[user_id]
+                self._tried.pop(user_id, None)
         return dropped
 
     def _retry(
@@ -112,6 +118,8 @@ class E2EEHold:
         or whose SSRC no longer belongs to the user (when ``owner`` is given), expire."""
         out: list[tuple[int, RtpPacket, bytes]] = []
         keep: deque[RtpPacket] = deque()
+        if self._keys is not None:
+            self._tried[user_id] = self._keys()
         for packet in self._held.pop(user_id):
             if now - packet.arrival > _WINDOW or (owner is not None and owner(packet.ssrc) != user_id):
                 self._stats.incr("e2ee_expired", user_id=user_id)
@@ -123,6 +131,8 @@ class E2EEHold:
                 out.append((user_id, packet, plain))
         if keep:
             self._held[user_id] = keep
+        else:
+            self._tried.pop(user_id, None)
         return out
 
     def _hold(self, user_id: int, packet: RtpPacket) -> None:

@@ -33,6 +33,9 @@ class Keys:
     def forget_user(self, user_id: int) -> None:
         self.forgotten.append(user_id)
 
+    def keys(self) -> frozenset[int]:
+        return frozenset(self.known)
+
 
 def _packet(sequence: int, payload: bytes, arrival: float = 0.0, ssrc: int = 9) -> RtpPacket:
     return RtpPacket(ssrc, sequence, 960 * sequence, payload, arrival)
@@ -57,6 +60,9 @@ def test_held_frames_are_retried_before_a_newer_frame_of_their_sender() -> None:
     assert hold.open(USER, _packet(1, b"k1:a")) is None
     assert hold.open(USER, _packet(2, b"k1:b")) is None
     assert hold.open(7, _packet(3, b"k1:other", ssrc=11)) is None
+    keys.calls.clear()
+    assert hold.open(USER, _packet(5, b"x")) == b"x"
+    assert keys.calls == [b"x"], "the keys did not change since the held frames were tried: no retry"
     keys.known.add(1)
     keys.calls.clear()
     assert hold.open(USER, _packet(4, b"k1:c")) == b"plain1:c"
