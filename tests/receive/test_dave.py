@@ -555,11 +555,8 @@ def test_one_session_used_from_two_threads_never_raises_anything_unexpected() ->
     sys.setswitchinterval(1e-5)
     thread = threading.Thread(target=socket_thread)
     thread.start()
-    n = 0
     try:
-        deadline = time.monotonic() + 0.4
-        while time.monotonic() < deadline:
-            n += 1
+        for n in range(1, 11):  # two re-initialisations, five joins and leaves
             encrypt_batch(n)
             group.join(CAROL) if n % 2 else group.leave(CAROL)
             group.run()
@@ -575,7 +572,7 @@ def test_one_session_used_from_two_threads_never_raises_anything_unexpected() ->
         sys.setswitchinterval(interval)
     assert unexpected == []
     assert outcomes.get("garbage", 0) == 0
-    assert outcomes.get("ok", 0) > 500 and n >= 5, (outcomes, n)
+    assert outcomes.get("ok", 0) > 500, outcomes
 
 
 # The receiver with the real decryptor ---------------------------------------------------------------------------
