@@ -87,10 +87,12 @@ class _UserCounters:
     ``recent`` maps the last few decrypted frames to their plaintext: davey rejects a nonce it has seen (replay
     protection), so a duplicated packet would otherwise count as an authentication failure. ``waited`` holds the
     frames put off because we had no key for the sender at all (we were not in its group yet): one that then fails
-    authentication belongs to an epoch we never had, and is dropped at once instead of being held again.
-    ``failing`` holds when each frame now failing authentication first failed: each frame is held on its own,
-    until it or the sender's unbroken run of failures (``streak_start``, ended by any success) is older than the
-    hold.
+    authentication was most likely sent in an epoch we never had, but it may also belong to an epoch our session is
+    one commit short of, so it is held like any failing frame, on its own clock, and its failure does not count
+    towards a recovery. ``failing`` holds when each frame now failing authentication first failed, and under which
+    keys: each frame is held on its own, until it or the sender's unbroken run of failures (``streak_start``, ended
+    by any success) is older than the hold; new keys (an epoch change) start both again, so a frame that beat our
+    commit is retried with the keys it needs.
     """
 
     __slots__ = (
@@ -100,6 +102,7 @@ class _UserCounters:
         "next_recovery",
         "recent",
         "recovery_interval",
+        "streak_keys",
         "streak_start",
         "waited",
     )
@@ -108,8 +111,9 @@ class _UserCounters:
         self.counts: dict[str, int] = {}
         self.recent: dict[bytes, bytes] = {}
         self.waited: dict[bytes, None] = {}
-        self.failing: dict[bytes, float] = {}
+        self.failing: dict[bytes, tuple[float, bytes | None]] = {}
         self.streak_start: float | None = None
+        self.streak_keys: bytes | None = None
         self.consecutive = 0
         self.next_recovery = 0.0
         self.recovery_interval = recovery_interval
@@ -143,8 +147,9 @@ class DaveFrameDecryptor:
     on_recover:
         Called on the decrypting thread with the failing sender's id; must not block.
     hold:
-        Seconds a frame is held after its first authentication failure before it counts as failed (covers a
-        sender that switched to a new epoch's key a moment before our commit arrived).
+        Seconds a frame is held after its first authentication failure under the keys we hold before it counts
+        as failed (covers a sender that switched to a new epoch's key a moment before our commit arrived); new
+        keys give it another hold. The receiver's hold bounds the total (a second from arrival).
     commit_hold:
         The same while our session waits for a commit it proposed (status ``awaiting_response``).
     recover_after:
@@ -237,6 +242,11 @@ class DaveFrameDecryptor:
                 del recent[next(iter(recent))]
         return plain
 
+    def keys(self) -> bytes | None:
+        """What identifies the keys our session holds now: it changes with every epoch and re-initialisation."""
+        session = self._get_session()
+        return _epoch_keys(session) if session is not None else None
+
     def privacy_code(self) -> str | None:
         session = self._get_session()
         return session.voice_privacy_code if session is not None else None
@@ -295,26 +305,28 @@ class DaveFrameDecryptor:
         self, session: davey.DaveSession, user_id: int, frame: bytes, exc: Exception, *, transient: bool
     ) -> bytes | None:
         now = self._clock()
+        keys = _epoch_keys(session)
         with self._lock:
             state = self._state(user_id)
-            if not transient and frame in state.waited:
-                del state.waited[frame]
-                state.add("failed:auth")
-                raise E2EEDecryptError("auth", "from an epoch before we joined: " + str(exc)) from exc
+            waited = not transient and frame in state.waited
             failing = state.failing
-            first = failing.get(frame)
-            if first is None:
-                first = failing[frame] = now
-                if len(failing) > _RECENT_FRAMES:
+            entry = failing.get(frame)
+            if entry is None or entry[1] != keys:
+                if entry is None and len(failing) >= _RECENT_FRAMES:
                     del failing[next(iter(failing))]
-            if state.streak_start is None:
-                state.streak_start = now
+                entry = failing[frame] = (now, keys)
+            if state.streak_start is None or state.streak_keys != keys:
+                state.streak_start, state.streak_keys = now, keys
             hold = self._commit_hold if transient or _awaiting_commit(session, self._status_awaiting) else self._hold
-            if now - min(first, state.streak_start) < hold:
+            since = entry[0] if waited else min(entry[0], state.streak_start)
+            if now - since < hold:
                 state.add("held")
                 return None
-            failing.pop(frame, None)
+            del failing[frame]
             state.add("failed:auth")
+            if waited:
+                del state.waited[frame]
+                raise E2EEDecryptError("auth", "from an epoch we were not in: " + str(exc)) from exc
             state.consecutive += 1
             due = state.consecutive >= self._recover_after and now >= state.next_recovery
             if due and self._last_recovery is not None:
@@ -345,6 +357,14 @@ def _in_group(session: davey.DaveSession, user_id: int) -> bool:
         return str(user_id) in session.get_user_ids()
     except Exception:
         return False
+
+
+def _epoch_keys(session: davey.DaveSession) -> bytes | None:
+    """What identifies the keys our session holds now (the epoch authenticator): it changes with every epoch."""
+    try:
+        return session.get_epoch_authenticator()
+    except Exception:
+        return None
 
 
 def _awaiting_commit(session: davey.DaveSession, awaiting: object) -> bool:

@@ -2,7 +2,9 @@
 
 Each frame is held on its own, so one frame waiting for its key never delays the frames after it. Whether a key can
 still come is the decryptor's call (:class:`~discord_voicerecv.receive.dave.DaveFrameDecryptor` says no when there
-is no DAVE session); the hold only bounds how long and how many frames wait.
+is no DAVE session); the hold only bounds how long and how many frames wait. A sender's held frames are retried
+before each new frame of theirs is decrypted: davey refuses, for good, a frame older than the first one a new key
+decrypted, so the first frame to meet new keys must be the oldest.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class FrameDecryptor(Protocol):
 
     ``decrypt`` returns the plain Opus frame, ``None`` when the frame cannot be decrypted *yet* (it is held and
     retried for about a second), or raises :class:`~discord_voicerecv.errors.E2EEDecryptError` to drop it. A
-    decryptor may also define ``forget_user(user_id)``, called when a user leaves.
+    decryptor may also define ``forget_user(user_id)``, called when a user leaves, and ``keys()``, a value that
+    changes whenever its keys do (without it, held frames are retried before every new frame of their sender).
     """
 
     def decrypt(self, user_id: int, frame: bytes) -> bytes | None: ...
@@ -40,25 +43,32 @@ class FrameDecryptor(Protocol):
 class E2EEHold:
     """Decrypts frames per sender and holds, per frame, those that cannot be decrypted yet."""
 
-    __slots__ = ("_decryptor", "_held", "_stats")
+    __slots__ = ("_decryptor", "_held", "_keys", "_ready", "_stats", "_tried")
 
     def __init__(self, decryptor: FrameDecryptor, stats: ReceiveStats) -> None:
         self._decryptor = decryptor
         self._stats = stats
+        self._keys: Callable[[], object] | None = getattr(decryptor, "keys", None)
         self._held: dict[int, deque[RtpPacket]] = {}
+        self._tried: dict[int, object] = {}
+        """Per user with held frames: the decryptor's keys when they were last retried."""
+        self._ready: list[tuple[int, RtpPacket, bytes]] = []
+        """Held frames that decrypted when a newer frame of their sender came; handed out by the next release."""
 
     def __len__(self) -> int:
-        return sum(len(queue) for queue in self._held.values())
+        return len(self._ready) + sum(len(queue) for queue in self._held.values())
 
     def users(self) -> set[int]:
         """Users with frames held."""
-        return set(self._held)
+        return set(self._held) | {user_id for user_id, _, _ in self._ready}
 
     def open(self, user_id: int, packet: RtpPacket) -> bytes | None:
         """The plain frame; None when the frame was held or dropped (counted)."""
         payload = packet.payload
         if payload == OPUS_SILENCE:
             return payload
+        if user_id in self._held and (self._keys is None or self._tried.get(user_id) != self._keys()):
+            self._ready += self._retry(user_id, packet.arrival, None)
         plain = self._decrypt(user_id, packet)
         if plain is None:
             self._hold(user_id, packet)
@@ -70,35 +80,27 @@ class E2EEHold:
 
         Frames older than the window, or whose SSRC no longer belongs to the user (``owner(ssrc)``), expire.
         """
-        out: list[tuple[int, RtpPacket, bytes]] = []
-        for user_id, queue in list(self._held.items()):
-            keep: deque[RtpPacket] = deque()
-            for packet in queue:
-                if now - packet.arrival > _WINDOW or owner(packet.ssrc) != user_id:
-                    self._stats.incr("e2ee_expired", user_id=user_id)
-                    continue
-                plain = self._decrypt(user_id, packet)
-                if plain is None:
-                    keep.append(packet)
-                elif plain:
-                    out.append((user_id, packet, plain))
-            if keep:
-                self._held[user_id] = keep
-            else:
-                del self._held[user_id]
+        out, self._ready = self._ready, []
+        for user_id in list(self._held):
+            out += self._retry(user_id, now, owner)
         return out
 
     def forget(self, user_id: int) -> int:
         """Drop a departed user's held frames (returned as a count) and the decryptor's state for them."""
         queue = self._held.pop(user_id, None)
+        self._tried.pop(user_id, None)
+        ready = len(self._ready)
+        self._ready = [item for item in self._ready if item[0] != user_id]
         forget_user: Callable[[int], None] | None = getattr(self._decryptor, "forget_user", None)
         if forget_user is not None:
             forget_user(user_id)
-        return len(queue) if queue else 0
+        return (len(queue) if queue else 0) + ready - len(self._ready)
 
     def drop_ssrc(self, ssrc: int) -> int:
         """Drop the held frames of one SSRC; returns how many."""
-        dropped = 0
+        dropped = len(self._ready)
+        self._ready = [item for item in self._ready if item[1].ssrc != ssrc]
+        dropped -= len(self._ready)
         for user_id, queue in list(self._held.items()):
             keep = deque(packet for packet in queue if packet.ssrc != ssrc)
             dropped += len(queue) - len(keep)
@@ -106,7 +108,32 @@ class E2EEHold:
                 self._held[user_id] = keep
             else:
                 del self._held[user_id]
+                self._tried.pop(user_id, None)
         return dropped
+
+    def _retry(
+        self, user_id: int, now: float, owner: Callable[[int], int | None] | None
+    ) -> list[tuple[int, RtpPacket, bytes]]:
+        """Retry the user's held frames, oldest first; returns those that decrypted. Frames older than the window,
+        or whose SSRC no longer belongs to the user (when ``owner`` is given), expire."""
+        out: list[tuple[int, RtpPacket, bytes]] = []
+        keep: deque[RtpPacket] = deque()
+        if self._keys is not None:
+            self._tried[user_id] = self._keys()
+        for packet in self._held.pop(user_id):
+            if now - packet.arrival > _WINDOW or (owner is not None and owner(packet.ssrc) != user_id):
+                self._stats.incr("e2ee_expired", user_id=user_id)
+                continue
+            plain = self._decrypt(user_id, packet)
+            if plain is None:
+                keep.append(packet)
+            elif plain:
+                out.append((user_id, packet, plain))
+        if keep:
+            self._held[user_id] = keep
+        else:
+            self._tried.pop(user_id, None)
+        return out
 
     def _hold(self, user_id: int, packet: RtpPacket) -> None:
         queue = self._held.get(user_id)

@@ -21,12 +21,15 @@ from discord_voicerecv.protocol.rtp import build_rtp_header
 from discord_voicerecv.protocol.transport import make_cipher
 from discord_voicerecv.receive import Receiver
 from discord_voicerecv.receive.dave import DaveFrameDecryptor, is_dave_frame
+from discord_voicerecv.receive.e2ee import E2EEHold
+from discord_voicerecv.receive.ingress import RtpPacket
+from discord_voicerecv.receive.stats import ReceiveStats
 from discord_voicerecv.sinks.base import AudioSink, SinkUser
 from discord_voicerecv.testing.dave_group import DaveGroupCoordinator, Outbound
 from discord_voicerecv.testing.speakers import DaveClient
 
 CHANNEL = 4_242_000_111
-ALICE, BOB, CAROL = 1001, 2002, 3003
+ALICE, BOB, CAROL, DAN = 1001, 2002, 3003, 4004
 AUDIO = davey.MediaType.audio
 OPUS = b"\x78" + bytes(range(1, 61))
 
@@ -58,10 +61,30 @@ class Group:
     def park(self, user_id: int) -> None:
         self.parked.setdefault(user_id, [])
 
-    def release(self, user_id: int) -> None:
-        for out in self.parked.pop(user_id, []):
-            self.queue.append(("down", out))
+    def release(self, user_id: int, count: int | None = None) -> None:
+        """Deliver the member's parked messages (the first ``count`` of them; the rest stay parked)."""
+        parked = self.parked.pop(user_id, [])
+        if count is not None:
+            self.parked[user_id] = parked[count:]
+            parked = parked[:count]
+        self.queue.extend(("deliver", out) for out in parked)
         self.run()
+
+    def expire_transition(self) -> None:
+        """The gateway's transition timeout: execute the pending transition without the members parked."""
+        pending = self.coordinator.pending_transition
+        assert pending is not None
+        self._down(self.coordinator.expire_transition(pending))
+        self.run()
+
+    def _deliver(self, out: Outbound) -> None:
+        member = self.members.get(out.user_id)
+        if member is None:
+            return
+        if out.binary is not None:
+            member.handle_binary(out.binary[0], out.binary[1:])
+        else:
+            member.handle_json(out.opcode, out.json)
 
     def _down(self, outs: Iterable[Outbound]) -> None:
         self.queue.extend(("down", out) for out in outs)
@@ -71,18 +94,14 @@ class Group:
             if not self.queue:
                 return
             kind, item = self.queue.popleft()
-            if kind == "down":
+            if kind == "deliver":
+                self._deliver(item)
+            elif kind == "down":
                 assert isinstance(item, Outbound)
                 if item.user_id in self.parked:
                     self.parked[item.user_id].append(item)
                     continue
-                member = self.members.get(item.user_id)
-                if member is None:
-                    continue
-                if item.binary is not None:
-                    member.handle_binary(item.binary[0], item.binary[1:])
-                else:
-                    member.handle_json(item.opcode, item.json)
+                self._deliver(item)
             else:
                 user_id, op, data = item
                 self._down(self._serve(user_id, op, data))
@@ -187,26 +206,145 @@ def test_a_sender_not_in_our_group_yet_is_held() -> None:
     assert decryptor.user_stats()[CAROL] == {"held": 1, "decrypted": 1}
 
 
-def test_a_frame_from_an_epoch_before_we_joined_is_dropped_without_a_second_hold() -> None:
-    """Held while we had no key for its sender, then undecryptable with the keys our welcome gave: drop it now."""
+def test_a_frame_from_an_epoch_before_we_joined_is_held_once_more_then_dropped_without_a_recovery() -> None:
+    """Held while we had no key for its sender, then undecryptable with the keys our welcome gave: it gets one hold
+    (our session may be a commit short) on its own clock, then counts as failed, never towards a recovery."""
     group = Group()
     alice = group.join(ALICE)
     group.join(CAROL)
     group.run()
     group.park(BOB)
     group.join(BOB)
-    decryptor, flags = _decryptor(group, BOB, hold=10.0)
+    clock = Clock()
+    decryptor, flags = _decryptor(group, BOB, clock, hold=0.06, recover_after=1)
     old_epoch_frame = alice.encrypt(OPUS)
     assert decryptor.decrypt(ALICE, old_epoch_frame) is None
     group.run()
     group.release(BOB)
     assert group.members[BOB].can_encrypt
+    clock.t += 5.0
+    assert decryptor.decrypt(ALICE, old_epoch_frame) is None, "its hold starts when it first fails, not on arrival"
+    clock.t += 0.059
+    assert decryptor.decrypt(ALICE, old_epoch_frame) is None
+    clock.t += 0.002
     with pytest.raises(E2EEDecryptError) as info:
         decryptor.decrypt(ALICE, old_epoch_frame)
-    assert info.value.reason == "auth" and "before we joined" in str(info.value)
+    assert info.value.reason == "auth" and "epoch we were not in" in str(info.value)
     assert decryptor.decrypt(ALICE, alice.encrypt(OPUS)) == OPUS
-    assert decryptor.user_stats()[ALICE] == {"held": 1, "failed:auth": 1, "decrypted": 1}
+    assert decryptor.user_stats()[ALICE] == {"held": 3, "failed:auth": 1, "decrypted": 1}
+    assert flags["recovered"] == [] and decryptor.recoveries == 0
+
+
+def _welcome_then_a_commit_behind() -> tuple[Group, DaveClient]:
+    """Alice and Carol are a group; we (Bob) join and Carol leaves while every message to us is parked (the join's
+    transition expires without us): Alice sends in the epoch after the one our parked welcome gives.
+
+    Bob's parked messages: op25, op30 (welcome), op22, op27, op29 (Carol's removal).
+    """
+    group = Group()
+    alice = group.join(ALICE)
+    group.join(CAROL)
+    group.run()
+    group.park(BOB)
+    group.join(BOB)
+    group.run()
+    welcome_epoch = group.session(ALICE).epoch
+    group.expire_transition()
+    group.leave(CAROL)
+    group.run()
+    assert welcome_epoch is not None and group.session(ALICE).epoch == welcome_epoch + 1
+    assert [out.opcode for out in group.parked[BOB]] == [25, 30, 22, 27, 29]
+    return group, alice
+
+
+def test_a_frame_that_waited_for_our_welcome_but_belongs_to_the_next_epoch_decrypts_once_we_commit() -> None:
+    """The regression: such a frame was dropped at once as "from an epoch before we joined"."""
+    group, alice = _welcome_then_a_commit_behind()
+    clock = Clock()
+    decryptor, flags = _decryptor(group, BOB, clock, hold=0.06)
+    frame = alice.encrypt(OPUS)
+    assert decryptor.decrypt(ALICE, frame) is None
+    group.release(BOB, 3)
+    with pytest.raises(ValueError, match="NoValidCryptorFound"):
+        group.session(BOB).decrypt(ALICE, AUDIO, frame)
+    assert decryptor.decrypt(ALICE, frame) is None, "our session is one commit short: hold it"
+    clock.t += 0.04
+    assert decryptor.decrypt(ALICE, frame) is None
+    group.release(BOB)
+    assert decryptor.decrypt(ALICE, frame) == OPUS
+    assert decryptor.user_stats()[ALICE] == {"held": 3, "decrypted": 1}
     assert flags["recovered"] == []
+
+
+def test_the_e2ee_hold_releases_a_frame_that_waited_through_a_welcome_and_a_commit() -> None:
+    """The receiver's hold, retrying every slot, with the real decryptor: the frame comes out, nothing fails."""
+    group, alice = _welcome_then_a_commit_behind()
+    clock = Clock()
+    decryptor, _ = _decryptor(group, BOB, clock, hold=0.06)
+    stats = ReceiveStats()
+    hold = E2EEHold(decryptor, stats)
+    frames = [alice.encrypt(bytes((0x78, k)) + OPUS[2:]) for k in range(3)]
+    for k, frame in enumerate(frames):
+        assert hold.open(ALICE, RtpPacket(SSRC, k, 960 * k, frame, clock.t)) is None
+    assert hold.release(clock.t, lambda ssrc: ALICE) == []
+    group.release(BOB, 3)
+    for _ in range(2):
+        clock.t += 0.02
+        assert hold.release(clock.t, lambda ssrc: ALICE) == []
+    assert len(hold) == 3 and stats["e2ee_failed:auth"] == 0
+    group.release(BOB)
+    clock.t += 0.02
+    released = hold.release(clock.t, lambda ssrc: ALICE)
+    assert [(p.sequence, plain[:2]) for _, p, plain in released] == [(k, bytes((0x78, k))) for k in range(3)]
+    assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0 and stats["e2ee_expired"] == 0
+
+
+def test_frames_held_for_a_commit_decrypt_although_a_newer_frame_comes_first_under_it() -> None:
+    """davey refuses a frame older than the first one a new key decrypted; the hold retries the held frames before
+    the sender's next frame, so the frames that beat our commit are not lost when the next one arrives first."""
+    group, alice, _ = _pair()
+    clock = Clock()
+    decryptor, _ = _decryptor(group, BOB, clock, hold=0.06)
+    stats = ReceiveStats()
+    hold = E2EEHold(decryptor, stats)
+    group.park(BOB)
+    group.join(CAROL)
+    group.run()
+    frames = [alice.encrypt(bytes((0x78, k)) + OPUS[2:]) for k in range(4)]
+    for k, frame in enumerate(frames[:3]):
+        assert hold.open(ALICE, RtpPacket(SSRC, k, 960 * k, frame, clock.t)) is None
+    group.release(BOB)
+    clock.t += 0.01
+    assert hold.open(ALICE, RtpPacket(SSRC, 3, 960 * 3, frames[3], clock.t)) == bytes((0x78, 3)) + OPUS[2:]
+    released = hold.release(clock.t + 0.01, lambda ssrc: ALICE)
+    assert [(p.sequence, plain[:2]) for _, p, plain in released] == [(k, bytes((0x78, k))) for k in range(3)]
+    assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0 and "failed:auth" not in decryptor.user_stats()[ALICE]
+
+
+def test_new_keys_give_a_failing_frame_another_hold() -> None:
+    """A member two commits behind: a frame that still fails under the first commit's keys is held again."""
+    group, alice, _ = _pair()
+    group.join(CAROL)
+    group.run()
+    clock = Clock()
+    decryptor, _ = _decryptor(group, BOB, clock, hold=0.06)
+    group.park(BOB)
+    group.join(DAN)
+    group.run()
+    group.expire_transition()
+    group.leave(CAROL)
+    group.run()
+    assert [out.opcode for out in group.parked[BOB]] == [27, 29, 22, 27, 29]
+    frame = alice.encrypt(OPUS)
+    assert decryptor.decrypt(ALICE, frame) is None
+    clock.t += 0.05
+    group.release(BOB, 2)
+    assert decryptor.decrypt(ALICE, frame) is None
+    clock.t += 0.05
+    assert decryptor.decrypt(ALICE, frame) is None, "0.1 s after it first failed, but 0.05 s under these keys"
+    group.release(BOB)
+    assert decryptor.decrypt(ALICE, frame) == OPUS
+    assert decryptor.user_stats()[ALICE] == {"held": 3, "decrypted": 1}
 
 
 def test_frames_of_a_new_epoch_that_beat_our_commit_are_held_then_decrypt() -> None:
@@ -417,11 +555,8 @@ def test_one_session_used_from_two_threads_never_raises_anything_unexpected() ->
     sys.setswitchinterval(1e-5)
     thread = threading.Thread(target=socket_thread)
     thread.start()
-    n = 0
     try:
-        deadline = time.monotonic() + 0.4
-        while time.monotonic() < deadline:
-            n += 1
+        for n in range(1, 11):  # two re-initialisations, five joins and leaves
             encrypt_batch(n)
             group.join(CAROL) if n % 2 else group.leave(CAROL)
             group.run()
@@ -437,7 +572,7 @@ def test_one_session_used_from_two_threads_never_raises_anything_unexpected() ->
         sys.setswitchinterval(interval)
     assert unexpected == []
     assert outcomes.get("garbage", 0) == 0
-    assert outcomes.get("ok", 0) > 500 and n >= 5, (outcomes, n)
+    assert outcomes.get("ok", 0) > 500, outcomes
 
 
 # The receiver with the real decryptor ---------------------------------------------------------------------------

@@ -14,7 +14,8 @@ USER = 5
 
 
 class Keys:
-    """Frames ``b"k<n>"`` decrypt once key ``n`` is known; ``b"bad"`` always fails; the rest pass."""
+    """Frames ``b"k<n>"`` (or ``b"k<n>:<tag>"``) decrypt once key ``n`` is known; ``b"bad"`` always fails; the rest
+    pass."""
 
     def __init__(self) -> None:
         self.known: set[int] = set()
@@ -26,11 +27,14 @@ class Keys:
         if frame == b"bad":
             raise E2EEDecryptError("auth")
         if frame.startswith(b"k"):
-            return b"plain" + frame[1:] if int(frame[1:]) in self.known else None
+            return b"plain" + frame[1:] if int(frame[1:].split(b":")[0]) in self.known else None
         return frame
 
     def forget_user(self, user_id: int) -> None:
         self.forgotten.append(user_id)
+
+    def keys(self) -> frozenset[int]:
+        return frozenset(self.known)
 
 
 def _packet(sequence: int, payload: bytes, arrival: float = 0.0, ssrc: int = 9) -> RtpPacket:
@@ -47,6 +51,43 @@ def test_each_frame_is_held_on_its_own() -> None:
     released = hold.release(0.1, lambda ssrc: USER)
     assert [(p.sequence, plain) for _, p, plain in released] == [(3, b"plain2")]
     assert len(hold) == 1 and stats["e2ee_held"] == 2
+
+
+def test_held_frames_are_retried_before_a_newer_frame_of_their_sender() -> None:
+    """davey refuses a frame older than the first one a new key decrypted: the oldest must meet the key first."""
+    keys, stats = Keys(), ReceiveStats()
+    hold = E2EEHold(keys, stats)
+    assert hold.open(USER, _packet(1, b"k1:a")) is None
+    assert hold.open(USER, _packet(2, b"k1:b")) is None
+    assert hold.open(7, _packet(3, b"k1:other", ssrc=11)) is None
+    keys.calls.clear()
+    assert hold.open(USER, _packet(5, b"x")) == b"x"
+    assert keys.calls == [b"x"], "the keys did not change since the held frames were tried: no retry"
+    keys.known.add(1)
+    keys.calls.clear()
+    assert hold.open(USER, _packet(4, b"k1:c")) == b"plain1:c"
+    assert keys.calls == [b"k1:a", b"k1:b", b"k1:c"], "the sender's held frames first, the other sender's untouched"
+    assert len(hold) == 3 and hold.users() == {USER, 7}
+    released = hold.release(0.02, lambda ssrc: USER if ssrc == 9 else 7)
+    assert [(p.sequence, plain) for _, p, plain in released] == [
+        (1, b"plain1:a"),
+        (2, b"plain1:b"),
+        (3, b"plain1:other"),
+    ]
+    assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0
+
+
+def test_frames_ready_for_release_are_dropped_with_their_user_or_ssrc() -> None:
+    keys, stats = Keys(), ReceiveStats()
+    hold = E2EEHold(keys, stats)
+    hold.open(USER, _packet(1, b"k1", ssrc=9))
+    hold.open(USER, _packet(2, b"k1", ssrc=10))
+    keys.known.add(1)
+    assert hold.open(USER, _packet(3, b"k1")) == b"plain1"
+    assert len(hold) == 2
+    assert hold.drop_ssrc(10) == 1
+    assert hold.forget(USER) == 1
+    assert len(hold) == 0 and hold.release(0.02, lambda ssrc: USER) == []
 
 
 def test_frames_expire_after_the_window_or_when_their_ssrc_changes_hands() -> None:
