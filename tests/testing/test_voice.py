@@ -31,6 +31,14 @@ CHANNEL = 2002
 ProbeFactory = Callable[..., VoiceProbe]
 
 
+async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for a state the local Discord reaches on its own (a DAVE transition applied), instead of a fixed sleep."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "the state was not reached"
+        await asyncio.sleep(0.01)
+
+
 @pytest.fixture(scope="module")
 def certificate() -> LocalCertificate:
     return generate_certificate()
@@ -360,8 +368,8 @@ async def test_speaker_uplink_conditions_apply_before_the_relay(server: VoiceSer
     await probe.connect()
     speaker = server.add_speaker(user_id=20, name="far", tone_seconds=0.4, uplink=LinkConditions(loss=0.2, seed=4))
     await speaker.speak()
-    await asyncio.sleep(0.05)
     uplink = speaker.uplink.stats
+    await probe.wait_packets(len(speaker.sent) - uplink.dropped, ssrc=speaker.ssrc)
     assert uplink.dropped > 0
     assert len(probe.packets_from(speaker.ssrc)) == len(speaker.sent) - uplink.dropped
     assert server.relay_stats.injected == len(speaker.sent) - uplink.dropped
@@ -421,8 +429,8 @@ async def test_dave_group_forms_and_frames_decrypt_end_to_end(server: VoiceServe
     await server.wait_dave_settled()
     await probe.wait_for(22)
     assert probe.dave is not None and probe.dave.session is not None
-    await asyncio.sleep(0.05)
-    assert probe.dave.session.ready and speaker.dave.can_encrypt
+    session = probe.dave.session
+    await _until(lambda: session.ready and speaker.dave.can_encrypt)
     assert probe.dave.session.voice_privacy_code == speaker.dave.session.voice_privacy_code  # type: ignore[union-attr]
 
     await speaker.speak()
@@ -448,7 +456,7 @@ async def test_a_member_without_dave_downgrades_the_call(server: VoiceServer, ma
     await secure.wait_for(22, lambda m: m["d"]["transition_id"] == prepare["d"]["transition_id"])
     await server.wait_dave_settled()
     assert server.dave_group is not None and server.dave_group.protocol_version == 0
-    await asyncio.sleep(0.02)
+    await _until(lambda: not speaker.dave.can_encrypt)
     await speaker.speak()
     got = await legacy.wait_packets(len(speaker.sent), ssrc=speaker.ssrc)
     assert [p.payload for p in got] == [f.opus for f in speaker.sent]
@@ -497,8 +505,7 @@ async def test_discord_py_voice_client_plays_through_the_relay(dave: bool) -> No
         if dave:
             await voice.wait_dave_settled()
             await probe.wait_for(22)
-            await asyncio.sleep(0.05)
-            assert vc.voice_privacy_code is not None
+            await _until(lambda: vc.voice_privacy_code is not None)
             assert probe.dave is not None and probe.dave.session is not None
             assert vc.voice_privacy_code == probe.dave.session.voice_privacy_code
 
