@@ -29,6 +29,8 @@ pytestmark = pytest.mark.e2e
 TWO = (SpeakerSpec("en_gb_female"), SpeakerSpec("de_male"))
 MAX_ALIGNMENT_ERROR = 0.020
 FRAME = 0.020
+IN_FLIGHT = 0.1
+"""Audio on its way when a connection went away: in the relay, the sockets and the receiver's playout delay."""
 
 
 async def _talk(session: RecordingSession, before: float) -> None:
@@ -80,19 +82,32 @@ def _missing_seconds(session: RecordingSession) -> list[float]:
 
 
 async def test_voice_server_move_mid_recording_loses_at_most_200_ms(tmp_path: Path, tier: str) -> None:
+    """Only what is sent while the connection moves is lost: at most the time discord.py takes to be connected
+    on the new endpoint (plus frames in flight), and, in the timing tier, at most 200 ms."""
     async with RecordingSession(tmp_path, speakers=TWO) as session:
-        assert session.vc is not None
+        vc = session.vc
+        assert vc is not None
         old_endpoint = session.local.voice.endpoint
         await _talk(session, 1.5)
+        loop = asyncio.get_running_loop()
+        moved_at = loop.time()
         new_endpoint = await session.local.move_voice_server()
         await session.local.voice.wait_for_member(session.bot_id)
-        assert session.vc.is_connected()
+        while not (vc.endpoint == new_endpoint and vc.is_connected()):
+            assert loop.time() - moved_at < 10, "never connected to the new voice server"
+            await asyncio.sleep(0.005)
+        outage = loop.time() - moved_at
         await _finish(session, 2.0)
-        assert new_endpoint != old_endpoint and session.vc.endpoint == new_endpoint
+        assert new_endpoint != old_endpoint and vc.endpoint == new_endpoint
     lost = _missing_seconds(session)
     errors = _check_alignment(session, tier)
-    print(f"\nmove: lost {[f'{s * 1000:.0f} ms' for s in lost]}, alignment {[f'{e * 1000:+.1f}' for e in errors]} ms")
-    assert max(lost) <= 0.200
+    print(
+        f"\nmove: lost {[f'{s * 1000:.0f} ms' for s in lost]} in an outage of {outage * 1000:.0f} ms, "
+        f"alignment {[f'{e * 1000:+.1f}' for e in errors]} ms"
+    )
+    assert max(lost) <= outage + IN_FLIGHT
+    if tier == "timing":
+        assert max(lost) <= 0.200
 
 
 async def test_voice_websocket_drop_loses_nothing(tmp_path: Path, tier: str) -> None:
