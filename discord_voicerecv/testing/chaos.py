@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import discord
 
-from ..frames import VoiceFrame
+from ..frames import FRAME_BYTES, FRAME_SAMPLES, VoiceFrame
 from ..sinks.base import AudioSink, SinkUser
 from .link import LinkConditions
 
@@ -52,6 +52,7 @@ __all__ = (
     "SpeakerSpec",
     "account_frames",
     "alignment_error",
+    "placement_score",
 )
 
 _log = logging.getLogger(__name__)
@@ -568,3 +569,37 @@ def alignment_error(
         window = pcm_to_array(wav.readframes(len(reference) // 4 + 2 * margin), wav.getnchannels())
     score, lag = normalized_xcorr(window, reference)
     return (first + lag) / rate - expected, score
+
+
+def placement_score(
+    speaker: SimulatedSpeaker, track: str | os.PathLike[str], records: Sequence[FrameRecord], *, seconds: float = 2.0
+) -> float:
+    """How well ``speaker``'s track holds the audio the recording says it played where it says it played it.
+
+    The reference is the sent audio of the last ``seconds`` of frames decoded from their own packets, each put in
+    the slot its :class:`FrameRecord` names (concealed slots silent); the track is searched 25 ms either side (the
+    decoder's delay). Unlike :func:`alignment_error`, this does not depend on when anything happened: a stall of
+    this process that moves a spurt later moves the frames' slots with it. Needs numpy.
+    """
+    import wave
+
+    from .analysis import normalized_xcorr, pcm_to_array
+
+    audio = {f.sequence & 0xFFFF: f.pcm for f in speaker.sent if f.pcm is not None}
+    decoded = [r for r in records if not r.concealed and r.sequence & 0xFFFF in audio]
+    decoded = decoded[-max(1, round(seconds * 50)) :]
+    if not decoded:
+        return 0.0
+    first = decoded[0].tick
+    reference = bytearray(FRAME_BYTES * (decoded[-1].tick - first + 1))
+    for record in decoded:
+        pcm = audio[record.sequence & 0xFFFF]
+        at = (record.tick - first) * FRAME_BYTES
+        reference[at : at + len(pcm)] = pcm
+    with wave.open(os.fspath(track), "rb") as wav:
+        margin = wav.getframerate() // 40
+        start = min(max(0, first * FRAME_SAMPLES - margin), wav.getnframes())
+        wav.setpos(start)
+        window = pcm_to_array(wav.readframes(len(reference) // 4 + 2 * margin), wav.getnchannels())
+    score, _ = normalized_xcorr(window, pcm_to_array(bytes(reference)))
+    return score

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+import wave
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+from discord_voicerecv.frames import FRAME_BYTES
 from discord_voicerecv.protocol.rtp import build_rtp_header
-from discord_voicerecv.testing.chaos import DatagramTap, FrameRecord, RecordingSession, SentMeta, account_frames
+from discord_voicerecv.testing.chaos import (
+    DatagramTap,
+    FrameRecord,
+    RecordingSession,
+    SentMeta,
+    account_frames,
+    placement_score,
+)
+from discord_voicerecv.testing.clips import clip_frames
 from discord_voicerecv.testing.link import LinkStats
 from discord_voicerecv.testing.speakers import SimulatedSpeaker
 
@@ -84,3 +95,24 @@ def test_the_session_accounts_with_when_the_bot_got_each_packet_not_when_the_lin
             session.datagrams(_rtp(500 + index))
     account = session.account(speaker)
     assert (account.dropped, account.absent, account.late_successor, account.unexplained_absent) == (1, 1, 1, 0)
+
+
+def _track(path: Path, slots: dict[int, bytes], length: int) -> Path:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(48000)
+        wav.writeframes(b"".join(slots.get(tick, bytes(FRAME_BYTES)) for tick in range(length)))
+    return path
+
+
+def test_the_placement_score_checks_the_audio_is_in_the_slots_the_recording_names(tmp_path: Path) -> None:
+    pcm = list(itertools.islice(clip_frames("en_gb_female"), 150))[50:]
+    sent = [SimpleNamespace(sequence=65500 + n, pcm=frame) for n, frame in enumerate(pcm)]
+    speaker: Any = SimpleNamespace(sent=sent)
+    records = [FrameRecord(SSRC, USER, 20 + n, 65500 + n, n == 40) for n in range(100)]
+    good = _track(tmp_path / "good.wav", {20 + n: frame for n, frame in enumerate(pcm)}, 140)
+    assert placement_score(speaker, good, records) > 0.99
+    # A track whose second half sits ten slots later than the records say.
+    moved = _track(tmp_path / "moved.wav", {20 + n + 10 * (n >= 50): frame for n, frame in enumerate(pcm)}, 140)
+    assert placement_score(speaker, moved, records) < 0.8
