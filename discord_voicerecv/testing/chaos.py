@@ -576,9 +576,9 @@ def placement_score(
 ) -> float:
     """How well ``speaker``'s track holds the audio the recording says it played where it says it played it.
 
-    The reference is the sent audio of the last ``seconds`` of frames decoded from their own packets, each put in
-    the slot its :class:`FrameRecord` names (concealed slots silent); the track is searched 25 ms either side (the
-    decoder's delay). Unlike :func:`alignment_error`, this does not depend on when anything happened: a stall of
+    The reference is the sent audio of the last ``seconds`` of frames the recording played (decoded or concealed),
+    each put in the slot its :class:`FrameRecord` names; the track is searched 25 ms either side (the decoder's
+    delay). Unlike :func:`alignment_error`, this does not depend on when anything happened: a stall of
     this process that moves a spurt later moves the frames' slots with it. Needs numpy.
     """
     import wave
@@ -586,13 +586,12 @@ def placement_score(
     from .analysis import normalized_xcorr, pcm_to_array
 
     audio = {f.sequence & 0xFFFF: f.pcm for f in speaker.sent if f.pcm is not None}
-    decoded = [r for r in records if not r.concealed and r.sequence & 0xFFFF in audio]
-    decoded = decoded[-max(1, round(seconds * 50)) :]
-    if not decoded:
+    played = [r for r in records if r.sequence & 0xFFFF in audio][-max(1, round(seconds * 50)) :]
+    if not played:
         return 0.0
-    first = decoded[0].tick
-    reference = bytearray(FRAME_BYTES * (decoded[-1].tick - first + 1))
-    for record in decoded:
+    first = played[0].tick
+    reference = bytearray(FRAME_BYTES * (played[-1].tick - first + 1))
+    for record in played:
         pcm = audio[record.sequence & 0xFFFF]
         at = (record.tick - first) * FRAME_BYTES
         reference[at : at + len(pcm)] = pcm
