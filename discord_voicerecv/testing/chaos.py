@@ -223,7 +223,7 @@ class DatagramTap:
 
     Registered as a socket listener after the receiver's, it runs on the same thread right after the receiver queued
     the datagram, so its time is when the receiver had the packet, even when this process stalls while the
-    network's clock runs on. Sequence numbers wrap after 65,536 packets (22 minutes of one speaker).
+    network's clock runs on. Keys repeat once a sender's sequence numbers wrap (65,536 packets, 22 minutes).
     """
 
     __slots__ = ("_clock", "times")
@@ -358,6 +358,7 @@ class RecordingSession:
 
         The arrival times are the bot's (:class:`DatagramTap`), not the uplink's: on a loaded machine the bot may
         read a packet long after the network delivered it, and the receiver can only conceal towards what it read.
+        Packets are looked up under the speaker's current SSRC: those sent under an earlier one count as never read.
         """
         stats = speaker.uplink.stats
         sent = self.sent(speaker)
