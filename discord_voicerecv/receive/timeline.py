@@ -48,7 +48,8 @@ class Timeline:
     t0:
         Clock time of slot 0's start.
     max_silence:
-        A packet arriving more than this many seconds after the stream's previous packet starts a new spurt.
+        A packet arriving more than this many seconds after the stream's previous packet starts a new spurt, unless
+        its timestamp continues the spurt with no pause and its slot can still be played (a stall, not a pause).
     max_early:
         A frame whose RTP slot lies more than this many seconds after its arrival means the timestamps jumped
         (a sender restart); the stream is re-anchored on arrival time.
@@ -114,10 +115,12 @@ class Timeline:
             self._last_arrival = arrival
         arrival_slot = math.floor((arrival - self.t0) / FRAME_DURATION + 1e-9)  # slot_at, inlined: once per packet
         anchor_slot = self._anchor_slot
-        if anchor_slot is None or (newest and gap > self.max_silence):
+        if anchor_slot is None:
             return self._anchor(timestamp, arrival_slot, first_free)
         delta = timestamp - self._anchor_ts
         slot = anchor_slot + delta // FRAME_SAMPLES
+        if newest and gap > self.max_silence and not self._continues(slot, first_free):
+            return self._anchor(timestamp, arrival_slot, first_free)
         if slot - arrival_slot > self._max_early_slots:
             return self._anchor(timestamp, arrival_slot, first_free) if newest else None
         if slot < self._floor:
@@ -140,6 +143,12 @@ class Timeline:
         if slot < self._first_slot:
             self._first_slot = slot
         return Placement(slot, self.spurt, False, moved, delta % FRAME_SAMPLES)
+
+    def _continues(self, slot: int, first_free: int) -> bool:
+        """A frame that arrived after a silence but whose timestamp follows the spurt with no pause (the sender did
+        not stop: the network or this process stalled) stays in the spurt while its slot can still be played."""
+        last = self.last_slot
+        return last is not None and first_free <= slot and last < slot <= last + self.max_silence / FRAME_DURATION
 
     def _anchor(self, timestamp: int, slot: int, first_free: int) -> Placement | None:
         """Start a new spurt at ``slot`` (never over the previous spurt); None when that slot was played."""

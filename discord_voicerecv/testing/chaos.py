@@ -19,6 +19,8 @@ import logging
 import math
 import os
 import random
+import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import discord
 
-from ..frames import VoiceFrame
+from ..frames import FRAME_BYTES, FRAME_SAMPLES, VoiceFrame
 from ..sinks.base import AudioSink, SinkUser
 from .link import LinkConditions
 
@@ -41,6 +43,7 @@ __all__ = (
     "ChaosEvent",
     "ChaosMonkey",
     "ChaosPlan",
+    "DatagramTap",
     "FrameAccount",
     "FrameRecord",
     "FrameTap",
@@ -49,6 +52,7 @@ __all__ = (
     "SpeakerSpec",
     "account_frames",
     "alignment_error",
+    "placement_score",
 )
 
 _log = logging.getLogger(__name__)
@@ -214,6 +218,39 @@ class FrameTap(AudioSink):
         return [r for r in self.records if r.user_id == user_id]
 
 
+class DatagramTap:
+    """When the recording bot's socket reader got each RTP packet: its first copy, by SSRC and sequence number.
+
+    Registered as a socket listener after the receiver's, it runs on the same thread right after the receiver queued
+    the datagram, so its time is when the receiver had the packet, even when this process stalls while the
+    network's clock runs on. Keys repeat once a sender's sequence numbers wrap (65,536 packets, 22 minutes).
+    """
+
+    __slots__ = ("_clock", "times")
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.times: dict[tuple[int, int], float] = {}
+
+    def __call__(self, datagram: bytes) -> None:
+        if len(datagram) < 12 or datagram[0] >> 6 != 2 or 192 <= datagram[1] <= 223:
+            return
+        (sequence,) = struct.unpack_from(">H", datagram, 2)
+        (ssrc,) = struct.unpack_from(">I", datagram, 8)
+        self.times.setdefault((ssrc, sequence), self._clock())
+
+    def arrivals(self, ssrc: int, sent: Iterable[SentFrame | SentMeta]) -> dict[int, float]:
+        """When each of ``sent`` (by ``SentFrame.index``) reached the bot on ``ssrc``; frames that never did are left
+        out."""
+        times = self.times
+        out: dict[int, float] = {}
+        for frame in sent:
+            got = times.get((ssrc, frame.sequence & 0xFFFF))
+            if got is not None:
+                out[frame.index] = got
+        return out
+
+
 class SpeakerSpec(NamedTuple):
     """A simulated speaker of a :class:`RecordingSession`: its clip and the conditions of its uplink."""
 
@@ -265,6 +302,7 @@ class RecordingSession:
         self.history = history
         self.speakers: list[SimulatedSpeaker] = []
         self.tap = FrameTap()
+        self.datagrams = DatagramTap()
         self.sink: WaveSink | None = None
         self.vc: VoiceRecvClient | None = None
         self.bot_id = 0
@@ -277,6 +315,7 @@ class RecordingSession:
         self._collector: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RecordingSession:
+        from .. import _discord_glue as glue
         from ..client import VoiceRecvClient
         from ..opus import ensure_discord_opus
         from ..sinks import MultiSink, WaveSink
@@ -298,12 +337,12 @@ class RecordingSession:
                 self.local.voice.set_link(self.bot_id, self.downlink)
             for spec in self.specs:
                 speaker = self.local.add_speaker(clip=spec.clip, uplink=spec.uplink, history=self.history)
-                speaker.uplink.record_delivery_times()
                 self.speakers.append(speaker)
             await self.local.voice.wait_dave_settled(timeout=10.0)
             self.sink = WaveSink(self.directory)
             self.started = asyncio.get_running_loop().time()
             self.vc.listen(MultiSink(self.sink, self.tap), playout_delay=self.playout_delay)
+            glue.add_socket_listener(self.vc, self.datagrams)
         except BaseException:
             await stack.aclose()
             raise
@@ -315,14 +354,20 @@ class RecordingSession:
         return self.started + 0.02 * (slot + 1) + self.playout_delay
 
     def account(self, speaker: SimulatedSpeaker) -> FrameAccount:
-        """:func:`account_frames` for one speaker, with its uplink's drops and delivery times."""
+        """:func:`account_frames` for one speaker: its uplink's drops, and when the bot got each packet.
+
+        The arrival times are the bot's (:class:`DatagramTap`), not the uplink's: on a loaded machine the bot may
+        read a packet long after the network delivered it, and the receiver can only conceal towards what it read.
+        Packets are looked up under the speaker's current SSRC: those sent under an earlier one count as never read.
+        """
         stats = speaker.uplink.stats
+        sent = self.sent(speaker)
         return account_frames(
-            self.sent(speaker),
+            sent,
             self.tap.of_user(speaker.user_id),
             [*stats.dropped_indices, *stats.damaged_indices],
             held=stats.reordered_indices,
-            arrivals=stats.delivered_at,
+            arrivals=self.datagrams.arrivals(speaker.ssrc, sent),
             deadline=self.slot_deadline,
         )
 
@@ -344,11 +389,14 @@ class RecordingSession:
 
     async def stop(self) -> StatsSnapshot:
         """Stop listening (files are complete afterwards) and return the receive counters."""
+        from .. import _discord_glue as glue
+
         if self.stats is None:
             assert self.vc is not None
             receiver = self.vc._receiver
             self.vc.stop_listening()
             await self.vc.wait_listening_stopped()
+            glue.remove_socket_listener(self.vc, self.datagrams)
             self.stopped = asyncio.get_running_loop().time()
             assert receiver is not None
             self.stats = receiver.stats()
@@ -415,7 +463,7 @@ def account_frames(
     held: Iterable[int] = (),
     arrivals: Mapping[int, float] | None = None,
     deadline: Callable[[int], float] | None = None,
-    tolerance: float = 0.025,
+    tolerance: float = 0.01,
     max_conceal: int = 5,
 ) -> FrameAccount:
     """Reconcile one speaker's sent frames (``speaker.sent`` or :meth:`RecordingSession.sent`) with the
@@ -423,10 +471,11 @@ def account_frames(
 
     ``dropped`` are the indices (``SentFrame.index``) of frames the network lost or damaged on the way, ``held``
     those it held back (reordered); both come from the links' :class:`~discord_voicerecv.testing.LinkStats`.
-    With ``arrivals`` (when each frame left the network, :attr:`LinkStats.delivered_at`) and ``deadline`` (when
-    a slot is played, :meth:`RecordingSession.slot_deadline`), an absent frame's successor counts as late when it
-    arrived less than ``tolerance`` seconds before the absent frame's slot was due (the receiver plays slots in
-    pairs, so a slot may go up to one slot after its deadline); without them, when it was held back.
+    With ``arrivals`` (when each frame reached the receiver, :meth:`DatagramTap.arrivals`) and ``deadline`` (when
+    a slot is played at the earliest, :meth:`RecordingSession.slot_deadline`), an absent frame's successor counts as
+    late when it arrived less than ``tolerance`` seconds before the absent frame's slot was due (the receiver reads
+    its clock just after taking the datagrams queued so far, so one queued in between waits for the next run);
+    without them, when it was held back.
     """
     sent = list(sent)
     lost = set(dropped)
@@ -521,3 +570,36 @@ def alignment_error(
         window = pcm_to_array(wav.readframes(len(reference) // 4 + 2 * margin), wav.getnchannels())
     score, lag = normalized_xcorr(window, reference)
     return (first + lag) / rate - expected, score
+
+
+def placement_score(
+    speaker: SimulatedSpeaker, track: str | os.PathLike[str], records: Sequence[FrameRecord], *, seconds: float = 2.0
+) -> float:
+    """How well ``speaker``'s track holds the audio the recording says it played where it says it played it.
+
+    The reference is the sent audio of the last ``seconds`` of frames the recording played (decoded or concealed),
+    each put in the slot its :class:`FrameRecord` names; the track is searched 25 ms either side (the decoder's
+    delay). Unlike :func:`alignment_error`, this does not depend on when anything happened: a stall of
+    this process that moves a spurt later moves the frames' slots with it. Needs numpy.
+    """
+    import wave
+
+    from .analysis import normalized_xcorr, pcm_to_array
+
+    audio = {f.sequence & 0xFFFF: f.pcm for f in speaker.sent if f.pcm is not None}
+    played = [r for r in records if r.sequence & 0xFFFF in audio][-max(1, round(seconds * 50)) :]
+    if not played:
+        return 0.0
+    first = played[0].tick
+    reference = bytearray(FRAME_BYTES * (played[-1].tick - first + 1))
+    for record in played:
+        pcm = audio[record.sequence & 0xFFFF]
+        at = (record.tick - first) * FRAME_BYTES
+        reference[at : at + len(pcm)] = pcm
+    with wave.open(os.fspath(track), "rb") as wav:
+        margin = wav.getframerate() // 40
+        start = min(max(0, first * FRAME_SAMPLES - margin), wav.getnframes())
+        wav.setpos(start)
+        window = pcm_to_array(wav.readframes(len(reference) // 4 + 2 * margin), wav.getnchannels())
+    score, _ = normalized_xcorr(window, pcm_to_array(bytes(reference)))
+    return score

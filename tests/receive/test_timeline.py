@@ -40,11 +40,28 @@ def test_silence_starts_a_new_spurt_anchored_on_arrival() -> None:
     tl = Timeline(T0, max_silence=0.2)
     for i in range(5):
         tl.place(960 * i, _at(i), first_free=0, newest=True)
-    placed = tl.place(960 * 5, _at(40.2), first_free=0, newest=True)
+    placed = tl.place(960 * 5, _at(40.2), first_free=35, newest=True)  # slots before 35 were played by then
     assert placed == Placement(40, 2, True)
     assert tl.spurt == 2
     again = tl.place(960 * 6, _at(41.1), first_free=0, newest=True)
     assert again == Placement(41, 2, False)
+
+
+def test_a_stall_longer_than_max_silence_keeps_the_spurt_while_its_slots_can_still_play() -> None:
+    tl = Timeline(T0, max_silence=0.2)
+    for i in range(20):
+        tl.place(960 * i, _at(i + 0.5), first_free=0, newest=True)
+    # Nothing for 0.26 s (the network or this process stalled), then the next frame: its timestamp follows the spurt
+    # without a pause and slot 20 has not been played, so it is the same spurt, not a new one anchored on arrival.
+    assert tl.place(960 * 20, _at(33.5), first_free=15, newest=True) == Placement(20, 1, False)
+    assert tl.place(960 * 23, _at(33.6), first_free=15, newest=True) == Placement(23, 1, False)
+
+
+def test_a_stalled_frame_whose_slot_was_played_starts_a_spurt_on_arrival() -> None:
+    tl = Timeline(T0, max_silence=0.2)
+    for i in range(20):
+        tl.place(960 * i, _at(i + 0.5), first_free=0, newest=True)
+    assert tl.place(960 * 20, _at(33.5), first_free=25, newest=True) == Placement(33, 2, True)
 
 
 def test_timestamps_that_kept_running_through_silence_also_anchor_on_arrival() -> None:
