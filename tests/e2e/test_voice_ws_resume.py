@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from discord_voicerecv.testing.chaos import RecordingSession, SpeakerSpec, alignment_error
+from discord_voicerecv.testing.chaos import RecordingSession, SpeakerSpec, alignment_error, placement_score
 
 TWO = (SpeakerSpec("en_gb_female"), SpeakerSpec("de_male"))
 FRAME = 0.020
@@ -18,7 +18,8 @@ RESUME_WINDOW = 1.0
 
 @pytest.mark.parametrize("tier", ["state", pytest.param("timing", marks=pytest.mark.timing)])
 async def test_recording_survives_a_voice_websocket_closed_with_4015(tmp_path: Path, tier: str) -> None:
-    """``timing`` adds the bound on where the last spurt sits against the senders' clock (one slot)."""
+    """Each track holds its speaker's audio in the slots the receiver played it; ``timing`` adds where the last
+    spurt sits against the senders' clock (one slot)."""
     async with RecordingSession(tmp_path, speakers=TWO) as session:
         vc = session.vc
         assert vc is not None and session.sink is not None
@@ -46,7 +47,9 @@ async def test_recording_survives_a_voice_websocket_closed_with_4015(tmp_path: P
     print(f"\n4015: lost {[f'{s * 1000:.0f} ms' for s in lost]}")
     assert max(lost) <= 0.200, f"lost {lost} s"
     for speaker in session.speakers:
-        error, score = alignment_error(speaker, session.sink.files[speaker.user_id], session.started)
-        assert score >= 0.9, f"{speaker.name}: score {score:.3f}"
+        track = session.sink.files[speaker.user_id]
+        placed = placement_score(speaker, track, session.tap.of_user(speaker.user_id))
+        assert placed >= 0.9, f"{speaker.name}: placement score {placed:.3f}"
         if tier == "timing":
-            assert abs(error) <= FRAME, f"{speaker.name}: {error * 1000:+.1f} ms"
+            error, score = alignment_error(speaker, track, session.started)
+            assert abs(error) <= FRAME and score >= 0.9, f"{speaker.name}: {error * 1000:+.1f} ms, score {score:.3f}"
