@@ -18,6 +18,9 @@ from ..frames import FRAME_DURATION, FRAME_SAMPLES
 
 __all__ = ("Placement", "Timeline", "slot_at")
 
+_PERSISTENT_LATE = 3
+"""Newest frames in a row, each at least as late as the one before, that show a lasting rise of the delay."""
+
 
 def slot_at(t0: float, t: float) -> int:
     """The slot containing time ``t`` on a timeline that starts at ``t0``."""
@@ -62,6 +65,8 @@ class Timeline:
         "_floor",
         "_frozen",
         "_last_arrival",
+        "_late_run",
+        "_lateness",
         "_max_early_slots",
         "last_slot",
         "max_silence",
@@ -85,7 +90,9 @@ class Timeline:
         self.last_slot: int | None = None
         """Latest slot given to any frame of this stream."""
         self.shifts = 0
-        """Times a late newest frame pushed the rest of its spurt later (the network delay grew mid-spurt)."""
+        """Times late newest frames pushed the rest of their spurt later (the network delay grew mid-spurt)."""
+        self._lateness = 0
+        self._late_run = 0
 
     def reset(self) -> None:
         """End the current spurt: the next packet is anchored anew (RTCP BYE, sender restart)."""
@@ -124,7 +131,7 @@ class Timeline:
         if slot - arrival_slot > self._max_early_slots:
             return self._anchor(timestamp, arrival_slot, first_free) if newest else None
         if slot < self._floor:
-            return self._shift(timestamp, first_free) if newest else None
+            return self._late_newest(timestamp, arrival_slot - slot, first_free) if newest else None
         moved = 0
         if slot > arrival_slot and not self._frozen:
             moved = max(0, min(slot - arrival_slot, self._first_slot - self._floor))
@@ -136,8 +143,10 @@ class Timeline:
                 slot -= moved
         if slot < first_free:
             if newest and arrival_slot >= first_free:
-                return self._shift(timestamp, first_free)
+                return self._late_newest(timestamp, arrival_slot - slot, first_free)
             return None
+        if newest:
+            self._late_run = 0
         if self.last_slot is None or slot > self.last_slot:
             self.last_slot = slot
         if slot < self._first_slot:
@@ -161,10 +170,22 @@ class Timeline:
         self.spurt += 1
         self._first_slot = slot
         self._frozen = False
+        self._late_run = 0
         self.last_slot = slot
         if slot < first_free:
             return None
         return Placement(slot, self.spurt, True)
+
+    def _late_newest(self, timestamp: int, lateness: int, first_free: int) -> Placement | None:
+        """A newest frame whose slot was played: late alone while frames arrive in a burst (a delay spike or a stall
+        of this process: each frame of the burst is less late than the one before, and the spurt keeps its place);
+        when lateness holds over three frames, the delay grew for good and the spurt moves later."""
+        self._late_run = self._late_run + 1 if self._late_run and lateness >= self._lateness else 1
+        self._lateness = lateness
+        if self._late_run < _PERSISTENT_LATE:
+            return None
+        self._late_run = 0
+        return self._shift(timestamp, first_free)
 
     def _shift(self, timestamp: int, first_free: int) -> Placement:
         """Re-anchor the running spurt so this (newest, late) frame plays in the first free slot."""

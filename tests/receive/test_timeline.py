@@ -86,14 +86,28 @@ def test_an_old_packet_whose_slot_was_played_is_late() -> None:
     assert tl.place(960, _at(9), first_free=5, newest=False) is None
 
 
-def test_a_stall_shifts_the_anchor_instead_of_dropping_the_burst() -> None:
+def test_a_burst_after_a_delay_spike_loses_its_late_frames_and_keeps_the_spurt_in_place() -> None:
     tl = Timeline(T0, max_silence=0.5)
     for i in range(3):
         tl.place(960 * i, _at(i), first_free=0, newest=True)
-    # packets 3..7 arrive together 0.3 s late, after slots up to 9 were played
-    burst = [tl.place(960 * i, _at(12), first_free=10, newest=True) for i in range(3, 8)]
-    assert [p.slot for p in burst if p is not None] == [10, 11, 12, 13, 14]
-    assert all(p is not None and p.spurt == 1 and not p.started for p in burst)
+    # packets 3..12 arrive together 0.2 s late, after slots up to 9 were played: 3..9 are late, each less than the
+    # one before (a burst), and 10..12 keep the slots their timestamps give
+    burst = [tl.place(960 * i, _at(12.5), first_free=10, newest=True) for i in range(3, 13)]
+    assert burst[:7] == [None] * 7
+    assert burst[7:] == [Placement(10, 1, False), Placement(11, 1, False), Placement(12, 1, False)]
+    assert tl.shifts == 0
+
+
+def test_lasting_lateness_moves_the_rest_of_the_spurt_later() -> None:
+    tl = Timeline(T0)
+    for i in range(3):
+        tl.place(960 * i, _at(i + 0.5), first_free=0, newest=True)
+    # from packet 3 on the delay grew by 0.15 s for good: every frame arrives 8 slots after it was sent, after the
+    # slots up to 4 after it were played
+    late = [tl.place(960 * i, _at(i + 8.5), first_free=i + 4, newest=True) for i in range(3, 7)]
+    assert late[:2] == [None, None], "the first late frames could still be a burst"
+    assert late[2] == Placement(9, 1, False) and tl.shifts == 1
+    assert late[3] == Placement(10, 1, False)
 
 
 def test_a_timestamp_jump_far_ahead_reanchors() -> None:
