@@ -270,11 +270,7 @@ class StreamPlayout:
         """Turn a plan into the slot's frame, decoding when PCM is wanted. Never raises for bad audio."""
         kind = plan.kind
         if not want_pcm:
-            if kind == CARRY:
-                return None
-            if kind != DECODE:
-                self._count("lost")
-            return self._frame(tick, b"", plan, kind != DECODE)
+            return None if kind == CARRY else self.opus_frame(plan, tick)
         decoder = self.decoder
         if decoder is None:
             decoder = self.decoder = opus.OpusDecoder()
@@ -295,6 +291,14 @@ class StreamPlayout:
         if len(pcm) != FRAME_BYTES:
             pcm = pcm[:FRAME_BYTES] + bytes(max(0, FRAME_BYTES - len(pcm)))
         return self._frame(tick, pcm, plan, concealed)
+
+    def opus_frame(self, plan: Plan, tick: int) -> VoiceFrame:
+        """The slot's frame without PCM (a sink that wants Opus only), for any plan but ``CARRY``; cheap enough to
+        make under the receiver's lock."""
+        if plan.kind == DECODE:
+            return self._frame(tick, b"", plan, False)
+        self._count("lost")
+        return self._frame(tick, b"", plan, True)
 
     def _decode_slot(self, decoder: opus.OpusDecoder, plan: Plan) -> tuple[bytes, bool]:
         """Decode the slot's packets in order; samples missing between them are concealed when lost, else silent."""

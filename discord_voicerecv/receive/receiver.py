@@ -23,7 +23,7 @@ from ..protocol.rtcp import Bye
 from ..sinks.base import AudioSink, SinkUser
 from .e2ee import E2EEHold, FrameDecryptor
 from .ingress import Ingress, RtpPacket
-from .playout import Event, Plan, StreamPlayout
+from .playout import CARRY, Event, Plan, StreamPlayout
 from .scheduler import PlayoutScheduler, Worker, shared_scheduler
 from .sinkfeed import SinkFeed, SlotQueue
 from .stats import ReceiveStats, StatsSnapshot
@@ -216,11 +216,15 @@ class Receiver:
                 return
             with self._lock:
                 if isinstance(opened, RtpPacket):
-                    user_id = self._ssrc_users.get(opened.ssrc)
+                    ssrc, sequence, timestamp, payload, _ = opened
+                    user_id = self._ssrc_users.get(ssrc)
                     if user_id is None:
                         self._unmapped.add(opened)
                     elif self._e2ee is None:
-                        self._file(user_id, opened, opened.payload, replayed=False)
+                        stream = self._streams.get(ssrc)
+                        if stream is None:
+                            stream = self._add_stream(ssrc, user_id)
+                        stream.insert(sequence, timestamp, payload, arrival, self._next_slot, replayed=False)
                     else:
                         self._route(user_id, opened)
                 else:
@@ -238,10 +242,12 @@ class Receiver:
     def _file(self, user_id: int, packet: RtpPacket, frame: bytes, *, replayed: bool) -> None:
         stream = self._streams.get(packet.ssrc)
         if stream is None:
-            stream = self._streams[packet.ssrc] = StreamPlayout(
-                packet.ssrc, user_id, self._t0, self._max_silence, self._stats
-            )
+            stream = self._add_stream(packet.ssrc, user_id)
         stream.insert(packet.sequence, packet.timestamp, frame, packet.arrival, self._next_slot, replayed=replayed)
+
+    def _add_stream(self, ssrc: int, user_id: int) -> StreamPlayout:
+        stream = self._streams[ssrc] = StreamPlayout(ssrc, user_id, self._t0, self._max_silence, self._stats)
+        return stream
 
     def _rtcp(self, packets: list[Any]) -> None:
         for packet in packets:
@@ -391,7 +397,7 @@ class Receiver:
         first = self._next_slot
         if last < first:
             return 0
-        if self._quiet():
+        if last > first and self._quiet():
             with self._lock:
                 self._next_slot = last + 1
                 self._housekeeping(now, first, last)
@@ -431,6 +437,7 @@ class Receiver:
         want_pcm = self._out.wants_pcm
         events: list[Event] = []
         plans: list[tuple[StreamPlayout, Plan]] = []
+        frames: list[VoiceFrame] = []
         with self._lock:
             tick = self._next_slot
             try:
@@ -439,10 +446,17 @@ class Receiver:
                     for user_id, packet, frame in self._e2ee.release(now, self._ssrc_users.get):
                         self._file(user_id, packet, frame, replayed=True)
                 self._next_slot = tick + 1
-                for stream in self._streams.values():
-                    plan = stream.plan(tick, events)
-                    if plan is not None:
-                        plans.append((stream, plan))
+                if want_pcm:
+                    for stream in self._streams.values():
+                        plan = stream.plan(tick, events)
+                        if plan is not None:
+                            plans.append((stream, plan))
+                else:
+                    # Nothing to decode: the frames are made here, under the lock, and no decoder is ever created.
+                    for stream in self._streams.values():
+                        plan = stream.plan(tick, events)
+                        if plan is not None and plan.kind != CARRY:
+                            frames.append(stream.opus_frame(plan, tick))
                 if self._departing:
                     self._drop_departed()
                 if tick % _HOUSEKEEPING_SLOTS == 0:
@@ -451,7 +465,6 @@ class Receiver:
                 self._next_slot = tick + 1
                 _log.exception("unexpected error planning slot %d", tick)
                 self._stats.incr("internal_error")
-        frames: list[VoiceFrame] = []
         for stream, plan in plans:
             try:
                 rendered = stream.render(plan, tick, want_pcm)
