@@ -169,7 +169,7 @@ class OpusDecoder:
     frames in order. Calls on one instance are serialised by a lock.
     """
 
-    __slots__ = ("__weakref__", "_buffer", "_lib", "_lock", "_state", "_view")
+    __slots__ = ("__weakref__", "_buffer", "_frame_view", "_lib", "_lock", "_state", "_view")
 
     def __init__(self) -> None:
         self._lib = _load()
@@ -181,6 +181,7 @@ class OpusDecoder:
         self._state = state
         self._buffer = (ctypes.c_int16 * (MAX_FRAME_SAMPLES * CHANNELS))()
         self._view = memoryview(self._buffer).cast("B")
+        self._frame_view = self._view[: FRAME_SAMPLES * CHANNELS * 2]
         self._lock = threading.Lock()
 
     def decode(self, packet: bytes | None, *, fec: bool = False, frame_samples: int = FRAME_SAMPLES) -> bytes:
@@ -217,6 +218,8 @@ class OpusDecoder:
             )
             if result < 0:
                 raise OpusError(result, "opus_decode")
+            if result == FRAME_SAMPLES:
+                return self._frame_view.tobytes()
             return self._view[: result * CHANNELS * 2].tobytes()
 
     def reset(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from ..errors import DecryptionFailed, MalformedPacket
 from ..protocol.ipdiscovery import PACKET_SIZE as _IP_DISCOVERY_SIZE
@@ -34,7 +34,8 @@ _PREVIOUS_KEY_PACKETS = 50
 authenticated with the new key: datagrams sealed just before the change may still be queued."""
 
 
-class RtpPacket(NamedTuple):
+@dataclass(slots=True)
+class RtpPacket:
     """An authenticated Opus packet with its transport encryption removed (the DAVE layer may remain)."""
 
     ssrc: int

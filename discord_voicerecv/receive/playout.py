@@ -278,7 +278,16 @@ class StreamPlayout:
             pcm, self._carry = self._carry[:FRAME_BYTES], self._carry[FRAME_BYTES:]
             concealed = False
         elif kind == DECODE:
-            pcm, concealed = self._decode_slot(decoder, plan)
+            packet = plan.packets[0]
+            if len(plan.packets) == 1 and not packet.offset and packet.samples == FRAME_SAMPLES:
+                # The usual slot: one 20 ms packet that fills it.
+                pcm, concealed = self._decode_packet(decoder, packet)
+                if len(pcm) == FRAME_BYTES:
+                    self._carry = b""
+                else:
+                    pcm, concealed = self._finish_slot(decoder, plan, [pcm], len(pcm) // _BYTES_PER_SAMPLE, concealed)
+            else:
+                pcm, concealed = self._decode_slot(decoder, plan)
         else:
             use_fec = kind == FEC
             try:
@@ -302,19 +311,11 @@ class StreamPlayout:
 
     def _decode_slot(self, decoder: opus.OpusDecoder, plan: Plan) -> tuple[bytes, bool]:
         """Decode the slot's packets in order; samples missing between them are concealed when lost, else silent."""
-        packets = plan.packets
-        if len(packets) == 1 and not packets[0].offset and packets[0].samples == FRAME_SAMPLES:
-            # The usual slot: one 20 ms packet that fills it.
-            pcm, concealed = self._decode_packet(decoder, packets[0])
-            if len(pcm) == FRAME_BYTES:
-                self._carry = b""
-                return pcm, concealed
-            return self._finish_slot(decoder, plan, [pcm], len(pcm) // _BYTES_PER_SAMPLE, concealed)
         parts: list[bytes] = []
         cursor = 0
         previous: int | None = None
         concealed = False
-        for packet in packets:
+        for packet in plan.packets:
             if packet.offset > cursor:
                 lost = plan.lost_before if previous is None else packet.sequence - previous > 1
                 parts.append(self._fill(decoder, packet.offset - cursor, lost))

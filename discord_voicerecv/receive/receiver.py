@@ -216,7 +216,7 @@ class Receiver:
                 return
             with self._lock:
                 if isinstance(opened, RtpPacket):
-                    ssrc, sequence, timestamp, payload, _ = opened
+                    ssrc = opened.ssrc
                     user_id = self._ssrc_users.get(ssrc)
                     if user_id is None:
                         self._unmapped.add(opened)
@@ -224,7 +224,9 @@ class Receiver:
                         stream = self._streams.get(ssrc)
                         if stream is None:
                             stream = self._add_stream(ssrc, user_id)
-                        stream.insert(sequence, timestamp, payload, arrival, self._next_slot, replayed=False)
+                        stream.insert(
+                            opened.sequence, opened.timestamp, opened.payload, arrival, self._next_slot, replayed=False
+                        )
                     else:
                         self._route(user_id, opened)
                 else:
@@ -406,7 +408,11 @@ class Receiver:
             return last - first + 1
         ran = 0
         while self._running and self._next_slot <= last:
-            self._safe(self._run_slot)
+            try:
+                self._run_slot()
+            except Exception:
+                _log.exception("unexpected error in voice playout")
+                self._stats.incr("internal_error")
             ran += 1
         return ran
 
@@ -474,8 +480,10 @@ class Receiver:
                 continue
             if rendered is not None:
                 frames.append(rendered)
-        self._emit(events)
-        if self._out.attached and not self._out.queue.put(tick, tick, frames):
+        if events:
+            self._emit(events)
+        out = self._out
+        if out.attached and not out.queue.put(tick, tick, frames):
             self._stats.incr("sink_queue_full", len(frames))
 
     def _drop_departed(self) -> None:
