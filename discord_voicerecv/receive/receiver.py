@@ -43,6 +43,8 @@ _IDLE_WAKE = 1.0
 _FIRST_PACKET_WAIT = 2 * FRAME_DURATION
 """The first datagram after a silence is processed with the ones that follow it this long later, as while anyone
 speaks: the client's DAVE and key state then settles first after a (re)connect."""
+_DRAIN_BATCH = 64
+"""Queued datagrams processed per hold of the lock, so the gateway thread (``map_ssrc``) never waits long."""
 _INBOX_MAX = 4096
 """Datagrams waiting for the scheduler at most; more are dropped as ``inbox_full``."""
 
@@ -201,11 +203,17 @@ class Receiver:
             self._stats.add_packet(len(datagram))
             self._stats.incr("inbox_full")
             return
-        self._process(datagram, self._clock())
+        lock = self._lock
+        lock.acquire()  # acquire/release: a third of the cost of a with statement, once per datagram
+        try:
+            self._process(datagram, self._clock())
+        finally:
+            lock.release()
 
     # processing --------------------------------------------------------------------------------------------------
 
     def _process(self, data: bytes, arrival: float) -> None:
+        """Open one datagram and file what it carries. Locked."""
         try:
             if not self._running:
                 self._stats.add_packet(len(data))
@@ -214,23 +222,22 @@ class Receiver:
             opened = self._ingress.open(data, arrival)
             if opened is None:
                 return
-            with self._lock:
-                if isinstance(opened, RtpPacket):
-                    ssrc = opened.ssrc
-                    user_id = self._ssrc_users.get(ssrc)
-                    if user_id is None:
-                        self._unmapped.add(opened)
-                    elif self._e2ee is None:
-                        stream = self._streams.get(ssrc)
-                        if stream is None:
-                            stream = self._add_stream(ssrc, user_id)
-                        stream.insert(
-                            opened.sequence, opened.timestamp, opened.payload, arrival, self._next_slot, replayed=False
-                        )
-                    else:
-                        self._route(user_id, opened)
+            if isinstance(opened, RtpPacket):
+                ssrc = opened.ssrc
+                user_id = self._ssrc_users.get(ssrc)
+                if user_id is None:
+                    self._unmapped.add(opened)
+                elif self._e2ee is None:
+                    stream = self._streams.get(ssrc)
+                    if stream is None:
+                        stream = self._add_stream(ssrc, user_id)
+                    stream.insert(
+                        opened.sequence, opened.timestamp, opened.payload, arrival, self._next_slot, replayed=False
+                    )
                 else:
-                    self._rtcp(opened)
+                    self._route(user_id, opened)
+            else:
+                self._rtcp(opened)
         except Exception:
             _log.exception("unexpected error handling a voice datagram")
             self._stats.incr("internal_error")
@@ -261,10 +268,13 @@ class Receiver:
                         stream.end_spurt()
 
     def _drain_inbox(self) -> None:
+        """Process the queued datagrams, taking the lock once per batch."""
         inbox = self._inbox
         while inbox:
-            data, arrival = inbox.popleft()
-            self._process(data, arrival)
+            with self._lock:
+                for _ in range(min(len(inbox), _DRAIN_BATCH)):
+                    data, arrival = inbox.popleft()
+                    self._process(data, arrival)
 
     # lifecycle -------------------------------------------------------------------------------------------------------
 
