@@ -203,21 +203,16 @@ class OpusDecoder:
         OpusError
             When libopus rejects the packet (corrupt data).
         """
-        conceal = packet is None or fec
-        size = frame_samples if conceal else MAX_FRAME_SAMPLES
-        if packet is not None and not packet:
-            packet = None
+        if packet:
+            length = len(packet)
+            size, decode_fec = (frame_samples, 1) if fec else (MAX_FRAME_SAMPLES, 0)
+        else:
+            size = frame_samples if packet is None or fec else MAX_FRAME_SAMPLES
+            packet, length, decode_fec = None, 0, 0
         lock = self._lock
         lock.acquire()  # acquire/release: a third of the cost of a with statement, once per frame
         try:
-            result: int = self._lib.opus_decode(
-                self._state,
-                packet,
-                0 if packet is None else len(packet),
-                self._buffer,
-                size,
-                1 if fec and packet is not None else 0,
-            )
+            result: int = self._lib.opus_decode(self._state, packet, length, self._buffer, size, decode_fec)
             if result < 0:
                 raise OpusError(result, "opus_decode")
             if result == FRAME_SAMPLES:

@@ -230,17 +230,20 @@ class StreamPlayout:
             events.append(self._event("speaking_start", tick))
             self.active = True
             self.spurt = first.spurt
-        timeline = self.timeline
-        if first.spurt == timeline.spurt:
-            timeline.freeze()
+            if first.spurt == self.timeline.spurt:
+                # The spurt starts playing: its anchor stays (a spurt's id never comes back, so once is enough).
+                self.timeline.freeze()
         last_seq = self._last_seq
         lost_before = same_spurt and last_seq is not None and first.sequence - last_seq > 1
         lost_after = head is not None and head.spurt == first.spurt and head.sequence - last.sequence > 1
         end = last.offset + last.samples
-        self._carry_slots = (end - 1) // FRAME_SAMPLES if end > FRAME_SAMPLES else 0
-        self._carry_ts = first.timestamp - first.offset
+        if end > FRAME_SAMPLES:
+            self._carry_slots = (end - 1) // FRAME_SAMPLES
+            self._carry_ts = first.timestamp - first.offset
+            self._last_wire_seq = last.wire_sequence
+        else:
+            self._carry_slots = 0
         self._last_seq = last.sequence
-        self._last_wire_seq = last.wire_sequence
         self._last_samples = last.samples
         self._last_slot = tick
         self._plc_run = 0
@@ -284,8 +287,8 @@ class StreamPlayout:
                 pcm, concealed = self._decode_packet(decoder, packet)
                 if len(pcm) == FRAME_BYTES:
                     self._carry = b""
-                else:
-                    pcm, concealed = self._finish_slot(decoder, plan, [pcm], len(pcm) // _BYTES_PER_SAMPLE, concealed)
+                    return self._frame(tick, pcm, plan, concealed)
+                pcm, concealed = self._finish_slot(decoder, plan, [pcm], len(pcm) // _BYTES_PER_SAMPLE, concealed)
             else:
                 pcm, concealed = self._decode_slot(decoder, plan)
         else:
