@@ -193,7 +193,13 @@ class StreamPlayout:
             self._carry_ts += FRAME_SAMPLES
             return Plan(CARRY, (), self._last_wire_seq, self._carry_ts)
         if head is not None and head.slot == tick:
-            return self._plan_packets(tick, head, events)
+            first, last_seq = head, self._last_seq
+            lost_before = (
+                self.active and first.spurt == self.spurt and last_seq is not None and first.sequence - last_seq > 1
+            )
+            packets, head = self._take_packets(tick, first, events)
+            lost_after = head is not None and head.spurt == first.spurt and head.sequence - packets[-1].sequence > 1
+            return Plan(DECODE, packets, first.wire_sequence, first.timestamp, lost_before, lost_after)
         if not self.active:
             return None
         if head is not None and head.spurt == self.spurt and self._last_seq is not None:
@@ -210,10 +216,14 @@ class StreamPlayout:
             events.append(self._event("speaking_stop", tick))
         return None
 
-    def _plan_packets(self, tick: int, first_packet: JitterPacket, events: list[Event]) -> Plan:
+    def _take_packets(
+        self, tick: int, first: JitterPacket, events: list[Event]
+    ) -> tuple[tuple[JitterPacket, ...], JitterPacket | None]:
+        """Take slot ``tick``'s packets (``first`` is the head) out of the buffer and move the stream past them;
+        returns them and the packet now at the head."""
         jitter = self.jitter
         jitter.pop()
-        first = last = first_packet
+        last = first
         head = jitter.peek()
         packets: tuple[JitterPacket, ...] = (first,)
         if head is not None and head.slot == tick:
@@ -223,8 +233,7 @@ class StreamPlayout:
                 jitter.pop()
                 head = jitter.peek()
             packets, last = tuple(more), more[-1]
-        same_spurt = self.active and first.spurt == self.spurt
-        if not same_spurt:
+        if not self.active or first.spurt != self.spurt:
             if self.active:
                 events.append(self._event("speaking_stop", tick))
             events.append(self._event("speaking_start", tick))
@@ -233,9 +242,6 @@ class StreamPlayout:
             if first.spurt == self.timeline.spurt:
                 # The spurt starts playing: its anchor stays (a spurt's id never comes back, so once is enough).
                 self.timeline.freeze()
-        last_seq = self._last_seq
-        lost_before = same_spurt and last_seq is not None and first.sequence - last_seq > 1
-        lost_after = head is not None and head.spurt == first.spurt and head.sequence - last.sequence > 1
         end = last.offset + last.samples
         if end > FRAME_SAMPLES:
             self._carry_slots = (end - 1) // FRAME_SAMPLES
@@ -247,7 +253,7 @@ class StreamPlayout:
         self._last_samples = last.samples
         self._last_slot = tick
         self._plc_run = 0
-        return Plan(DECODE, packets, first.wire_sequence, first.timestamp, lost_before, lost_after)
+        return packets, head
 
     def _plan_loss(self, tick: int, head: JitterPacket) -> Plan | None:
         """A concealed frame when this empty slot is where a lost packet belonged, else None (a DTX pause)."""
@@ -303,6 +309,28 @@ class StreamPlayout:
         if len(pcm) != FRAME_BYTES:
             pcm = pcm[:FRAME_BYTES] + bytes(max(0, FRAME_BYTES - len(pcm)))
         return self._frame(tick, pcm, plan, concealed)
+
+    def play_opus(self, tick: int, events: list[Event]) -> VoiceFrame | None:
+        """:meth:`plan` then :meth:`opus_frame` for a session where no sink wants PCM: the same frames, and a slot
+        that plays received packets is made without a plan. Cheap enough to run under the receiver's lock."""
+        head = self.jitter.peek()
+        if head is None or head.slot != tick or self._carry_slots:
+            plan = self.plan(tick, events)
+            return None if plan is None or plan.kind == CARRY else self.opus_frame(plan, tick)
+        packets, _ = self._take_packets(tick, head, events)
+        payloads = (head.payload,) if len(packets) == 1 else tuple(packet.payload for packet in packets)
+        self.tally.frames += 1
+        return VoiceFrame(
+            self.ssrc,
+            self.user_id,
+            tick,
+            b"",
+            head.payload,
+            head.wire_sequence,
+            head.timestamp & 0xFFFFFFFF,
+            False,
+            payloads,
+        )
 
     def opus_frame(self, plan: Plan, tick: int) -> VoiceFrame:
         """The slot's frame without PCM (a sink that wants Opus only), for any plan but ``CARRY``; cheap enough to

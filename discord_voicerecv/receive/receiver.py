@@ -23,7 +23,7 @@ from ..protocol.rtcp import Bye
 from ..sinks.base import AudioSink, SinkUser
 from .e2ee import E2EEHold, FrameDecryptor
 from .ingress import Ingress, RtpPacket
-from .playout import CARRY, Event, Plan, StreamPlayout
+from .playout import Event, Plan, StreamPlayout
 from .scheduler import PlayoutScheduler, Worker, shared_scheduler
 from .sinkfeed import SinkFeed, SlotQueue
 from .stats import ReceiveStats, StatsSnapshot
@@ -470,9 +470,9 @@ class Receiver:
                 else:
                     # Nothing to decode: the frames are made here, under the lock, and no decoder is ever created.
                     for stream in self._streams.values():
-                        plan = stream.plan(tick, events)
-                        if plan is not None and plan.kind != CARRY:
-                            frames.append(stream.opus_frame(plan, tick))
+                        frame = stream.play_opus(tick, events)
+                        if frame is not None:
+                            frames.append(frame)
                 if self._departing:
                     self._drop_departed()
                 if tick % _HOUSEKEEPING_SLOTS == 0:
