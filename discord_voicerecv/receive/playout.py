@@ -290,7 +290,12 @@ class StreamPlayout:
             packet = plan.packets[0]
             if len(plan.packets) == 1 and not packet.offset and packet.samples == FRAME_SAMPLES:
                 # The usual slot: one 20 ms packet that fills it.
-                pcm, concealed = self._decode_packet(decoder, packet)
+                try:
+                    pcm = decoder.decode(packet.payload)
+                    self.tally.decoded += 1
+                    concealed = False
+                except OpusError:
+                    pcm, concealed = self._undecodable(decoder, packet), True
                 if len(pcm) == FRAME_BYTES:
                     self._carry = b""
                     return self._frame(tick, pcm, plan, concealed)
@@ -363,10 +368,14 @@ class StreamPlayout:
         try:
             pcm = decoder.decode(packet.payload)
         except OpusError:
-            self._count("opus_error")
-            return decoder.decode(None, frame_samples=_plc_size(packet.samples)), True
+            return self._undecodable(decoder, packet), True
         self.tally.decoded += 1
         return pcm, False
+
+    def _undecodable(self, decoder: opus.OpusDecoder, packet: JitterPacket) -> bytes:
+        """PLC of the packet's length for a packet libopus rejects (counted)."""
+        self._count("opus_error")
+        return decoder.decode(None, frame_samples=_plc_size(packet.samples))
 
     def _finish_slot(
         self, decoder: opus.OpusDecoder, plan: Plan, parts: list[bytes], cursor: int, concealed: bool
