@@ -236,9 +236,11 @@ class _XChaChaRtpsize(TransportCipher):
         if _sodium is None or size > _MAX_SEALED:
             return _skip_extension(self._open_at(packet, clear), skip)
         try:
-            out = self._local.out
+            out, view = self._local.buffers
         except AttributeError:
-            out = self._local.out = _ffi.new("unsigned char[]", _MAX_SEALED)
+            out = _ffi.new("unsigned char[]", _MAX_SEALED)
+            view = _ffi.buffer(out)
+            self._local.buffers = out, view
         sealed = packet[clear:end]
         if _sodium_open(
             out, _NULL, _NULL, sealed, size + _TAG_SIZE, packet[:clear], clear, packet[end:] + _ZEROS_20, self._key
@@ -246,7 +248,7 @@ class _XChaChaRtpsize(TransportCipher):
             raise DecryptionFailed(f"{self.mode}: authentication failed")
         if skip > size:
             raise MalformedPacket("extension", f"body of {skip} bytes, {size} decrypted")
-        return _ffi.buffer(out, size)[skip:]  # type: ignore[no-any-return]
+        return view[skip:size]  # type: ignore[no-any-return]
 
     def _nonce(self, clear: bytes, suffix: bytes) -> bytes:
         return suffix + _ZEROS_20
