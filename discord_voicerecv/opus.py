@@ -210,7 +210,7 @@ class OpusDecoder:
             size = frame_samples if packet is None or fec else MAX_FRAME_SAMPLES
             packet, length, decode_fec = None, 0, 0
         lock = self._lock
-        lock.acquire()  # acquire/release: a third of the cost of a with statement, once per frame
+        lock.acquire()  # acquire/release: under half the cost of a with block, paid per frame
         try:
             result: int = self._lib.opus_decode(self._state, packet, length, self._buffer, size, decode_fec)
             if result < 0:
