@@ -470,9 +470,9 @@ class Receiver:
                 else:
                     # Nothing to decode: the frames are made here, under the lock, and no decoder is ever created.
                     for stream in self._streams.values():
-                        frame = stream.play_opus(tick, events)
-                        if frame is not None:
-                            frames.append(frame)
+                        played = stream.play_opus(tick, events)
+                        if played is not None:
+                            frames.append(played)
                 if self._departing:
                     self._drop_departed()
                 if tick % _HOUSEKEEPING_SLOTS == 0:
