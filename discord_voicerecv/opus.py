@@ -169,7 +169,7 @@ class OpusDecoder:
     frames in order. Calls on one instance are serialised by a lock.
     """
 
-    __slots__ = ("__weakref__", "_buffer", "_lib", "_lock", "_state", "_view")
+    __slots__ = ("__weakref__", "_buffer", "_frame_view", "_lib", "_lock", "_state", "_view")
 
     def __init__(self) -> None:
         self._lib = _load()
@@ -181,6 +181,7 @@ class OpusDecoder:
         self._state = state
         self._buffer = (ctypes.c_int16 * (MAX_FRAME_SAMPLES * CHANNELS))()
         self._view = memoryview(self._buffer).cast("B")
+        self._frame_view = self._view[: FRAME_SAMPLES * CHANNELS * 2]
         self._lock = threading.Lock()
 
     def decode(self, packet: bytes | None, *, fec: bool = False, frame_samples: int = FRAME_SAMPLES) -> bytes:
@@ -202,22 +203,23 @@ class OpusDecoder:
         OpusError
             When libopus rejects the packet (corrupt data).
         """
-        conceal = packet is None or fec
-        size = frame_samples if conceal else MAX_FRAME_SAMPLES
-        if packet is not None and not packet:
-            packet = None
-        with self._lock:
-            result: int = self._lib.opus_decode(
-                self._state,
-                packet,
-                0 if packet is None else len(packet),
-                self._buffer,
-                size,
-                1 if fec and packet is not None else 0,
-            )
+        if packet:
+            length = len(packet)
+            size, decode_fec = (frame_samples, 1) if fec else (MAX_FRAME_SAMPLES, 0)
+        else:
+            size = frame_samples if packet is None or fec else MAX_FRAME_SAMPLES
+            packet, length, decode_fec = None, 0, 0
+        lock = self._lock
+        lock.acquire()  # acquire/release: under half the cost of a with block, paid per frame
+        try:
+            result: int = self._lib.opus_decode(self._state, packet, length, self._buffer, size, decode_fec)
             if result < 0:
                 raise OpusError(result, "opus_decode")
+            if result == FRAME_SAMPLES:
+                return self._frame_view.tobytes()
             return self._view[: result * CHANNELS * 2].tobytes()
+        finally:
+            lock.release()
 
     def reset(self) -> None:
         """Forget the decoder's history (use after a stream restarts)."""

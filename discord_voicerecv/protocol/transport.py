@@ -79,6 +79,8 @@ class TransportCipher:
 
     mode: ClassVar[str]
     _suffix_size: ClassVar[int]
+    clear_extension_header: ClassVar[bool] = False
+    """True when the extension header word travels in clear (the rtpsize modes): :meth:`open_unpadded` works."""
 
     def __init__(self) -> None:
         self._counter = 0
@@ -116,6 +118,19 @@ class TransportCipher:
             As :meth:`decrypt_rtp`, and for an extension or padding that does not fit.
         """
         return strip_payload(*self.open_rtp(packet, header))
+
+    def open_unpadded(self, packet: bytes, clear: int, skip: int) -> bytes:
+        """Decrypt an RTP packet without padding whose first ``clear`` bytes travel in clear (the extension header
+        word included) and return the payload after ``skip`` bytes of extension body: :meth:`open_payload` for a
+        caller that read the header itself. Only the rtpsize modes (:attr:`clear_extension_header`) lay packets out
+        this way.
+
+        Raises
+        ------
+        MalformedPacket, DecryptionFailed
+            As :meth:`open_payload`.
+        """
+        raise NotImplementedError
 
     def decrypt_rtcp(self, packet: bytes) -> bytes:
         """Return the whole RTCP packet in clear: the 8-byte header followed by the opened body."""
@@ -160,6 +175,7 @@ class _AesGcmRtpsize(TransportCipher):
     __slots__ = ("_aead",)
     mode = "aead_aes256_gcm_rtpsize"
     _suffix_size = 4
+    clear_extension_header = True
 
     def __init__(self, key: bytes) -> None:
         super().__init__()
@@ -175,15 +191,19 @@ class _AesGcmRtpsize(TransportCipher):
             raise DecryptionFailed(f"{self.mode}: authentication failed") from None
 
     def open_payload(self, packet: bytes, header: RtpHeader) -> bytes:
-        clear = RTP_HEADER_SIZE + 4 * len(header.csrcs) + (4 if header.extension else 0)
-        end = len(packet) - 4
-        if header.padding or end < clear + _TAG_SIZE:
+        if header.padding:
             return super().open_payload(packet, header)
+        return self.open_unpadded(packet, header.unencrypted_size, 4 * header.ext_words)
+
+    def open_unpadded(self, packet: bytes, clear: int, skip: int) -> bytes:
+        end = len(packet) - 4
+        if end < clear + _TAG_SIZE:
+            raise MalformedPacket("short", f"{len(packet)} bytes for {clear} clear in {self.mode}")
         try:
             plaintext: bytes = self._aead.decrypt(packet[end:] + _ZEROS_8, packet[clear:end], packet[:clear])
         except InvalidTag:
             raise DecryptionFailed(f"{self.mode}: authentication failed") from None
-        return _skip_extension(plaintext, 4 * header.ext_words)
+        return _skip_extension(plaintext, skip)
 
     def _encrypt(self, nonce: bytes, plaintext: bytes, clear: bytes) -> bytes:
         return self._aead.encrypt(nonce, plaintext, clear)
@@ -196,6 +216,7 @@ class _XChaChaRtpsize(TransportCipher):
     __slots__ = ("_key", "_local")
     mode = "aead_xchacha20_poly1305_rtpsize"
     _suffix_size = 4
+    clear_extension_header = True
 
     def __init__(self, key: bytes) -> None:
         super().__init__()
@@ -203,26 +224,31 @@ class _XChaChaRtpsize(TransportCipher):
         self._local = threading.local()
 
     def open_payload(self, packet: bytes, header: RtpHeader) -> bytes:
-        if _sodium is None:
+        if header.padding:
             return super().open_payload(packet, header)
-        clear = RTP_HEADER_SIZE + 4 * len(header.csrcs) + (4 if header.extension else 0)
+        return self.open_unpadded(packet, header.unencrypted_size, 4 * header.ext_words)
+
+    def open_unpadded(self, packet: bytes, clear: int, skip: int) -> bytes:
         end = len(packet) - 4
         size = end - clear - _TAG_SIZE
-        if header.padding or size < 0 or size > _MAX_SEALED:
-            return super().open_payload(packet, header)
+        if size < 0:
+            raise MalformedPacket("short", f"{len(packet)} bytes for {clear} clear in {self.mode}")
+        if _sodium is None or size > _MAX_SEALED:
+            return _skip_extension(self._open_at(packet, clear), skip)
         try:
-            out = self._local.out
+            out, view = self._local.buffers
         except AttributeError:
-            out = self._local.out = _ffi.new("unsigned char[]", _MAX_SEALED)
+            out = _ffi.new("unsigned char[]", _MAX_SEALED)
+            view = _ffi.buffer(out)
+            self._local.buffers = out, view
         sealed = packet[clear:end]
         if _sodium_open(
             out, _NULL, _NULL, sealed, size + _TAG_SIZE, packet[:clear], clear, packet[end:] + _ZEROS_20, self._key
         ):
             raise DecryptionFailed(f"{self.mode}: authentication failed")
-        start = 4 * header.ext_words
-        if start > size:
-            raise MalformedPacket("extension", f"body of {start} bytes, {size} decrypted")
-        return _ffi.buffer(out, size)[start:]  # type: ignore[no-any-return]
+        if skip > size:
+            raise MalformedPacket("extension", f"body of {skip} bytes, {size} decrypted")
+        return view[skip:size]  # type: ignore[no-any-return]
 
     def _nonce(self, clear: bytes, suffix: bytes) -> bytes:
         return suffix + _ZEROS_20

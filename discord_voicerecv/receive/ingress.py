@@ -6,14 +6,15 @@ by authentication before the SSRC it names can cost memory.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from ..errors import DecryptionFailed, MalformedPacket
 from ..protocol.ipdiscovery import PACKET_SIZE as _IP_DISCOVERY_SIZE
 from ..protocol.ipdiscovery import is_response as _is_ip_discovery
 from ..protocol.rtcp import RtcpPacket, parse_rtcp
-from ..protocol.rtp import OPUS_PAYLOAD_TYPE, is_rtcp, parse_rtp_header
+from ..protocol.rtp import OPUS_PAYLOAD_TYPE, RTP_HEADER_SIZE, RtpHeader, is_rtcp, parse_rtp_header
 from ..protocol.transport import TransportCipher, make_cipher
 from .stats import ReceiveStats
 
@@ -21,12 +22,20 @@ __all__ = ("MAX_DATAGRAM", "Ingress", "RtpPacket")
 
 MAX_DATAGRAM = 1500
 """Datagrams above this size are not voice and are dropped unparsed."""
+_USUAL_BYTE0 = 0x90
+"""RTP version 2, extension bit set, no padding, no CSRC: every packet Discord relays."""
+_USUAL_HEADER = struct.Struct(">HIIxxH")
+"""Sequence, timestamp, SSRC and the extension length in words, read from byte 2 of such a packet."""
+_USUAL_CLEAR = RTP_HEADER_SIZE + 4
+_USUAL_MIN_SIZE = _USUAL_CLEAR + 20
+"""Clear header, AEAD tag and nonce counter: anything shorter takes the general path and is refused there."""
 _PREVIOUS_KEY_PACKETS = 50
 """After a key change, packets that fail with the new key are tried with the previous one until this many packets
 authenticated with the new key: datagrams sealed just before the change may still be queued."""
 
 
-class RtpPacket(NamedTuple):
+@dataclass(slots=True)
+class RtpPacket:
     """An authenticated Opus packet with its transport encryption removed (the DAVE layer may remain)."""
 
     ssrc: int
@@ -70,13 +79,42 @@ class Ingress:
         received = stats.received
         received.packets += 1
         received.bytes += size
+        cipher = self._cipher
+        if (
+            _USUAL_MIN_SIZE <= size <= MAX_DATAGRAM
+            and data[0] == _USUAL_BYTE0
+            and data[1] & 0x7F == OPUS_PAYLOAD_TYPE
+            and cipher is not None
+            and cipher.clear_extension_header
+        ):
+            # Discord's layout in the rtpsize modes: no CSRC, no padding, a clear extension header word.
+            sequence, timestamp, ssrc, ext_words = _USUAL_HEADER.unpack_from(data, 2)
+            try:
+                payload = cipher.open_unpadded(data, _USUAL_CLEAR, 4 * ext_words)
+            except DecryptionFailed:
+                opened = self._open_previous(data, parse_rtp_header(data))
+                if opened is None:
+                    return None
+                payload = opened
+            except MalformedPacket as exc:
+                stats.incr("malformed:" + exc.reason)
+                return None
+            else:
+                if self._previous is not None:
+                    self._count_previous()
+            if ssrc in self.ignored:
+                stats.incr("ignored_ssrc")
+                return None
+            if not payload:
+                stats.incr("malformed:empty")
+                return None
+            return RtpPacket(ssrc, sequence, timestamp, payload, arrival)
         if size == _IP_DISCOVERY_SIZE and _is_ip_discovery(data):
             stats.incr("ip_discovery")
             return None
         if size > MAX_DATAGRAM:
             stats.incr("malformed:oversized")
             return None
-        cipher = self._cipher
         if is_rtcp(data):
             return self._open_rtcp(data, cipher)
         try:
@@ -92,25 +130,17 @@ class Ingress:
             return None
         try:
             payload = cipher.open_payload(data, header)
-            if self._previous is not None:
-                self._previous_left -= 1
-                if self._previous_left <= 0:
-                    self._previous = None
         except DecryptionFailed:
-            previous = self._previous
-            try:
-                if previous is None:
-                    raise
-                payload = previous.open_payload(data, header)
-            except DecryptionFailed:
-                stats.incr("decrypt_failed")
+            opened = self._open_previous(data, header)
+            if opened is None:
                 return None
-            except MalformedPacket as exc:
-                stats.incr("malformed:" + exc.reason)
-                return None
+            payload = opened
         except MalformedPacket as exc:
             stats.incr("malformed:" + exc.reason)
             return None
+        else:
+            if self._previous is not None:
+                self._count_previous()
         if header.ssrc in self.ignored:
             stats.incr("ignored_ssrc")
             return None
@@ -118,6 +148,28 @@ class Ingress:
             stats.incr("malformed:empty")
             return None
         return RtpPacket(header.ssrc, header.sequence, header.timestamp, payload, arrival)
+
+    def _count_previous(self) -> None:
+        """One more packet opened with the new key; the previous one is dropped after enough of them."""
+        self._previous_left -= 1
+        if self._previous_left <= 0:
+            self._previous = None
+
+    def _open_previous(self, data: bytes, header: RtpHeader) -> bytes | None:
+        """The payload of a packet the current key refused, opened with the previous key; None when that fails too
+        (counted)."""
+        previous = self._previous
+        try:
+            if previous is None:
+                self._stats.incr("decrypt_failed")
+                return None
+            return previous.open_payload(data, header)
+        except DecryptionFailed:
+            self._stats.incr("decrypt_failed")
+            return None
+        except MalformedPacket as exc:
+            self._stats.incr("malformed:" + exc.reason)
+            return None
 
     def _open_rtcp(self, data: bytes, cipher: TransportCipher | None) -> list[RtcpPacket] | None:
         stats = self._stats

@@ -131,38 +131,40 @@ class JitterBuffer:
         highest = self.highest
         raw = (sequence + self._seq_shift) & 0xFFFF
         ext = raw if highest is None else highest + ((raw - highest + _SEQ_HALF) % _SEQ_MOD) - _SEQ_HALF
-        if ext in self._packets:
-            self.duplicates += 1
-            return Drop.DUPLICATE
-        if highest is not None and highest - ext > self.resync_distance:
-            if not self._resync_candidate(sequence):
-                self.late += 1
-                return Drop.LATE
-            self._seq_shift = (highest + 1 - sequence) & 0xFFFF
-            self.resyncs += 1
-            ext = highest + 1
-        else:
+        keys = self._keys
+        if highest is None or ext > highest:
+            # Newer than every packet so far (the usual case): neither a duplicate, nor late, nor a restart.
             self._resync_count = 0
-            last = self._last_played
-            if last is not None and ext <= last:
-                if last - ext < _HISTORY_BITS and self._history >> (last - ext) & 1:
-                    self.duplicates += 1
-                    return Drop.DUPLICATE
-                self.late += 1
-                return Drop.LATE
+            self.highest = ext
+            keys.append(ext)
+        else:
+            if ext in self._packets:
+                self.duplicates += 1
+                return Drop.DUPLICATE
+            if highest - ext > self.resync_distance:
+                if not self._resync_candidate(sequence):
+                    self.late += 1
+                    return Drop.LATE
+                self._seq_shift = (highest + 1 - sequence) & 0xFFFF
+                self.resyncs += 1
+                ext = self.highest = highest + 1
+                keys.append(ext)
+            else:
+                self._resync_count = 0
+                last = self._last_played
+                if last is not None and ext <= last:
+                    if last - ext < _HISTORY_BITS and self._history >> (last - ext) & 1:
+                        self.duplicates += 1
+                        return Drop.DUPLICATE
+                    self.late += 1
+                    return Drop.LATE
+                insort(keys, ext)
         ts_ref = self._ts_ref
         if ts_ref is not None:
             timestamp = ts_ref + ((timestamp - ts_ref + _TS_HALF) % _TS_MOD) - _TS_HALF
         packet = JitterPacket(ext, timestamp, payload, arrival, sequence)
         self._ts_ref = timestamp
-        keys = self._keys
-        if not keys or ext > keys[-1]:
-            keys.append(ext)
-        else:
-            insort(keys, ext)
         self._packets[ext] = packet
-        if highest is None or ext > highest:
-            self.highest = ext
         if len(keys) > self.capacity:
             oldest = self.pop()
             self.overflow += 1

@@ -193,7 +193,13 @@ class StreamPlayout:
             self._carry_ts += FRAME_SAMPLES
             return Plan(CARRY, (), self._last_wire_seq, self._carry_ts)
         if head is not None and head.slot == tick:
-            return self._plan_packets(tick, head, events)
+            first, last_seq = head, self._last_seq
+            lost_before = (
+                self.active and first.spurt == self.spurt and last_seq is not None and first.sequence - last_seq > 1
+            )
+            packets, head = self._take_packets(tick, first, events)
+            lost_after = head is not None and head.spurt == first.spurt and head.sequence - packets[-1].sequence > 1
+            return Plan(DECODE, packets, first.wire_sequence, first.timestamp, lost_before, lost_after)
         if not self.active:
             return None
         if head is not None and head.spurt == self.spurt and self._last_seq is not None:
@@ -210,10 +216,14 @@ class StreamPlayout:
             events.append(self._event("speaking_stop", tick))
         return None
 
-    def _plan_packets(self, tick: int, first_packet: JitterPacket, events: list[Event]) -> Plan:
+    def _take_packets(
+        self, tick: int, first: JitterPacket, events: list[Event]
+    ) -> tuple[tuple[JitterPacket, ...], JitterPacket | None]:
+        """Take slot ``tick``'s packets (``first`` is the head) out of the buffer and move the stream past them;
+        returns them and the packet now at the head."""
         jitter = self.jitter
         jitter.pop()
-        first = last = first_packet
+        last = first
         head = jitter.peek()
         packets: tuple[JitterPacket, ...] = (first,)
         if head is not None and head.slot == tick:
@@ -223,28 +233,27 @@ class StreamPlayout:
                 jitter.pop()
                 head = jitter.peek()
             packets, last = tuple(more), more[-1]
-        same_spurt = self.active and first.spurt == self.spurt
-        if not same_spurt:
+        if not self.active or first.spurt != self.spurt:
             if self.active:
                 events.append(self._event("speaking_stop", tick))
             events.append(self._event("speaking_start", tick))
             self.active = True
             self.spurt = first.spurt
-        timeline = self.timeline
-        if first.spurt == timeline.spurt:
-            timeline.freeze()
-        last_seq = self._last_seq
-        lost_before = same_spurt and last_seq is not None and first.sequence - last_seq > 1
-        lost_after = head is not None and head.spurt == first.spurt and head.sequence - last.sequence > 1
+            if first.spurt == self.timeline.spurt:
+                # The spurt starts playing: its anchor stays (a spurt's id never comes back, so once is enough).
+                self.timeline.freeze()
         end = last.offset + last.samples
-        self._carry_slots = (end - 1) // FRAME_SAMPLES if end > FRAME_SAMPLES else 0
-        self._carry_ts = first.timestamp - first.offset
+        if end > FRAME_SAMPLES:
+            self._carry_slots = (end - 1) // FRAME_SAMPLES
+            self._carry_ts = first.timestamp - first.offset
+            self._last_wire_seq = last.wire_sequence
+        else:
+            self._carry_slots = 0
         self._last_seq = last.sequence
-        self._last_wire_seq = last.wire_sequence
         self._last_samples = last.samples
         self._last_slot = tick
         self._plc_run = 0
-        return Plan(DECODE, packets, first.wire_sequence, first.timestamp, lost_before, lost_after)
+        return packets, head
 
     def _plan_loss(self, tick: int, head: JitterPacket) -> Plan | None:
         """A concealed frame when this empty slot is where a lost packet belonged, else None (a DTX pause)."""
@@ -270,11 +279,7 @@ class StreamPlayout:
         """Turn a plan into the slot's frame, decoding when PCM is wanted. Never raises for bad audio."""
         kind = plan.kind
         if not want_pcm:
-            if kind == CARRY:
-                return None
-            if kind != DECODE:
-                self._count("lost")
-            return self._frame(tick, b"", plan, kind != DECODE)
+            return None if kind == CARRY else self.opus_frame(plan, tick)
         decoder = self.decoder
         if decoder is None:
             decoder = self.decoder = opus.OpusDecoder()
@@ -282,7 +287,21 @@ class StreamPlayout:
             pcm, self._carry = self._carry[:FRAME_BYTES], self._carry[FRAME_BYTES:]
             concealed = False
         elif kind == DECODE:
-            pcm, concealed = self._decode_slot(decoder, plan)
+            packet = plan.packets[0]
+            if len(plan.packets) == 1 and not packet.offset and packet.samples == FRAME_SAMPLES:
+                # The usual slot: one 20 ms packet that fills it.
+                try:
+                    pcm = decoder.decode(packet.payload)
+                    self.tally.decoded += 1
+                    concealed = False
+                except OpusError:
+                    pcm, concealed = self._undecodable(decoder, packet), True
+                if len(pcm) == FRAME_BYTES:
+                    self._carry = b""
+                    return self._frame(tick, pcm, plan, concealed)
+                pcm, concealed = self._finish_slot(decoder, plan, [pcm], len(pcm) // _BYTES_PER_SAMPLE, concealed)
+            else:
+                pcm, concealed = self._decode_slot(decoder, plan)
         else:
             use_fec = kind == FEC
             try:
@@ -296,21 +315,43 @@ class StreamPlayout:
             pcm = pcm[:FRAME_BYTES] + bytes(max(0, FRAME_BYTES - len(pcm)))
         return self._frame(tick, pcm, plan, concealed)
 
+    def play_opus(self, tick: int, events: list[Event]) -> VoiceFrame | None:
+        """:meth:`plan` then :meth:`opus_frame` for a session where no sink wants PCM: the same frames, and a slot
+        that plays received packets is made without a plan. Cheap enough to run under the receiver's lock."""
+        head = self.jitter.peek()
+        if head is None or head.slot != tick or self._carry_slots:
+            plan = self.plan(tick, events)
+            return None if plan is None or plan.kind == CARRY else self.opus_frame(plan, tick)
+        packets, _ = self._take_packets(tick, head, events)
+        payloads = (head.payload,) if len(packets) == 1 else tuple(packet.payload for packet in packets)
+        self.tally.frames += 1
+        return VoiceFrame(
+            self.ssrc,
+            self.user_id,
+            tick,
+            b"",
+            head.payload,
+            head.wire_sequence,
+            head.timestamp & 0xFFFFFFFF,
+            False,
+            payloads,
+        )
+
+    def opus_frame(self, plan: Plan, tick: int) -> VoiceFrame:
+        """The slot's frame without PCM (a sink that wants Opus only), for any plan but ``CARRY``; cheap enough to
+        make under the receiver's lock."""
+        if plan.kind == DECODE:
+            return self._frame(tick, b"", plan, False)
+        self._count("lost")
+        return self._frame(tick, b"", plan, True)
+
     def _decode_slot(self, decoder: opus.OpusDecoder, plan: Plan) -> tuple[bytes, bool]:
         """Decode the slot's packets in order; samples missing between them are concealed when lost, else silent."""
-        packets = plan.packets
-        if len(packets) == 1 and not packets[0].offset and packets[0].samples == FRAME_SAMPLES:
-            # The usual slot: one 20 ms packet that fills it.
-            pcm, concealed = self._decode_packet(decoder, packets[0])
-            if len(pcm) == FRAME_BYTES:
-                self._carry = b""
-                return pcm, concealed
-            return self._finish_slot(decoder, plan, [pcm], len(pcm) // _BYTES_PER_SAMPLE, concealed)
         parts: list[bytes] = []
         cursor = 0
         previous: int | None = None
         concealed = False
-        for packet in packets:
+        for packet in plan.packets:
             if packet.offset > cursor:
                 lost = plan.lost_before if previous is None else packet.sequence - previous > 1
                 parts.append(self._fill(decoder, packet.offset - cursor, lost))
@@ -327,10 +368,14 @@ class StreamPlayout:
         try:
             pcm = decoder.decode(packet.payload)
         except OpusError:
-            self._count("opus_error")
-            return decoder.decode(None, frame_samples=_plc_size(packet.samples)), True
+            return self._undecodable(decoder, packet), True
         self.tally.decoded += 1
         return pcm, False
+
+    def _undecodable(self, decoder: opus.OpusDecoder, packet: JitterPacket) -> bytes:
+        """PLC of the packet's length for a packet libopus rejects (counted)."""
+        self._count("opus_error")
+        return decoder.decode(None, frame_samples=_plc_size(packet.samples))
 
     def _finish_slot(
         self, decoder: opus.OpusDecoder, plan: Plan, parts: list[bytes], cursor: int, concealed: bool

@@ -43,6 +43,8 @@ _IDLE_WAKE = 1.0
 _FIRST_PACKET_WAIT = 2 * FRAME_DURATION
 """The first datagram after a silence is processed with the ones that follow it this long later, as while anyone
 speaks: the client's DAVE and key state then settles first after a (re)connect."""
+_DRAIN_BATCH = 64
+"""Queued datagrams processed per hold of the lock, so the gateway thread (``map_ssrc``) never waits long."""
 _INBOX_MAX = 4096
 """Datagrams waiting for the scheduler at most; more are dropped as ``inbox_full``."""
 
@@ -201,11 +203,17 @@ class Receiver:
             self._stats.add_packet(len(datagram))
             self._stats.incr("inbox_full")
             return
-        self._process(datagram, self._clock())
+        lock = self._lock
+        lock.acquire()  # acquire/release: under half the cost of a with block, paid per datagram
+        try:
+            self._process(datagram, self._clock())
+        finally:
+            lock.release()
 
     # processing --------------------------------------------------------------------------------------------------
 
     def _process(self, data: bytes, arrival: float) -> None:
+        """Open one datagram and file what it carries. Locked."""
         try:
             if not self._running:
                 self._stats.add_packet(len(data))
@@ -214,17 +222,22 @@ class Receiver:
             opened = self._ingress.open(data, arrival)
             if opened is None:
                 return
-            with self._lock:
-                if isinstance(opened, RtpPacket):
-                    user_id = self._ssrc_users.get(opened.ssrc)
-                    if user_id is None:
-                        self._unmapped.add(opened)
-                    elif self._e2ee is None:
-                        self._file(user_id, opened, opened.payload, replayed=False)
-                    else:
-                        self._route(user_id, opened)
+            if isinstance(opened, RtpPacket):
+                ssrc = opened.ssrc
+                user_id = self._ssrc_users.get(ssrc)
+                if user_id is None:
+                    self._unmapped.add(opened)
+                elif self._e2ee is None:
+                    stream = self._streams.get(ssrc)
+                    if stream is None:
+                        stream = self._add_stream(ssrc, user_id)
+                    stream.insert(
+                        opened.sequence, opened.timestamp, opened.payload, arrival, self._next_slot, replayed=False
+                    )
                 else:
-                    self._rtcp(opened)
+                    self._route(user_id, opened)
+            else:
+                self._rtcp(opened)
         except Exception:
             _log.exception("unexpected error handling a voice datagram")
             self._stats.incr("internal_error")
@@ -238,10 +251,12 @@ class Receiver:
     def _file(self, user_id: int, packet: RtpPacket, frame: bytes, *, replayed: bool) -> None:
         stream = self._streams.get(packet.ssrc)
         if stream is None:
-            stream = self._streams[packet.ssrc] = StreamPlayout(
-                packet.ssrc, user_id, self._t0, self._max_silence, self._stats
-            )
+            stream = self._add_stream(packet.ssrc, user_id)
         stream.insert(packet.sequence, packet.timestamp, frame, packet.arrival, self._next_slot, replayed=replayed)
+
+    def _add_stream(self, ssrc: int, user_id: int) -> StreamPlayout:
+        stream = self._streams[ssrc] = StreamPlayout(ssrc, user_id, self._t0, self._max_silence, self._stats)
+        return stream
 
     def _rtcp(self, packets: list[Any]) -> None:
         for packet in packets:
@@ -253,10 +268,13 @@ class Receiver:
                         stream.end_spurt()
 
     def _drain_inbox(self) -> None:
+        """Process the queued datagrams, taking the lock once per batch."""
         inbox = self._inbox
         while inbox:
-            data, arrival = inbox.popleft()
-            self._process(data, arrival)
+            with self._lock:
+                for _ in range(min(len(inbox), _DRAIN_BATCH)):
+                    data, arrival = inbox.popleft()
+                    self._process(data, arrival)
 
     # lifecycle -------------------------------------------------------------------------------------------------------
 
@@ -391,7 +409,7 @@ class Receiver:
         first = self._next_slot
         if last < first:
             return 0
-        if self._quiet():
+        if last > first and self._quiet():
             with self._lock:
                 self._next_slot = last + 1
                 self._housekeeping(now, first, last)
@@ -400,7 +418,11 @@ class Receiver:
             return last - first + 1
         ran = 0
         while self._running and self._next_slot <= last:
-            self._safe(self._run_slot)
+            try:
+                self._run_slot()
+            except Exception:
+                _log.exception("unexpected error in voice playout")
+                self._stats.incr("internal_error")
             ran += 1
         return ran
 
@@ -431,6 +453,7 @@ class Receiver:
         want_pcm = self._out.wants_pcm
         events: list[Event] = []
         plans: list[tuple[StreamPlayout, Plan]] = []
+        frames: list[VoiceFrame] = []
         with self._lock:
             tick = self._next_slot
             try:
@@ -439,10 +462,17 @@ class Receiver:
                     for user_id, packet, frame in self._e2ee.release(now, self._ssrc_users.get):
                         self._file(user_id, packet, frame, replayed=True)
                 self._next_slot = tick + 1
-                for stream in self._streams.values():
-                    plan = stream.plan(tick, events)
-                    if plan is not None:
-                        plans.append((stream, plan))
+                if want_pcm:
+                    for stream in self._streams.values():
+                        plan = stream.plan(tick, events)
+                        if plan is not None:
+                            plans.append((stream, plan))
+                else:
+                    # Nothing to decode: the frames are made here, under the lock, and no decoder is ever created.
+                    for stream in self._streams.values():
+                        played = stream.play_opus(tick, events)
+                        if played is not None:
+                            frames.append(played)
                 if self._departing:
                     self._drop_departed()
                 if tick % _HOUSEKEEPING_SLOTS == 0:
@@ -451,7 +481,6 @@ class Receiver:
                 self._next_slot = tick + 1
                 _log.exception("unexpected error planning slot %d", tick)
                 self._stats.incr("internal_error")
-        frames: list[VoiceFrame] = []
         for stream, plan in plans:
             try:
                 rendered = stream.render(plan, tick, want_pcm)
@@ -461,8 +490,10 @@ class Receiver:
                 continue
             if rendered is not None:
                 frames.append(rendered)
-        self._emit(events)
-        if self._out.attached and not self._out.queue.put(tick, tick, frames):
+        if events:
+            self._emit(events)
+        out = self._out
+        if out.attached and not out.queue.put(tick, tick, frames):
             self._stats.incr("sink_queue_full", len(frames))
 
     def _drop_departed(self) -> None:

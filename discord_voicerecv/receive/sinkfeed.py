@@ -172,13 +172,17 @@ class SinkFeed:
         sink = self._sink
         try:
             if frames:
-                users = self._users_at(first)
-                for frame in frames:
-                    user_id = frame.user_id
-                    user = None if user_id is None else users.get(user_id)
-                    if user is None and user_id is not None:
-                        user = users[user_id] = self._lookup_user(user_id)
-                    sink.write(user, frame)
+                if self._resolver is None:
+                    for frame in frames:
+                        sink.write(None, frame)
+                else:
+                    users = self._users_at(first)
+                    for frame in frames:
+                        user_id = frame.user_id
+                        user = None if user_id is None else users.get(user_id)
+                        if user is None and user_id is not None:
+                            user = users[user_id] = self._lookup_user(user_id)
+                        sink.write(user, frame)
             for tick in range(first, last + 1):
                 sink.advance(tick)
         except Exception as exc:

@@ -12,7 +12,7 @@ Pure: times are passed in, nothing reads a clock.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from ..frames import FRAME_DURATION, FRAME_SAMPLES
 
@@ -27,7 +27,8 @@ def slot_at(t0: float, t: float) -> int:
     return math.floor((t - t0) / FRAME_DURATION + 1e-9)
 
 
-class Placement(NamedTuple):
+@dataclass(slots=True)
+class Placement:
     """Where a frame goes: its ``slot``, the samples ``offset`` into that slot, the ``spurt`` it belongs to, and
     whether it ``started`` that spurt.
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from discord_voicerecv.protocol.ipdiscovery import build_response
 from discord_voicerecv.protocol.rtcp import Bye, RawRtcp, build_bye
-from discord_voicerecv.protocol.rtp import build_rtp_header
-from discord_voicerecv.protocol.transport import make_cipher
+from discord_voicerecv.protocol.rtp import build_extension_body, build_rtp_header
+from discord_voicerecv.protocol.transport import TransportCipher, make_cipher
 from discord_voicerecv.receive.ingress import Ingress, RtpPacket
 from discord_voicerecv.receive.stats import ReceiveStats
 
@@ -91,3 +93,61 @@ def test_packets_sealed_just_before_a_key_change_still_open() -> None:
         ingress.open(new_sender.encrypt_rtp(header, b"\x78new"), 0.0)
     assert ingress.open(_rtp(), 0.0) is None, "the previous key is dropped once the new one carries the stream"
     assert stats["decrypt_failed"] == 1
+
+
+RTPSIZE_MODES = ("aead_xchacha20_poly1305_rtpsize", "aead_aes256_gcm_rtpsize")
+
+
+def _discord_rtp(sender: TransportCipher, payload: bytes, *, ssrc: int = 77, marker: bool = False) -> bytes:
+    """Discord's layout: no CSRC, no padding, a one-byte-element header extension whose body is sealed."""
+    body = build_extension_body([(1, b"\x10\x20"), (3, b"\x30")])
+    header = build_rtp_header(
+        sequence=65_535, timestamp=0xFFFF_FFF0, ssrc=ssrc, marker=marker, ext_profile=0xBEDE, ext_words=len(body) // 4
+    )
+    return sender.encrypt_rtp(header, body + payload)
+
+
+@pytest.mark.parametrize("mode", RTPSIZE_MODES)
+def test_discords_usual_layout_opens_like_any_other(mode: str) -> None:
+    stats = ReceiveStats()
+    ingress = Ingress(stats)
+    ingress.set_transport(mode, KEY)
+    ingress.ignored.add(78)
+    sender = make_cipher(mode, KEY)
+    opened = ingress.open(_discord_rtp(sender, b"\x78opus"), 3.5)
+    assert opened == RtpPacket(77, 65_535, 0xFFFF_FFF0, b"\x78opus", 3.5)
+    marked = ingress.open(_discord_rtp(sender, b"\x78m", marker=True), 0.0)
+    assert isinstance(marked, RtpPacket) and marked.payload == b"\x78m"
+
+    forged = _discord_rtp(make_cipher(mode, os.urandom(32)), b"\x78opus")
+    lying = bytearray(_discord_rtp(sender, b"\x78opus"))
+    lying[14:16] = (40).to_bytes(2, "big")  # an extension longer than the packet; authentication covers it
+    drops = [forged, _discord_rtp(sender, b"\x78", ssrc=78), _discord_rtp(sender, b""), _discord_rtp(sender, b"")[:30]]
+    assert [ingress.open(d, 0.0) for d in drops] == [None] * len(drops)
+    assert ingress.open(bytes(lying), 0.0) is None
+    counted = {k: v for k, v in stats.snapshot().items() if v and k not in ("packets", "bytes")}
+    assert counted == {"decrypt_failed": 2, "ignored_ssrc": 1, "malformed:empty": 1, "malformed:short": 1}
+
+
+@pytest.mark.parametrize("mode", RTPSIZE_MODES)
+def test_an_extension_body_longer_than_the_plaintext_is_malformed(mode: str) -> None:
+    stats = ReceiveStats()
+    ingress = Ingress(stats)
+    ingress.set_transport(mode, KEY)
+    header = build_rtp_header(sequence=1, timestamp=1, ssrc=77, ext_profile=0xBEDE, ext_words=9)
+    assert ingress.open(make_cipher(mode, KEY).encrypt_rtp(header, b"\x78abc"), 0.0) is None
+    assert stats["malformed:extension"] == 1
+
+
+@pytest.mark.parametrize("previous_mode", [*RTPSIZE_MODES, "xsalsa20_poly1305_lite"])
+def test_discords_usual_layout_sealed_with_the_previous_key_still_opens(previous_mode: str) -> None:
+    stats = ReceiveStats()
+    ingress = Ingress(stats)
+    ingress.set_transport(previous_mode, KEY)
+    in_flight = _discord_rtp(make_cipher(previous_mode, KEY), b"\x78old")
+    new_key = bytes(reversed(range(32)))
+    ingress.set_transport(MODE, new_key)
+    assert ingress.open(_discord_rtp(make_cipher(MODE, new_key), b"\x78new"), 0.0) is not None
+    opened = ingress.open(in_flight, 0.0)
+    assert isinstance(opened, RtpPacket) and opened.payload == b"\x78old"
+    assert stats["decrypt_failed"] == 0

@@ -133,3 +133,43 @@ def test_a_stall_of_this_process_mid_spurt_continues_the_spurt() -> None:
     assert [f.sequence for f in frames[6:]] == [117, 118, 119, 120]
     assert before[1:] + during[1:] + after[1:] == ["speaking_start@0", "speaking_stop@37"]
     assert (stats["late"], stats["plc"], stats["fec"]) == (2, 1, 1), "only frames 18 and 19 came after their slots"
+
+
+def test_play_opus_gives_the_frames_of_plan_then_opus_frame() -> None:
+    """The no-PCM path (no plan for a slot of received packets) against plan + opus_frame, on the same stream:
+    a loss, a DTX pause, packets of 40 ms and of 10 ms, a new spurt and a leaving user."""
+    long, short = _opus(samples=1920), _opus(samples=480)
+    items: list[tuple[int, int, bytes]] = []  # (sequence, timestamp, payload); sent in order, 20 ms apart
+    items += [(i, 960 * i, _opus()[i]) for i in range(12) if i != 4]
+    items += [(12 + i, 960 * (16 + i), _opus()[12 + i]) for i in range(4)]  # sequence goes on, timestamp jumps
+    items += [(16 + i, 960 * 20 + 1920 * i, long[i]) for i in range(3)]
+    items += [(19 + i, 960 * 26 + 480 * i, short[i]) for i in range(4)]
+    items += [(40 + i, 960 * (60 + i), _opus()[30 + i]) for i in range(5)]  # a new spurt after silence
+
+    def run(lean: bool) -> tuple[list[VoiceFrame], list[tuple[str, int]], dict[str, int]]:
+        stats = ReceiveStats()
+        playout = StreamPlayout(SSRC, USER, 0.0, 0.2, stats)
+        for sequence, timestamp, payload in items:
+            playout.insert(sequence, timestamp, payload, timestamp / 48_000 + 0.003, 0, replayed=False)
+        playout.leaving = True
+        frames: list[VoiceFrame] = []
+        events: list[tuple[str, dict[str, int]]] = []
+        for tick in range(80):
+            if lean:
+                frame = playout.play_opus(tick, events)
+            else:
+                plan = playout.plan(tick, events)
+                frame = None if plan is None or plan.kind == CARRY else playout.opus_frame(plan, tick)
+            if frame is not None:
+                frames.append(frame)
+        assert playout.decoder is None and playout.drained
+        return frames, [(name, payload["tick"]) for name, payload in events], dict(stats.snapshot())
+
+    lean, general = run(True), run(False)
+    assert lean == general
+    frames, events, stats = lean
+    assert [f.tick for f in frames if f.concealed] == [4] and stats["lost"] == 1
+    assert [f.tick for f in frames if 16 <= f.tick < 30] == [16, 17, 18, 19, 20, 22, 24, 26, 27]
+    assert [len(f.opus_packets) for f in frames if f.tick in (24, 26, 27)] == [1, 2, 2]
+    assert events == [("speaking_start", 0), ("speaking_stop", 28), ("speaking_start", 60), ("speaking_stop", 65)]
+    assert stats["frames"] == len(frames) == 26

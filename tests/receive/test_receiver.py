@@ -1006,3 +1006,102 @@ def test_bug8_pump_refuses_threaded_mode() -> None:
             rx.pump()
     finally:
         rx.stop()
+
+
+# -- sessions where no sink wants PCM (the receiver makes their frames without a decoder) ------------------------
+
+_B_LONG_PACKETS = _tone(550.0, frames=6, samples=1920)
+
+
+def _eventful_session(wants_pcm: bool, *, dave: bool, ext: bool) -> Harness:
+    """Two speakers through everything a playout meets: loss (one frame, then three), a duplicate, reordering, a
+    frame late past its slot, a DTX pause, 40 ms packets, wrapping counters, an SSRC mapped late, RTCP BYE, a new
+    spurt, a user who leaves with audio still buffered and, with ``dave``, frames held for their key."""
+    decryptor = ToyDave() if dave else None
+    if decryptor is not None:
+        decryptor.ready.add(USER_B)
+    h = Harness(RecordingSink(wants_pcm=wants_pcm), decryptor=decryptor)
+    a = Speaker(SSRC_A, 440.0)
+    b = Speaker(SSRC_B, 660.0, seq=65_530, ts=0xFFFF_FF00)
+    actions: list[tuple[float, bytes | Callable[[], None]]] = []
+
+    def send(speaker: Speaker, user_id: int, seq: int, ts: int, payload: bytes, at: float) -> None:
+        body = ToyDave.seal(user_id, payload) if dave else payload
+        header = build_rtp_header(
+            sequence=seq & 0xFFFF, timestamp=ts & 0xFFFFFFFF, ssrc=speaker.ssrc, ext_profile=0xBEDE if ext else None
+        )
+        actions.append((at, speaker.cipher.encrypt_rtp(header, body)))
+
+    lost_a = {7, 20, 21, 22}
+    for i in range(60):
+        pause = 0 if i < 40 else 6  # a DTX pause: sequence numbers go on, the timestamp jumps 120 ms
+        at = h.at(10 + i + pause) + 0.003
+        if i in lost_a:
+            continue
+        if i == 12:
+            at += 0.03  # reordered behind 13
+        if i == 30:
+            at += 0.2  # its slot has been played when it arrives
+        send(a, USER_A, 1000 + i, 77_000 + 960 * (i + pause), a.packets[i], at)
+        if i == 9:
+            send(a, USER_A, 1000 + i, 77_000 + 960 * i, a.packets[i], at + 0.005)  # a duplicate
+    for i in range(30):
+        send(b, USER_B, b.seq0 + i, b.ts0 + 960 * i, b.packets[i], h.at(14 + i) + 0.011)
+    for i, payload in enumerate(_B_LONG_PACKETS):
+        send(b, USER_B, b.seq0 + 30 + i, b.ts0 + 960 * 30 + 1920 * i, payload, h.at(44 + 2 * i) + 0.011)
+    actions.append((h.at(57), b.cipher.encrypt_rtcp(build_bye([SSRC_B]))))
+    for i in range(10):  # a new spurt after the BYE
+        send(b, USER_B, b.seq0 + 40 + i, b.ts0 + 960 * (60 + i), b.packets[40 + i], h.at(70 + i) + 0.011)
+    actions.append((h.at(18), functools.partial(h.rx.map_ssrc, SSRC_B, USER_B)))  # B's first frames were held
+    actions.append((h.at(74), functools.partial(h.rx.forget_user, USER_A)))  # A still has frames buffered
+    if decryptor is not None:
+        actions.append((h.at(13), functools.partial(decryptor.ready.add, USER_A)))
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    for at, action in sorted(actions, key=lambda item: item[0]):
+        h.rx.pump(until=at)
+        h.clock.t = max(h.clock.t, at)
+        if isinstance(action, bytes):
+            h.rx.feed(action)
+        else:
+            action()
+    h.finish(h.at(110))
+    return h
+
+
+@pytest.mark.parametrize(("dave", "ext"), [(False, True), (False, False), (True, True)])
+def test_a_session_without_pcm_delivers_the_frames_of_the_general_path(dave: bool, ext: bool) -> None:
+    general = _eventful_session(True, dave=dave, ext=ext)
+    lean = _eventful_session(False, dave=dave, ext=ext)
+    assert all(stream.decoder is None for stream in lean.rx._streams.values())
+    assert all(frame.pcm == b"" for frame in lean.sink.frames())
+    assert all(len(frame.pcm) == FRAME_BYTES for frame in general.sink.frames())
+
+    # A slot playing the second half of a 40 ms packet has PCM but no packet of its own: only PCM sinks get it.
+    carried = [f for f in general.sink.frames() if not f.opus_packets and not f.concealed]
+    assert len(carried) == len(_B_LONG_PACKETS) == 6
+    expected = [dataclasses.replace(f, pcm=b"") for f in general.sink.frames() if f.opus_packets or f.concealed]
+    assert lean.sink.frames() == expected
+    assert len(lean.sink.writes) == len(expected) and all(user is not None for user, _ in lean.sink.writes)
+    assert lean.sink.advances == general.sink.advances and lean.sink.cleanups == general.sink.cleanups == 1
+    assert lean.events == general.events
+    assert lean.after == general.after == [None]
+
+    # The counters agree, except that the general path counts how it decoded and concealed, the lean path the
+    # frames it could not deliver.
+    decoding = ("decoded", "fec", "plc", "lost", "frames")
+    lean_stats, general_stats = lean.stats(), general.stats()
+    assert {k: v for k, v in lean_stats.items() if k not in decoding} == {
+        k: v for k, v in general_stats.items() if k not in decoding
+    }
+    assert lean_stats["frames"] == general_stats["frames"] - len(carried)
+    assert lean_stats["decoded"] == 0 and lean_stats["fec"] == lean_stats["plc"] == 0
+    assert lean_stats["lost"] == general_stats["fec"] + general_stats["plc"] > 0
+    assert general_stats["lost"] == 0
+
+    # What the scenario is meant to exercise did happen.
+    frames = lean.sink.frames()
+    assert any(f.concealed for f in frames) and any(len(f.opus_packets) == 1 for f in frames)
+    assert {"late", "duplicate", "rtcp_bye", "unknown_ssrc_held"} <= {k for k, v in lean_stats.items() if v}
+    assert SSRC_A not in lean.rx._streams, "the user who left was played out, then dropped"
+    if dave:
+        assert lean_stats["e2ee_held"] > 0
