@@ -90,25 +90,13 @@ class Ingress:
             # Discord's layout in the rtpsize modes: no CSRC, no padding, a clear extension header word.
             sequence, timestamp, ssrc, ext_words = _USUAL_HEADER.unpack_from(data, 2)
             try:
-                payload = cipher.open_unpadded(data, _USUAL_CLEAR, 4 * ext_words)
+                payload: bytes | None = cipher.open_unpadded(data, _USUAL_CLEAR, 4 * ext_words)
             except DecryptionFailed:
-                opened = self._open_previous(data, parse_rtp_header(data))
-                if opened is None:
-                    return None
-                payload = opened
+                payload = None
             except MalformedPacket as exc:
                 stats.incr("malformed:" + exc.reason)
                 return None
-            else:
-                if self._previous is not None:
-                    self._count_previous()
-            if ssrc in self.ignored:
-                stats.incr("ignored_ssrc")
-                return None
-            if not payload:
-                stats.incr("malformed:empty")
-                return None
-            return RtpPacket(ssrc, sequence, timestamp, payload, arrival)
+            return self._packet(data, None, ssrc, sequence, timestamp, payload, arrival)
         if size == _IP_DISCOVERY_SIZE and _is_ip_discovery(data):
             stats.incr("ip_discovery")
             return None
@@ -131,23 +119,37 @@ class Ingress:
         try:
             payload = cipher.open_payload(data, header)
         except DecryptionFailed:
-            opened = self._open_previous(data, header)
-            if opened is None:
-                return None
-            payload = opened
+            payload = None
         except MalformedPacket as exc:
             stats.incr("malformed:" + exc.reason)
             return None
-        else:
-            if self._previous is not None:
-                self._count_previous()
-        if header.ssrc in self.ignored:
-            stats.incr("ignored_ssrc")
+        return self._packet(data, header, header.ssrc, header.sequence, header.timestamp, payload, arrival)
+
+    def _packet(
+        self,
+        data: bytes,
+        header: RtpHeader | None,
+        ssrc: int,
+        sequence: int,
+        timestamp: int,
+        payload: bytes | None,
+        arrival: float,
+    ) -> RtpPacket | None:
+        """A packet the current key opened (``payload``) or did not (``None``: the previous key may), unless its
+        SSRC is ignored or nothing is left in it."""
+        if payload is None:
+            payload = self._open_previous(data, header if header is not None else parse_rtp_header(data))
+            if payload is None:
+                return None
+        elif self._previous is not None:
+            self._count_previous()
+        if ssrc in self.ignored:
+            self._stats.incr("ignored_ssrc")
             return None
         if not payload:
-            stats.incr("malformed:empty")
+            self._stats.incr("malformed:empty")
             return None
-        return RtpPacket(header.ssrc, header.sequence, header.timestamp, payload, arrival)
+        return RtpPacket(ssrc, sequence, timestamp, payload, arrival)
 
     def _count_previous(self) -> None:
         """One more packet opened with the new key; the previous one is dropped after enough of them."""

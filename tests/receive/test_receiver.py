@@ -711,7 +711,9 @@ def test_threaded_receiver_with_a_blocked_sink_keeps_receiving() -> None:
     sink.gate.set()
     rx.stop()
     assert after == [None] and sink.cleanups == 1
-    assert rx.stats()["rtp"] == 12
+    stats = rx.stats()
+    # Every datagram was taken in; with a 20 ms playout delay a loaded machine may make one late, never lost.
+    assert stats["packets"] == 12 and stats["rtp"] + stats["late"] == 12, dict(stats)
     assert sink.advances == list(range(len(sink.advances)))
     assert 0 < len(sink.writes) < 12
 
