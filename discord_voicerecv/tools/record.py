@@ -282,6 +282,8 @@ async def _listen(
         print(("\r" + line + "\x1b[K") if tty else line, end="" if tty else "\n", file=stderr, flush=True)
     if tty:
         print(file=stderr)
+    if interrupted.is_set():
+        print("finishing the files...", file=stderr, flush=True)
     if vc.is_listening():
         vc.stop_listening()
         await vc.wait_listening_stopped()
