@@ -158,7 +158,9 @@ async def test_udp_path_silent_for_a_second(tmp_path: Path, tier: str) -> None:
         await _finish(session, 3.5)
         link = session.local.voice.link_stats(session.bot_id)
     missing = _accounts(session)
-    assert link.outages == 1 and 80 <= link.outage_dropped <= 110
+    assert link.outages == 1 and link.outage_dropped > 0
+    if tier == "timing":  # how many frames a 1 s blackout swallows depends on the senders keeping time
+        assert 80 <= link.outage_dropped <= 110
     assert sum(account.absent + account.concealed for account in missing) == link.outage_dropped
     _check_alignment(session, tier)
 
