@@ -254,7 +254,10 @@ sink = FFmpegSink({str(tmp_path)!r}, "m4a", per_user=False)
 for tick in range(50):
     sink.write(None, VoiceFrame(5, 5, tick, bytes(range(256)) * 15, None, tick, tick * 960))
     sink.advance(tick)
-time.sleep(0.2)
+pipes = [track.pipe for track in sink._all_tracks()]
+while any(pipe._items or pipe._queued for pipe in pipes):  # the writer thread took every batch (slow when loaded)
+    time.sleep(0.01)
+time.sleep(0.2)  # and wrote the last one into the pipe
 os.kill(os.getpid(), signal.SIGKILL)
 """
     process = subprocess.run([sys.executable, "-c", script], timeout=20)
