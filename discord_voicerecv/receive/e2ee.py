@@ -2,16 +2,16 @@
 
 Each frame is held on its own, so one frame waiting for its key never delays the frames after it. Whether a key can
 still come is the decryptor's call (:class:`~discord_voicerecv.receive.dave.DaveFrameDecryptor` says no when there
-is no DAVE session); the hold only bounds how long and how many frames wait. A sender's held frames are retried
-before each new frame of theirs is decrypted: davey refuses, for good, a frame older than the first one a new key
-decrypted, so the first frame to meet new keys must be the oldest.
+is no DAVE session); the hold only bounds how long and how many frames wait. davey refuses, for good, a frame older
+than the first one a new key decrypted, so the first frame to meet new keys must be the oldest: a sender's held
+frames are retried in RTP sequence order, and before each new frame of theirs once the keys changed.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..errors import E2EEDecryptError
@@ -114,13 +114,13 @@ class E2EEHold:
     def _retry(
         self, user_id: int, now: float, owner: Callable[[int], int | None] | None
     ) -> list[tuple[int, RtpPacket, bytes]]:
-        """Retry the user's held frames, oldest first; returns those that decrypted. Frames older than the window,
+        """Retry the user's held frames, oldest first by sequence; returns those that decrypted. Frames older than the window,
         or whose SSRC no longer belongs to the user (when ``owner`` is given), expire."""
         out: list[tuple[int, RtpPacket, bytes]] = []
         keep: deque[RtpPacket] = deque()
         if self._keys is not None:
             self._tried[user_id] = self._keys()
-        for packet in self._held.pop(user_id):
+        for packet in _in_sequence(self._held.pop(user_id)):
             if now - packet.arrival > _WINDOW or (owner is not None and owner(packet.ssrc) != user_id):
                 self._stats.incr("e2ee_expired", user_id=user_id)
                 continue
@@ -155,3 +155,13 @@ class E2EEHold:
             _log.debug("DAVE decryptor raised", exc_info=True)
             self._stats.incr("e2ee_failed:error", ssrc=packet.ssrc, user_id=user_id)
         return b""
+
+
+def _in_sequence(queue: deque[RtpPacket]) -> Iterable[RtpPacket]:
+    """One sender's held frames by RTP sequence (a wrap counts as later); arrival order when they span SSRCs."""
+    if len(queue) < 2:
+        return queue
+    ssrc, base = queue[0].ssrc, queue[0].sequence - 0x8000
+    if any(packet.ssrc != ssrc for packet in queue):
+        return queue
+    return sorted(queue, key=lambda packet: (packet.sequence - base) & 0xFFFF)
