@@ -114,8 +114,8 @@ class E2EEHold:
     def _retry(
         self, user_id: int, now: float, owner: Callable[[int], int | None] | None
     ) -> list[tuple[int, RtpPacket, bytes]]:
-        """Retry the user's held frames, oldest first by sequence; returns those that decrypted. Frames older than the window,
-        or whose SSRC no longer belongs to the user (when ``owner`` is given), expire."""
+        """Retry the user's held frames, oldest first by sequence; returns those that decrypted. Frames older than the
+        window, or whose SSRC no longer belongs to the user (when ``owner`` is given), expire."""
         out: list[tuple[int, RtpPacket, bytes]] = []
         keep: deque[RtpPacket] = deque()
         if self._keys is not None:
