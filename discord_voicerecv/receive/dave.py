@@ -259,14 +259,7 @@ class DaveFrameDecryptor:
         try:
             plain = bytes(session.decrypt(user_id, self._media_audio, frame))
         except ValueError as exc:
-            if not ordered:
-                return self._failed(session, user_id, frame, encrypted, exc)
-            try:
-                return self._failed(session, user_id, frame, encrypted, exc)
-            except E2EEDecryptError:
-                with self._lock:
-                    self._state(user_id).early.pop(frame, None)  # dropped: the frames after it need not wait
-                raise
+            return self._failed(session, user_id, frame, encrypted, exc)
         except RuntimeError as exc:
             _log.debug("davey raised %r for user %s; holding the frame", exc, user_id)
             return self._auth_failed(session, user_id, frame, exc, transient=True)
