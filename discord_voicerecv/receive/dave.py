@@ -49,7 +49,7 @@ _RECENT_FRAMES = 64
 _ORDER_NONCES = 16
 """Nonces from the start of a key ratchet that are decrypted in order (below 0x80: a one-byte ULEB128)."""
 _ORDER_WAIT = 0.04
-"""Seconds a frame from the start of a ratchet waits for the older frames of that ratchet (two frames' time)."""
+"""Seconds a frame from the start of a ratchet may wait for the older frames of that ratchet (two frames' time)."""
 _ORDER_STALE = 0.1
 """Seconds after which a waiting frame that was not offered again is taken as gone (the hold dropped it)."""
 _NOT_STARTED = object()
@@ -323,8 +323,8 @@ class DaveFrameDecryptor:
         """True when the frame must wait for older frames of its sender's new key ratchet (counted as held).
 
         ``nonce`` is the frame's nonce when at most ``_ORDER_NONCES``, else larger. Until a frame of the ratchet
-        decrypted, a frame with nonce n waits for every waiting frame with a smaller nonce and, while a nonce below
-        n has not been offered, ``_ORDER_WAIT`` from its own first offer; a later frame waits while any does.
+        decrypted, a frame with nonce n waits, for at most ``_ORDER_WAIT`` from its first offer, while a nonce below
+        n has not been offered or is waiting; a later frame waits while any such frame does.
         """
         now = self._clock()
         keys = _epoch_keys(session) if nonce <= _ORDER_NONCES else None
@@ -334,7 +334,7 @@ class DaveFrameDecryptor:
             for key in [key for key, (_, _, last) in early.items() if now - last > _ORDER_STALE]:
                 del early[key]
             if nonce > _ORDER_NONCES:
-                wait = bool(early)
+                wait = any(now - first < _ORDER_WAIT for _, first, _ in early.values())
             elif state.started == keys:
                 wait = False
             else:
@@ -344,8 +344,8 @@ class DaveFrameDecryptor:
                 older = (1 << nonce) - 2 if nonce else 0  # the bits of nonces 1 .. nonce - 1
                 entry = early.pop(frame, None)
                 first = now if entry is None else entry[1]
-                wait = any(other < nonce for other, _, _ in early.values()) or (
-                    state.seen & older != older and now - first < _ORDER_WAIT
+                wait = now - first < _ORDER_WAIT and (
+                    state.seen & older != older or any(other < nonce for other, _, _ in early.values())
                 )
                 if wait:
                     if len(early) >= _RECENT_FRAMES:

@@ -374,6 +374,23 @@ def test_a_lost_first_frame_delays_the_next_ones_only_briefly() -> None:
     assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0
 
 
+def test_no_frame_waits_for_older_ones_longer_than_the_ordering_wait() -> None:
+    """Even while an older frame that came later still waits, a frame waits at most 40 ms from its first offer."""
+    group, alice, _ = _pair()
+    clock = Clock()
+    decryptor, _ = _decryptor(group, BOB, clock)
+    frames = [alice.encrypt(bytes((0x78, k)) + OPUS[2:]) for k in range(4)]
+    assert decryptor.decrypt(ALICE, frames[2]) is None
+    clock.t += 0.03
+    assert decryptor.decrypt(ALICE, frames[1]) is None
+    assert decryptor.decrypt(ALICE, frames[3]) is None, "a later frame waits while older ones do"
+    assert decryptor.decrypt(ALICE, frames[2]) is None
+    clock.t += 0.011
+    assert decryptor.decrypt(ALICE, frames[2]) == bytes((0x78, 2)) + OPUS[2:]
+    assert decryptor.decrypt(ALICE, frames[3]) == bytes((0x78, 3)) + OPUS[2:]
+    assert decryptor.user_stats()[ALICE] == {"held": 4, "decrypted": 2}
+
+
 def test_frames_in_order_are_never_held() -> None:
     group, alice, _ = _pair()
     clock = Clock()
