@@ -68,12 +68,30 @@ class E2EEHold:
         if payload == OPUS_SILENCE:
             return payload
         if user_id in self._held and (self._keys is None or self._tried.get(user_id) != self._keys()):
-            self._ready += self._retry(user_id, packet.arrival, None)
+            return self._open_with_held(user_id, packet)
         plain = self._decrypt(user_id, packet)
         if plain is None:
             self._hold(user_id, packet)
             return None
         return plain or None
+
+    def _open_with_held(self, user_id: int, packet: RtpPacket) -> bytes | None:
+        """Retry the user's held frames together with the new one, in sequence order (the new one may be older than
+        some of them); the new frame's plain frame, the others' for the next release."""
+        queue = self._held[user_id]
+        if len(queue) >= _PER_USER:
+            queue.popleft()
+            self._stats.incr("e2ee_expired", user_id=user_id)
+        queue.append(packet)
+        plain = None
+        for item in self._retry(user_id, packet.arrival, None):
+            if item[1] is packet:
+                plain = item[2]
+            else:
+                self._ready.append(item)
+        if plain is None and any(held is packet for held in self._held.get(user_id, ())):
+            self._stats.incr("e2ee_held", ssrc=packet.ssrc, user_id=user_id)
+        return plain
 
     def release(self, now: float, owner: Callable[[int], int | None]) -> list[tuple[int, RtpPacket, bytes]]:
         """Retry every held frame; returns ``(user_id, packet, plain)`` for those that decrypted, oldest first.

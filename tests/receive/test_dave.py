@@ -374,6 +374,25 @@ def test_a_lost_first_frame_delays_the_next_ones_only_briefly() -> None:
     assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0
 
 
+def test_an_older_frame_processed_late_is_decrypted_before_the_held_newer_one() -> None:
+    """Datagrams are processed in batches: when the older frame is opened after the newer one's wait has run out
+    on the processing clock, it joins the retry of the held frame in sequence order instead of following it."""
+    group, alice, _ = _pair()
+    clock = Clock()
+    decryptor, _ = _decryptor(group, BOB, clock)
+    stats = ReceiveStats()
+    hold = E2EEHold(decryptor, stats)
+    frames = [alice.encrypt(bytes((0x78, k)) + OPUS[2:]) for k in range(3)]
+    arrival = clock.t
+    assert hold.open(ALICE, RtpPacket(SSRC, 2, 960 * 2, frames[2], arrival)) is None
+    clock.t += 0.08
+    assert hold.open(ALICE, RtpPacket(SSRC, 0, 0, frames[0], arrival + 0.01)) == bytes((0x78, 0)) + OPUS[2:]
+    assert hold.open(ALICE, RtpPacket(SSRC, 1, 960, frames[1], arrival + 0.02)) == bytes((0x78, 1)) + OPUS[2:]
+    released = hold.release(clock.t, lambda ssrc: ALICE)
+    assert [(p.sequence, plain[:2]) for _, p, plain in released] == [(2, bytes((0x78, 2)))]
+    assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0 and stats["e2ee_held"] == 1
+
+
 def test_no_frame_waits_for_older_ones_longer_than_the_ordering_wait() -> None:
     """Even while an older frame that came later still waits, a frame waits at most 40 ms from its first offer."""
     group, alice, _ = _pair()
