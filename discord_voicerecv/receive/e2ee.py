@@ -4,7 +4,7 @@ Each frame is held on its own, so one frame waiting for its key never delays the
 still come is the decryptor's call (:class:`~discord_voicerecv.receive.dave.DaveFrameDecryptor` says no when there
 is no DAVE session); the hold only bounds how long and how many frames wait. davey refuses, for good, a frame older
 than the first one a new key decrypted, so the first frame to meet new keys must be the oldest: a sender's held
-frames are retried in RTP sequence order, and before each new frame of theirs once the keys changed.
+frames are retried in RTP sequence order, together with their next frame once the keys changed.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class FrameDecryptor(Protocol):
     ``decrypt`` returns the plain Opus frame, ``None`` when the frame cannot be decrypted *yet* (it is held and
     retried for about a second), or raises :class:`~discord_voicerecv.errors.E2EEDecryptError` to drop it. A
     decryptor may also define ``forget_user(user_id)``, called when a user leaves, and ``keys()``, a value that
-    changes whenever its keys do (without it, held frames are retried before every new frame of their sender).
+    changes whenever its keys do (without it, held frames are retried with every new frame of their sender).
     """
 
     def decrypt(self, user_id: int, frame: bytes) -> bytes | None: ...
