@@ -12,7 +12,7 @@ offset/size pairs) | supplemental size (1 byte, counting everything after the me
 
 A sender's nonces restart at 1 with each key ratchet (each epoch), and davey starts a ratchet's replay window at the
 first nonce it decrypts, refusing older ones for good. So the first frames of a ratchet are decrypted in nonce
-order: a frame with a small nonce whose predecessors have not come is put off (at most ``_ORDER_WAIT``) in case an
+order: a frame with a small nonce whose predecessors have not come is put off (briefly: ``_ORDER_WAIT``) in case an
 older one was merely overtaken on the network.
 """
 
@@ -233,6 +233,11 @@ class DaveFrameDecryptor:
         """Recoveries requested through ``on_recover`` so far."""
 
     def decrypt(self, user_id: int, frame: bytes) -> bytes | None:
+        return self.decrypt_at(user_id, frame, None)
+
+    def decrypt_at(self, user_id: int, frame: bytes, now: float | None) -> bytes | None:
+        """:meth:`decrypt` at receive-clock time ``now`` (default: our clock): the E2EE hold gives the time it acts
+        at, so that a frame's wait for older ones is measured between arrivals, not between batches of work."""
         if frame == OPUS_SILENCE:
             return frame
         known = self._users.get(user_id)
@@ -253,7 +258,7 @@ class DaveFrameDecryptor:
         if encrypted:
             nonce = frame[len(frame) - frame[-3] + _TAG_SIZE]  # the nonce's first byte: the nonce itself when small
             if nonce <= _ORDER_NONCES or (known is not None and known.early):
-                if self._put_off(session, user_id, frame, nonce):
+                if self._put_off(session, user_id, frame, nonce, self._clock() if now is None else now):
                     return None
                 ordered = nonce <= _ORDER_NONCES
         try:
@@ -319,14 +324,13 @@ class DaveFrameDecryptor:
         state.recovery_interval = self._recover_interval
         return state
 
-    def _put_off(self, session: davey.DaveSession, user_id: int, frame: bytes, nonce: int) -> bool:
+    def _put_off(self, session: davey.DaveSession, user_id: int, frame: bytes, nonce: int, now: float) -> bool:
         """True when the frame must wait for older frames of its sender's new key ratchet (counted as held).
 
         ``nonce`` is the frame's nonce when at most ``_ORDER_NONCES``, else larger. Until a frame of the ratchet
-        decrypted, a frame with nonce n waits, for at most ``_ORDER_WAIT`` from its first offer, while a nonce below
-        n has not been offered or is waiting; a later frame waits while any such frame does.
+        decrypted, a frame with nonce n waits while a nonce below n has not been offered (at most ``_ORDER_WAIT``
+        from its first offer) or is waiting (at most twice that); a later frame waits while any such frame does.
         """
-        now = self._clock()
         keys = _epoch_keys(session) if nonce <= _ORDER_NONCES else None
         with self._lock:
             state = self._state(user_id)
@@ -334,7 +338,7 @@ class DaveFrameDecryptor:
             for key in [key for key, (_, _, last) in early.items() if now - last > _ORDER_STALE]:
                 del early[key]
             if nonce > _ORDER_NONCES:
-                wait = any(now - first < _ORDER_WAIT for _, first, _ in early.values())
+                wait = any(now - first < 2 * _ORDER_WAIT for _, first, _ in early.values())
             elif state.started == keys:
                 wait = False
             else:
@@ -344,8 +348,9 @@ class DaveFrameDecryptor:
                 older = (1 << nonce) - 2 if nonce else 0  # the bits of nonces 1 .. nonce - 1
                 entry = early.pop(frame, None)
                 first = now if entry is None else entry[1]
-                wait = now - first < _ORDER_WAIT and (
-                    state.seen & older != older or any(other < nonce for other, _, _ in early.values())
+                age = now - first
+                wait = (age < _ORDER_WAIT and state.seen & older != older) or (
+                    age < 2 * _ORDER_WAIT and any(other < nonce for other, _, _ in early.values())
                 )
                 if wait:
                     if len(early) >= _RECENT_FRAMES:

@@ -33,8 +33,10 @@ class FrameDecryptor(Protocol):
 
     ``decrypt`` returns the plain Opus frame, ``None`` when the frame cannot be decrypted *yet* (it is held and
     retried for about a second), or raises :class:`~discord_voicerecv.errors.E2EEDecryptError` to drop it. A
-    decryptor may also define ``forget_user(user_id)``, called when a user leaves, and ``keys()``, a value that
-    changes whenever its keys do (without it, held frames are retried with every new frame of their sender).
+    decryptor may also define ``forget_user(user_id)``, called when a user leaves; ``keys()``, a value that
+    changes whenever its keys do (without it, held frames are retried with every new frame of their sender); and
+    ``decrypt_at(user_id, frame, now)``, used instead of ``decrypt``, given the receive-clock time the hold acts at
+    (the frame's arrival, or the release time for a held frame).
     """
 
     def decrypt(self, user_id: int, frame: bytes) -> bytes | None: ...
@@ -43,12 +45,13 @@ class FrameDecryptor(Protocol):
 class E2EEHold:
     """Decrypts frames per sender and holds, per frame, those that cannot be decrypted yet."""
 
-    __slots__ = ("_decryptor", "_held", "_keys", "_ready", "_stats", "_tried")
+    __slots__ = ("_decrypt_at", "_decryptor", "_held", "_keys", "_ready", "_stats", "_tried")
 
     def __init__(self, decryptor: FrameDecryptor, stats: ReceiveStats) -> None:
         self._decryptor = decryptor
         self._stats = stats
         self._keys: Callable[[], object] | None = getattr(decryptor, "keys", None)
+        self._decrypt_at: Callable[[int, bytes, float], bytes | None] | None = getattr(decryptor, "decrypt_at", None)
         self._held: dict[int, deque[RtpPacket]] = {}
         self._tried: dict[int, object] = {}
         """Per user with held frames: the decryptor's keys when they were last retried."""
@@ -69,7 +72,7 @@ class E2EEHold:
             return payload
         if user_id in self._held and (self._keys is None or self._tried.get(user_id) != self._keys()):
             return self._open_with_held(user_id, packet)
-        plain = self._decrypt(user_id, packet)
+        plain = self._decrypt(user_id, packet, packet.arrival)
         if plain is None:
             self._hold(user_id, packet)
             return None
@@ -142,7 +145,7 @@ class E2EEHold:
             if now - packet.arrival > _WINDOW or (owner is not None and owner(packet.ssrc) != user_id):
                 self._stats.incr("e2ee_expired", user_id=user_id)
                 continue
-            plain = self._decrypt(user_id, packet)
+            plain = self._decrypt(user_id, packet, now)
             if plain is None:
                 keep.append(packet)
             elif plain:
@@ -163,9 +166,11 @@ class E2EEHold:
         queue.append(packet)
         self._stats.incr("e2ee_held", ssrc=packet.ssrc, user_id=user_id)
 
-    def _decrypt(self, user_id: int, packet: RtpPacket) -> bytes | None:
+    def _decrypt(self, user_id: int, packet: RtpPacket, now: float) -> bytes | None:
         """Plain frame, None for "not yet", or b"" when the frame was dropped (counted)."""
         try:
+            if self._decrypt_at is not None:
+                return self._decrypt_at(user_id, packet.payload, now)
             return self._decryptor.decrypt(user_id, packet.payload)
         except E2EEDecryptError as exc:
             self._stats.incr("e2ee_failed:" + exc.reason, ssrc=packet.ssrc, user_id=user_id)

@@ -374,39 +374,45 @@ def test_a_lost_first_frame_delays_the_next_ones_only_briefly() -> None:
     assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0
 
 
-def test_an_older_frame_processed_late_is_decrypted_before_the_held_newer_one() -> None:
-    """Datagrams are processed in batches: when the older frame is opened after the newer one's wait has run out
-    on the processing clock, it joins the retry of the held frame in sequence order instead of following it."""
+def test_an_older_frame_opened_after_the_wait_joins_the_retry_of_the_held_newer_one() -> None:
+    """No release ran between the newer frame and the older one (datagrams are processed in batches): the older one
+    is decrypted first, although the newer one's wait ran out, instead of being refused after it."""
     group, alice, _ = _pair()
     clock = Clock()
     decryptor, _ = _decryptor(group, BOB, clock)
     stats = ReceiveStats()
     hold = E2EEHold(decryptor, stats)
     frames = [alice.encrypt(bytes((0x78, k)) + OPUS[2:]) for k in range(3)]
-    arrival = clock.t
-    assert hold.open(ALICE, RtpPacket(SSRC, 2, 960 * 2, frames[2], arrival)) is None
-    clock.t += 0.08
-    assert hold.open(ALICE, RtpPacket(SSRC, 0, 0, frames[0], arrival + 0.01)) == bytes((0x78, 0)) + OPUS[2:]
-    assert hold.open(ALICE, RtpPacket(SSRC, 1, 960, frames[1], arrival + 0.02)) == bytes((0x78, 1)) + OPUS[2:]
-    released = hold.release(clock.t, lambda ssrc: ALICE)
+    t = clock.t
+    assert hold.open(ALICE, RtpPacket(SSRC, 2, 960 * 2, frames[2], t)) is None
+    assert hold.open(ALICE, RtpPacket(SSRC, 0, 0, frames[0], t + 0.05)) == bytes((0x78, 0)) + OPUS[2:]
+    assert hold.open(ALICE, RtpPacket(SSRC, 1, 960, frames[1], t + 0.06)) == bytes((0x78, 1)) + OPUS[2:]
+    released = hold.release(t + 0.06, lambda ssrc: ALICE)
     assert [(p.sequence, plain[:2]) for _, p, plain in released] == [(2, bytes((0x78, 2)))]
     assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0 and stats["e2ee_held"] == 1
 
 
-def test_no_frame_waits_for_older_ones_longer_than_the_ordering_wait() -> None:
-    """Even while an older frame that came later still waits, a frame waits at most 40 ms from its first offer."""
+def test_a_frame_waits_for_a_waiting_older_one_but_never_more_than_twice_the_ordering_wait() -> None:
     group, alice, _ = _pair()
     clock = Clock()
     decryptor, _ = _decryptor(group, BOB, clock)
-    frames = [alice.encrypt(bytes((0x78, k)) + OPUS[2:]) for k in range(4)]
-    assert decryptor.decrypt(ALICE, frames[2]) is None
-    clock.t += 0.03
-    assert decryptor.decrypt(ALICE, frames[1]) is None
-    assert decryptor.decrypt(ALICE, frames[3]) is None, "a later frame waits while older ones do"
-    assert decryptor.decrypt(ALICE, frames[2]) is None
-    clock.t += 0.011
-    assert decryptor.decrypt(ALICE, frames[2]) == bytes((0x78, 2)) + OPUS[2:]
-    assert decryptor.decrypt(ALICE, frames[3]) == bytes((0x78, 3)) + OPUS[2:]
+    frames = [alice.encrypt(bytes((0x78, k)) + OPUS[2:]) for k in range(5)]
+    t = clock.t
+    assert decryptor.decrypt_at(ALICE, frames[2], t) is None
+    assert decryptor.decrypt_at(ALICE, frames[1], t + 0.03) is None
+    assert decryptor.decrypt_at(ALICE, frames[2], t + 0.045) is None, "nonce 2 still waits for nonce 1"
+    assert decryptor.decrypt_at(ALICE, frames[1], t + 0.071) == bytes((0x78, 1)) + OPUS[2:]
+    assert decryptor.decrypt_at(ALICE, frames[2], t + 0.071) == bytes((0x78, 2)) + OPUS[2:]
+
+    group, alice, _ = _pair()
+    decryptor, _ = _decryptor(group, BOB, clock)
+    frames = [alice.encrypt(bytes((0x78, k)) + OPUS[2:]) for k in range(5)]
+    assert decryptor.decrypt_at(ALICE, frames[3], t) is None
+    assert decryptor.decrypt_at(ALICE, frames[2], t + 0.05) is None
+    assert decryptor.decrypt_at(ALICE, frames[4], t + 0.06) is None, "a later frame waits while older ones do"
+    assert decryptor.decrypt_at(ALICE, frames[3], t + 0.079) is None
+    assert decryptor.decrypt_at(ALICE, frames[3], t + 0.081) == bytes((0x78, 3)) + OPUS[2:], "80 ms at most"
+    assert decryptor.decrypt_at(ALICE, frames[4], t + 0.081) == bytes((0x78, 4)) + OPUS[2:]
     assert decryptor.user_stats()[ALICE] == {"held": 4, "decrypted": 2}
 
 
