@@ -50,8 +50,8 @@ _ORDER_NONCES = 16
 """Nonces from the start of a key ratchet that are decrypted in order (below 0x80: a one-byte ULEB128)."""
 _ORDER_WAIT = 0.04
 """Seconds a frame from the start of a ratchet may wait for the older frames of that ratchet (two frames' time)."""
-_ORDER_STALE = 0.1
-"""Seconds after which a waiting frame that was not offered again is taken as gone (the hold dropped it)."""
+_ORDER_STALE = 0.25
+"""Seconds after which a waiting frame that was not offered again is forgotten (the hold dropped it)."""
 _NOT_STARTED = object()
 
 
@@ -350,7 +350,8 @@ class DaveFrameDecryptor:
                 first = now if entry is None else entry[1]
                 age = now - first
                 wait = (age < _ORDER_WAIT and state.seen & older != older) or (
-                    age < 2 * _ORDER_WAIT and any(other < nonce for other, _, _ in early.values())
+                    age < 2 * _ORDER_WAIT
+                    and any(other < nonce and now - since < 2 * _ORDER_WAIT for other, since, _ in early.values())
                 )
                 if wait:
                     if len(early) >= _RECENT_FRAMES:
