@@ -9,6 +9,11 @@ held and retried like a frame whose key has not arrived, never decoded and never
 
 The frame format (after the transport layer): ``media | tag (8) | nonce (ULEB128) | unencrypted ranges (ULEB128
 offset/size pairs) | supplemental size (1 byte, counting everything after the media) | magic 0xFAFA``.
+
+A sender's nonces restart at 1 with each key ratchet (each epoch), and davey starts a ratchet's replay window at the
+first nonce it decrypts, refusing older ones for good. So the first frames of a ratchet are decrypted in nonce
+order: a frame with a small nonce whose predecessors have not come is put off (briefly: ``_ORDER_WAIT``) in case an
+older one was merely overtaken on the network.
 """
 
 from __future__ import annotations
@@ -41,6 +46,13 @@ _PLAINTEXT = "UnencryptedWhenPassthroughDisabled"
 _NO_CRYPTOR = "NoValidCryptorFound"
 _MAX_RECOVERY_INTERVAL = 120.0
 _RECENT_FRAMES = 64
+_ORDER_NONCES = 16
+"""Nonces from the start of a key ratchet that are decrypted in order (below 0x80: a one-byte ULEB128)."""
+_ORDER_WAIT = 0.04
+"""Seconds a frame from the start of a ratchet may wait for the older frames of that ratchet (two frames' time)."""
+_ORDER_STALE = 0.25
+"""Seconds after which a waiting frame that was not offered again is forgotten (the hold dropped it)."""
+_NOT_STARTED = object()
 
 
 def is_dave_frame(frame: bytes) -> bool:
@@ -92,16 +104,22 @@ class _UserCounters:
     towards a recovery. ``failing`` holds when each frame now failing authentication first failed, and under which
     keys: each frame is held on its own, until it or the sender's unbroken run of failures (``streak_start``, ended
     by any success) is older than the hold; new keys (an epoch change) start both again, so a frame that beat our
-    commit is retried with the keys it needs.
+    commit is retried with the keys it needs. ``early`` holds the frames from the start of a key ratchet put off
+    until the older ones come (nonce, first and last offered), ``seen`` the small nonces offered (a bit each) under
+    the keys ``seen_keys``, and ``started`` the keys under which the sender's current ratchet had a frame decrypted.
     """
 
     __slots__ = (
         "consecutive",
         "counts",
+        "early",
         "failing",
         "next_recovery",
         "recent",
         "recovery_interval",
+        "seen",
+        "seen_keys",
+        "started",
         "streak_keys",
         "streak_start",
         "waited",
@@ -112,6 +130,10 @@ class _UserCounters:
         self.recent: dict[bytes, bytes] = {}
         self.waited: dict[bytes, None] = {}
         self.failing: dict[bytes, tuple[float, bytes | None]] = {}
+        self.early: dict[bytes, tuple[int, float, float]] = {}
+        self.started: object = _NOT_STARTED
+        self.seen = 0
+        self.seen_keys: object = _NOT_STARTED
         self.streak_start: float | None = None
         self.streak_keys: bytes | None = None
         self.consecutive = 0
@@ -211,6 +233,11 @@ class DaveFrameDecryptor:
         """Recoveries requested through ``on_recover`` so far."""
 
     def decrypt(self, user_id: int, frame: bytes) -> bytes | None:
+        return self.decrypt_at(user_id, frame, None)
+
+    def decrypt_at(self, user_id: int, frame: bytes, now: float | None) -> bytes | None:
+        """:meth:`decrypt` at receive-clock time ``now`` (default: our clock): the E2EE hold gives the time it acts
+        at, so that a frame's wait for older ones is measured between arrivals, not between batches of work."""
         if frame == OPUS_SILENCE:
             return frame
         known = self._users.get(user_id)
@@ -227,6 +254,13 @@ class DaveFrameDecryptor:
         if not encrypted and (self._get_version() == 0 or self._downgraded()):
             self._count(user_id, "passthrough")
             return frame
+        ordered = False
+        if encrypted:
+            nonce = frame[len(frame) - frame[-3] + _TAG_SIZE]  # the nonce's first byte: the nonce itself when small
+            if nonce <= _ORDER_NONCES or (known is not None and known.early):
+                if self._put_off(session, user_id, frame, nonce, self._clock() if now is None else now):
+                    return None
+                ordered = nonce <= _ORDER_NONCES
         try:
             plain = bytes(session.decrypt(user_id, self._media_audio, frame))
         except ValueError as exc:
@@ -235,6 +269,10 @@ class DaveFrameDecryptor:
             _log.debug("davey raised %r for user %s; holding the frame", exc, user_id)
             return self._auth_failed(session, user_id, frame, exc, transient=True)
         state = self._succeeded(user_id, "decrypted" if encrypted else "passthrough")
+        if ordered:
+            with self._lock:
+                state.started = _epoch_keys(session)
+                state.early.clear()
         if encrypted:
             recent = state.recent
             recent[frame] = plain
@@ -285,6 +323,43 @@ class DaveFrameDecryptor:
         state.consecutive = 0
         state.recovery_interval = self._recover_interval
         return state
+
+    def _put_off(self, session: davey.DaveSession, user_id: int, frame: bytes, nonce: int, now: float) -> bool:
+        """True when the frame must wait for older frames of its sender's new key ratchet (counted as held).
+
+        ``nonce`` is the frame's nonce when at most ``_ORDER_NONCES``, else larger. Until a frame of the ratchet
+        decrypted, a frame with nonce n waits while a nonce below n has not been offered (at most ``_ORDER_WAIT``
+        from its first offer) or is waiting (at most twice that); a later frame waits while any such frame does.
+        """
+        keys = _epoch_keys(session) if nonce <= _ORDER_NONCES else None
+        with self._lock:
+            state = self._state(user_id)
+            early = state.early
+            for key in [key for key, (_, _, last) in early.items() if now - last > _ORDER_STALE]:
+                del early[key]
+            if nonce > _ORDER_NONCES:
+                wait = any(now - first < 2 * _ORDER_WAIT for _, first, _ in early.values())
+            elif state.started == keys:
+                wait = False
+            else:
+                if state.seen_keys != keys:
+                    state.seen_keys, state.seen = keys, 0
+                state.seen |= 1 << nonce
+                older = (1 << nonce) - 2 if nonce else 0  # the bits of nonces 1 .. nonce - 1
+                entry = early.pop(frame, None)
+                first = now if entry is None else entry[1]
+                age = now - first
+                wait = (age < _ORDER_WAIT and state.seen & older != older) or (
+                    age < 2 * _ORDER_WAIT
+                    and any(other < nonce and now - since < 2 * _ORDER_WAIT for other, since, _ in early.values())
+                )
+                if wait:
+                    if len(early) >= _RECENT_FRAMES:
+                        del early[next(iter(early))]
+                    early[frame] = (nonce, first, now)
+            if wait:
+                state.add("held")
+            return wait
 
     def _failed(
         self, session: davey.DaveSession, user_id: int, frame: bytes, encrypted: bool, exc: ValueError

@@ -321,6 +321,113 @@ def test_frames_held_for_a_commit_decrypt_although_a_newer_frame_comes_first_und
     assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0 and "failed:auth" not in decryptor.user_stats()[ALICE]
 
 
+def _drain(hold: E2EEHold, clock: Clock, opened: dict[int, bytes], until: float) -> None:
+    """Release the hold every 20 ms up to clock time ``until``, collecting the frames by sequence."""
+    while clock.t < until:
+        clock.t += 0.02
+        opened.update((p.sequence, plain) for _, p, plain in hold.release(clock.t, lambda ssrc: ALICE))
+
+
+@pytest.mark.parametrize("key_change", [False, True])
+def test_the_first_two_frames_of_a_sender_reordered_both_decrypt(key_change: bool) -> None:
+    """davey starts a key ratchet's replay window at the first nonce it decrypts: the newer frame, first to arrive,
+    waits briefly so that the older one, overtaken on the network, is not refused for good."""
+    group, alice, _ = _pair()
+    if key_change:
+        alice.encrypt(OPUS)
+        group.join(CAROL)
+        group.run()
+    clock = Clock()
+    decryptor, _ = _decryptor(group, BOB, clock)
+    stats = ReceiveStats()
+    hold = E2EEHold(decryptor, stats)
+    frames = [alice.encrypt(bytes((0x78, k)) + OPUS[2:]) for k in range(4)]
+    opened: dict[int, bytes] = {}
+    for k in (1, 0, 2, 3):
+        plain = hold.open(ALICE, RtpPacket(SSRC, k, 960 * k, frames[k], clock.t))
+        if plain is not None:
+            opened[k] = plain
+        clock.t += 0.005
+    assert sorted(opened) == [0, 2, 3], "the older frame decrypts at once, then the window covers the held one"
+    _drain(hold, clock, opened, clock.t + 1.2)
+    assert {k: plain[:2] for k, plain in opened.items()} == {k: bytes((0x78, k)) for k in range(4)}
+    assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0 and stats["e2ee_held"] == 1
+
+
+def test_a_lost_first_frame_delays_the_next_ones_only_briefly() -> None:
+    """The first frame of the ratchet never comes: the frames after it wait the ordering time, then decrypt in
+    sequence order (not in their arrival order, which would start the window past the older one)."""
+    group, alice, _ = _pair()
+    clock = Clock()
+    decryptor, _ = _decryptor(group, BOB, clock)
+    stats = ReceiveStats()
+    hold = E2EEHold(decryptor, stats)
+    frames = [alice.encrypt(bytes((0x78, k)) + OPUS[2:]) for k in range(5)]
+    for k in (2, 1, 3):
+        assert hold.open(ALICE, RtpPacket(SSRC, k, 960 * k, frames[k], clock.t)) is None
+        clock.t += 0.005
+    assert hold.release(clock.t, lambda ssrc: ALICE) == [], "still within the ordering wait"
+    clock.t += 0.04
+    released = hold.release(clock.t, lambda ssrc: ALICE)
+    assert [(p.sequence, plain[:2]) for _, p, plain in released] == [(k, bytes((0x78, k))) for k in (1, 2, 3)]
+    assert hold.open(ALICE, RtpPacket(SSRC, 4, 960 * 4, frames[4], clock.t)) == bytes((0x78, 4)) + OPUS[2:]
+    assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0
+
+
+def test_an_older_frame_opened_after_the_wait_joins_the_retry_of_the_held_newer_one() -> None:
+    """No release ran between the newer frame and the older one (datagrams are processed in batches): the older one
+    is decrypted first, although the newer one's wait ran out, instead of being refused after it."""
+    group, alice, _ = _pair()
+    clock = Clock()
+    decryptor, _ = _decryptor(group, BOB, clock)
+    stats = ReceiveStats()
+    hold = E2EEHold(decryptor, stats)
+    frames = [alice.encrypt(bytes((0x78, k)) + OPUS[2:]) for k in range(3)]
+    t = clock.t
+    assert hold.open(ALICE, RtpPacket(SSRC, 2, 960 * 2, frames[2], t)) is None
+    assert hold.open(ALICE, RtpPacket(SSRC, 0, 0, frames[0], t + 0.05)) == bytes((0x78, 0)) + OPUS[2:]
+    assert hold.open(ALICE, RtpPacket(SSRC, 1, 960, frames[1], t + 0.06)) == bytes((0x78, 1)) + OPUS[2:]
+    released = hold.release(t + 0.06, lambda ssrc: ALICE)
+    assert [(p.sequence, plain[:2]) for _, p, plain in released] == [(2, bytes((0x78, 2)))]
+    assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0 and stats["e2ee_held"] == 1
+
+
+def test_a_frame_waits_for_a_waiting_older_one_but_never_more_than_twice_the_ordering_wait() -> None:
+    group, alice, _ = _pair()
+    clock = Clock()
+    decryptor, _ = _decryptor(group, BOB, clock)
+    frames = [alice.encrypt(bytes((0x78, k)) + OPUS[2:]) for k in range(5)]
+    t = clock.t
+    assert decryptor.decrypt_at(ALICE, frames[2], t) is None
+    assert decryptor.decrypt_at(ALICE, frames[1], t + 0.03) is None
+    assert decryptor.decrypt_at(ALICE, frames[2], t + 0.045) is None, "nonce 2 still waits for nonce 1"
+    assert decryptor.decrypt_at(ALICE, frames[1], t + 0.071) == bytes((0x78, 1)) + OPUS[2:]
+    assert decryptor.decrypt_at(ALICE, frames[2], t + 0.071) == bytes((0x78, 2)) + OPUS[2:]
+
+    group, alice, _ = _pair()
+    decryptor, _ = _decryptor(group, BOB, clock)
+    frames = [alice.encrypt(bytes((0x78, k)) + OPUS[2:]) for k in range(5)]
+    assert decryptor.decrypt_at(ALICE, frames[3], t) is None
+    assert decryptor.decrypt_at(ALICE, frames[2], t + 0.05) is None
+    assert decryptor.decrypt_at(ALICE, frames[4], t + 0.06) is None, "a later frame waits while older ones do"
+    assert decryptor.decrypt_at(ALICE, frames[3], t + 0.079) is None
+    assert decryptor.decrypt_at(ALICE, frames[3], t + 0.081) == bytes((0x78, 3)) + OPUS[2:], "80 ms at most"
+    assert decryptor.decrypt_at(ALICE, frames[4], t + 0.081) == bytes((0x78, 4)) + OPUS[2:]
+    assert decryptor.user_stats()[ALICE] == {"held": 4, "decrypted": 2}
+
+
+def test_frames_in_order_are_never_held() -> None:
+    group, alice, _ = _pair()
+    clock = Clock()
+    decryptor, _ = _decryptor(group, BOB, clock)
+    stats = ReceiveStats()
+    hold = E2EEHold(decryptor, stats)
+    for k in range(40):
+        frame = alice.encrypt(bytes((0x78, k)) + OPUS[2:])
+        assert hold.open(ALICE, RtpPacket(SSRC, k, 960 * k, frame, clock.t)) == bytes((0x78, k)) + OPUS[2:]
+    assert stats["e2ee_held"] == 0 and decryptor.user_stats()[ALICE] == {"decrypted": 40}
+
+
 def test_new_keys_give_a_failing_frame_another_hold() -> None:
     """A member two commits behind: a frame that still fails under the first commit's keys is held again."""
     group, alice, _ = _pair()

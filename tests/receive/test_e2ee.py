@@ -77,6 +77,19 @@ def test_held_frames_are_retried_before_a_newer_frame_of_their_sender() -> None:
     assert len(hold) == 0 and stats["e2ee_failed:auth"] == 0
 
 
+def test_held_frames_are_retried_in_sequence_order_across_a_wrap() -> None:
+    """The first frame to meet a key must be the oldest sent, whatever order the frames arrived in."""
+    keys, stats = Keys(), ReceiveStats()
+    hold = E2EEHold(keys, stats)
+    for sequence in (0, 65534, 1, 65535):
+        assert hold.open(USER, _packet(sequence, b"k1:%d" % sequence)) is None
+    keys.known.add(1)
+    keys.calls.clear()
+    released = hold.release(0.02, lambda ssrc: USER)
+    assert [p.sequence for _, p, _ in released] == [65534, 65535, 0, 1]
+    assert keys.calls == [b"k1:65534", b"k1:65535", b"k1:0", b"k1:1"]
+
+
 def test_frames_ready_for_release_are_dropped_with_their_user_or_ssrc() -> None:
     keys, stats = Keys(), ReceiveStats()
     hold = E2EEHold(keys, stats)
