@@ -1107,3 +1107,28 @@ def test_a_session_without_pcm_delivers_the_frames_of_the_general_path(dave: boo
     assert SSRC_A not in lean.rx._streams, "the user who left was played out, then dropped"
     if dave:
         assert lean_stats["e2ee_held"] > 0
+
+
+def test_a_new_spurt_whose_first_frames_wait_for_a_key_starts_where_they_arrived() -> None:
+    """A speaker already heard starts talking again while their new key is on its way (someone just joined): the
+    frames that waited start the spurt at their arrival, as if they had not waited."""
+    dave = ToyDave()
+    dave.ready.add(USER_A)
+    h = Harness(decryptor=dave)
+    h.rx.map_ssrc(SSRC_A, USER_A)
+    a = Speaker(SSRC_A)
+    first = _sealed(a, h, USER_A, range(20), 10)
+    # a second spurt after a 1 s pause: the sequence goes on, the timestamps jump with the pause (DTX)
+    later = Speaker(SSRC_A, ts=77_000 + 960 * 50)
+    second = [(h.at(60 + i) + 0.003, later.packet(i, ToyDave.seal(USER_A, later.packets[i]))) for i in range(20, 40)]
+    h.feed_all(first)
+    dave.ready.discard(USER_A)  # the new epoch's key is not there yet
+    h.feed_all(second[:3])
+    assert h.stats()["e2ee_held"] == 3
+    dave.ready.add(USER_A)  # it comes 50 ms after the spurt began; the hold releases the frames on its own
+    h.rx.pump(until=h.at(82.5))
+    h.feed_all(second[3:])
+    h.finish(h.at(130))
+    ticks = {f.sequence - 1000: f.tick for f in h.sink.frames() if not f.concealed}
+    assert [ticks.get(k) for k in range(20, 40)] == list(range(80, 100)), ticks
+    assert h.stats()["late"] == 0
