@@ -41,7 +41,9 @@ RATE = 48_000
 SLOTS_PER_SECOND = 50
 FLUSH_SLOTS = SLOTS_PER_SECOND  # WaveSink's header_interval and OggOpusSink's flush_interval: 1 s
 KILL_AT_SLOT = 165
-PLAYOUT_DELAY = 0.1
+PLAYOUT_DELAY = 0.3
+"""The recording child's: what is checked is what the kill leaves, so a loaded machine stalling the child for
+longer than the default 0.1 s must not make frames late (a loaded run lost half of the last second that way)."""
 
 _CHILD = """
 import asyncio, sys, time

@@ -222,7 +222,8 @@ async def test_truncated_and_bit_flipped_packets_are_counted_and_concealed(tmp_p
     assert damaged > 0 and refused == damaged
     assert stats["internal_error"] == 0
     accounts = _accounts(session)
-    assert sum(account.missing for account in accounts) == damaged
+    # missing: the damaged frames, and those a stall of this process on a loaded machine made late (counted)
+    assert sum(account.missing for account in accounts) == damaged + stats["late"]
     _check_alignment(session, tier)
 
 
