@@ -81,11 +81,7 @@ class E2EEHold:
     def _open_with_held(self, user_id: int, packet: RtpPacket) -> bytes | None:
         """Retry the user's held frames together with the new one, in sequence order (the new one may be older than
         some of them); the new frame's plain frame, the others' for the next release."""
-        queue = self._held[user_id]
-        if len(queue) >= _PER_USER:
-            queue.popleft()
-            self._stats.incr("e2ee_expired", user_id=user_id)
-        queue.append(packet)
+        self._enqueue(user_id, packet)
         plain = None
         for item in self._retry(user_id, packet.arrival, None):
             if item[1] is packet:
@@ -157,6 +153,11 @@ class E2EEHold:
         return out
 
     def _hold(self, user_id: int, packet: RtpPacket) -> None:
+        self._enqueue(user_id, packet)
+        self._stats.incr("e2ee_held", ssrc=packet.ssrc, user_id=user_id)
+
+    def _enqueue(self, user_id: int, packet: RtpPacket) -> None:
+        """Add to the user's held frames; the oldest expires when they are full."""
         queue = self._held.get(user_id)
         if queue is None:
             queue = self._held[user_id] = deque()
@@ -164,7 +165,6 @@ class E2EEHold:
             queue.popleft()
             self._stats.incr("e2ee_expired", user_id=user_id)
         queue.append(packet)
-        self._stats.incr("e2ee_held", ssrc=packet.ssrc, user_id=user_id)
 
     def _decrypt(self, user_id: int, packet: RtpPacket, now: float) -> bytes | None:
         """Plain frame, None for "not yet", or b"" when the frame was dropped (counted)."""
