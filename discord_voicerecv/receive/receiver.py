@@ -418,11 +418,7 @@ class Receiver:
             return last - first + 1
         ran = 0
         while self._running and self._next_slot <= last:
-            try:
-                self._run_slot()
-            except Exception:
-                _log.exception("unexpected error in voice playout")
-                self._stats.incr("internal_error")
+            self._safe(self._run_slot)
             ran += 1
         return ran
 
